@@ -1,0 +1,1 @@
+"""OpenAI wire protocol: request models and server-sent events."""
