@@ -105,7 +105,7 @@ class RateLimitError(HaloError):
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
-        self.headers.setdefault("Retry-After", str(max(1, int(round(retry_after)))))
+        self.headers.setdefault("Retry-After", str(max(1, round(retry_after))))
 
 
 class QueueFullError(RateLimitError):
@@ -124,7 +124,7 @@ class ServiceUnavailableError(HaloError):
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
-        self.headers.setdefault("Retry-After", str(max(1, int(round(retry_after)))))
+        self.headers.setdefault("Retry-After", str(max(1, round(retry_after))))
 
 
 class EngineError(HaloError):

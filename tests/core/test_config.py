@@ -7,7 +7,12 @@ from typing import Literal
 
 import pytest
 
-from haloserve.cli.options import HaloArgumentParser, UsageError, add_settings_arguments, settings_flags
+from haloserve.cli.options import (
+    HaloArgumentParser,
+    UsageError,
+    add_settings_arguments,
+    settings_flags,
+)
 from haloserve.config import HaloSettings, load_settings, option
 from haloserve.errors import ConfigError
 

@@ -27,7 +27,7 @@ def test_round_trip_with_done() -> None:
 
 
 def test_crlf_cr_comments_event_and_multiline() -> None:
-    raw = b": keep-alive\r\nevent: error\r\ndata: {\"x\":\r\ndata: 1}\r\n\r\ndata: last\rdata: more\r\r"
+    raw = b': keep-alive\r\nevent: error\r\ndata: {"x":\r\ndata: 1}\r\n\r\ndata: last\rdata: more\r\r'
     events = _decode_all([raw])
     assert events[0].event == "error"
     assert json.loads(events[0].data) == {"x": 1}

@@ -66,7 +66,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[HaloSettin
         if not extra.get("flag", True):
             continue
         names = [flag_name(name), *extra.get("aliases", [])]
-        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": _help(cls, name)}
+        kwargs: dict[str, Any] = {
+            "dest": name,
+            "default": argparse.SUPPRESS,
+            "help": _help(cls, name),
+        }
         if is_bool_field(field):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.config import JsonDict
 from pydantic.fields import FieldInfo
 
 from haloserve.errors import ConfigError
@@ -41,7 +42,7 @@ def option(
     ``aliases`` are extra flag spellings (``-c``, ``--ctx-size``); ``flag=False`` keeps an option out
     of the command line (config file and environment only); ``secret`` hides the value in dumps.
     """
-    extra = {
+    extra: dict[str, Any] = {
         "env": list(env),
         "aliases": list(aliases),
         "metavar": metavar,
@@ -52,10 +53,10 @@ def option(
         return Field(
             default_factory=default_factory,
             description=description,
-            json_schema_extra=extra,
+            json_schema_extra=typing.cast(JsonDict, extra),
             **kwargs,
         )
-    return Field(default, description=description, json_schema_extra=extra, **kwargs)
+    return Field(default, description=description, json_schema_extra=typing.cast(JsonDict, extra), **kwargs)
 
 
 def field_extra(field: FieldInfo) -> dict[str, Any]:
@@ -81,7 +82,9 @@ def is_list_field(field: FieldInfo) -> bool:
 def is_bool_field(field: FieldInfo) -> bool:
     """True when the field is a plain boolean switch."""
     ann = field.annotation
-    return ann is bool or (typing.get_origin(ann) is not None and set(typing.get_args(ann)) == {bool, type(None)})
+    return ann is bool or (
+        typing.get_origin(ann) is not None and set(typing.get_args(ann)) == {bool, type(None)}
+    )
 
 
 class HaloSettings(BaseModel):
@@ -166,6 +169,10 @@ def load_settings(
         loc = err.get("loc") or ("?",)
         name = str(loc[0])
         where = sources.get(name, flag_name(name))
-        got = values.get(name, None)
-        shown = "" if got is None or field_extra(cls.model_fields.get(name, FieldInfo())).get("secret") else f" (got {got!r})"
+        got = values.get(name)
+        shown = (
+            ""
+            if got is None or field_extra(cls.model_fields.get(name, FieldInfo())).get("secret")
+            else f" (got {got!r})"
+        )
         raise ConfigError(f"{where}: {err['msg']}{shown}") from None

@@ -95,9 +95,7 @@ class SamplingFields(_Model):
     # Extensions accepted by llama-server and vLLM.
     top_k: Annotated[int, Field(ge=0)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    repeat_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = Field(
-        None, alias="repetition_penalty"
-    )
+    repeat_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = Field(None, alias="repetition_penalty")
     repeat_last_n: Annotated[int, Field(ge=-1)] | None = None
     ignore_eos: bool | None = False
     min_tokens: Annotated[int, Field(ge=0)] | None = 0
