@@ -1,0 +1,123 @@
+"""``halo serve``: the OpenAI-compatible API of one node."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from haloserve.cli.options import add_settings_arguments, settings_flags
+from haloserve.config import load_settings
+from haloserve.config.serve import ServeSettings
+from haloserve.errors import CommandError
+
+HELP = "Serve a GGUF model through the OpenAI API with continuous batching."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags generated from :class:`ServeSettings`, plus ``--config``."""
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="YAML file of settings (flags and env win)."
+    )
+    add_settings_arguments(parser, ServeSettings)
+
+
+def setup_logging(level: str) -> None:
+    """Compact timestamped logs on stderr; llama.cpp's own chatter only at debug level."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    if level != "debug":
+        logging.getLogger("haloserve.llama").setLevel(logging.WARNING)
+
+
+def build_engine(settings: ServeSettings) -> Any:
+    """The engine the settings ask for (the model file is checked before anything binds)."""
+    if settings.engine == "fake":
+        from haloserve.engine.fake import FakeEngine
+
+        return FakeEngine(settings)
+    from haloserve.bundled import bundled_model_path
+    from haloserve.engine.llama_engine import LlamaEngine
+
+    path = settings.model or bundled_model_path()
+    if not path.is_file():
+        raise CommandError(f"model file not found: {path}")
+    return LlamaEngine(settings, path)
+
+
+def _startup_banner(state: Any, host: str, port: int) -> None:
+    from haloserve.units import fmt_bytes
+
+    info = state.engine.info
+    s = state.settings
+    keys = len(state.api_keys)
+    lines = [
+        f"halo serve: model {state.model_id!r} from {info.model_path} ({info.description})",
+        f"  context {info.n_ctx} tokens = {info.n_parallel} slots x {info.n_ctx_slot}"
+        f" (trained {info.n_ctx_train}); KV cache {fmt_bytes(info.kv_cache_bytes)}"
+        f" ({s.cache_type_k}/{s.cache_type_v})",
+        f"  listening on http://{host}:{port}/v1"
+        f"  ({keys} API key{'s' if keys != 1 else ''}; queue {s.max_queue})",
+    ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _server_class() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn, minus re-raising SIGTERM/SIGINT after a graceful shutdown (we exit 0 instead)."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    return Server
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load settings, bind, load the model in the background and serve until SIGINT/SIGTERM."""
+    import uvicorn
+
+    from haloserve.server.app import create_app
+
+    settings = load_settings(ServeSettings, flags=settings_flags(args, ServeSettings), file=args.config)
+    setup_logging(settings.log_level)
+    engine = build_engine(settings)
+    failure: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_load_error(message: str) -> None:
+        failure.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    def on_ready(state: Any) -> None:
+        port = server.servers[0].sockets[0].getsockname()[1] if server and server.servers else settings.port
+        _startup_banner(state, settings.host, port)
+
+    app = create_app(settings, engine, on_load_error=on_load_error, on_ready=on_ready)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="auto",
+        http="auto",
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,
+        server_header=False,
+    )
+    server = _server_class()(config)
+    server.run()
+    if failure:
+        raise CommandError(f"model failed to load: {failure[0]}")
+    if not server.started:
+        raise CommandError(f"could not listen on {settings.host}:{settings.port} (address in use?)")
+    return 0

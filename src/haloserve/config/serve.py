@@ -1,0 +1,201 @@
+"""Settings of ``halo serve``: flags, ``HALO_*`` and llama-server's ``LLAMA_ARG_*`` variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import field_validator, model_validator
+
+from haloserve.config.base import HaloSettings, option
+
+KVType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]
+
+
+def default_threads() -> int:
+    """CPUs this process may run on (llama-server uses the physical core count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class ServeSettings(HaloSettings):
+    """Everything ``halo serve`` can be told; each field is a flag and an environment variable."""
+
+    # Model
+    model: Path | None = option(
+        None,
+        "GGUF model file (split files: the first part). Default: the bundled SmolLM2-135M-Instruct.",
+        env=("LLAMA_ARG_MODEL",),
+        aliases=("-m",),
+        metavar="PATH",
+    )
+    model_alias: str | None = option(
+        None,
+        "Model id in the API (default: derived from the file name).",
+        env=("LLAMA_ARG_ALIAS",),
+        aliases=("--alias", "-a"),
+        metavar="NAME",
+    )
+    chat_template: Path | None = option(
+        None,
+        "Jinja chat template file overriding the one in the GGUF metadata.",
+        aliases=("--chat-template-file",),
+        metavar="FILE",
+    )
+    engine: Literal["llama", "fake"] = option(
+        "llama",
+        "Engine: the embedded llama.cpp engine, or a fake one for tests and benchmarks.",
+    )
+    # Context and batching
+    ctx_size: int = option(
+        0,
+        "Total context in tokens, split evenly across --parallel slots (0: the model's trained context).",
+        env=("LLAMA_ARG_CTX_SIZE",),
+        aliases=("-c",),
+        ge=0,
+        le=1 << 24,
+    )
+    parallel: int = option(
+        4,
+        "Sequences decoded together (slots); requests beyond this wait in the queue.",
+        env=("LLAMA_ARG_N_PARALLEL",),
+        aliases=("-np", "--n-parallel"),
+        ge=1,
+        le=256,
+    )
+    batch_size: int = option(
+        2048,
+        "Logical batch: most tokens one decode step may hold.",
+        env=("LLAMA_ARG_BATCH",),
+        aliases=("-b",),
+        ge=32,
+        le=1 << 16,
+    )
+    ubatch_size: int = option(
+        512,
+        "Physical micro-batch; while streams decode, a step holds at most this many tokens.",
+        env=("LLAMA_ARG_UBATCH",),
+        aliases=("-ub",),
+        ge=16,
+        le=1 << 16,
+    )
+    kv_unified: bool = option(
+        False,
+        "One KV buffer shared by all slots instead of one stream per slot.",
+        env=("LLAMA_ARG_KV_UNIFIED",),
+    )
+    cache_type_k: KVType = option(
+        "f16", "KV cache type for K.", env=("LLAMA_ARG_CACHE_TYPE_K",), aliases=("-ctk",)
+    )
+    cache_type_v: KVType = option(
+        "f16", "KV cache type for V.", env=("LLAMA_ARG_CACHE_TYPE_V",), aliases=("-ctv",)
+    )
+    flash_attn: Literal["on", "off", "auto"] = option(
+        "auto", "Flash attention.", env=("LLAMA_ARG_FLASH_ATTN",), aliases=("-fa",)
+    )
+    n_gpu_layers: int = option(
+        -1,
+        "Layers offloaded to the GPU (-1 or 999: all; ignored by a CPU-only build).",
+        env=("LLAMA_ARG_N_GPU_LAYERS",),
+        aliases=("-ngl", "--gpu-layers"),
+        ge=-1,
+    )
+    mmap: bool = option(
+        True,
+        "Memory-map the model file (set false on ROCm UMA: mmap loading is very slow there).",
+        env=("LLAMA_ARG_MMAP",),
+    )
+    threads: int = option(
+        default_factory=default_threads,
+        description="CPU threads for generation.",
+        env=("LLAMA_ARG_THREADS",),
+        aliases=("-t",),
+        ge=1,
+    )
+    threads_batch: int = option(
+        0,
+        "CPU threads for prompt processing (0: same as --threads).",
+        env=("LLAMA_ARG_THREADS_BATCH",),
+        aliases=("-tb",),
+        ge=0,
+    )
+    n_predict: int = option(
+        -1,
+        "Most tokens one request may generate, with or without max_tokens (-1: until its slot is full).",
+        env=("LLAMA_ARG_N_PREDICT",),
+        aliases=("-n",),
+        ge=-1,
+    )
+    # Queue
+    max_queue: int = option(
+        1024,
+        "Requests that may wait for a free slot; more get 429 with Retry-After.",
+        ge=0,
+    )
+    # Default sampling (a request's own values win), llama-server's defaults.
+    temp: float = option(0.8, "Default temperature.", ge=0.0, le=2.0)
+    top_k: int = option(40, "Default top-k (0: off).", env=("LLAMA_ARG_TOP_K",), ge=0)
+    top_p: float = option(0.95, "Default top-p (1: off).", gt=0.0, le=1.0)
+    min_p: float = option(0.05, "Default min-p (0: off).", ge=0.0, le=1.0)
+    repeat_penalty: float = option(1.0, "Default repeat penalty (1: off).", gt=0.0)
+    repeat_last_n: int = option(64, "Tokens the penalties look back over (-1: all).", ge=-1)
+    # HTTP
+    host: str = option("127.0.0.1", "Address to bind.", env=("LLAMA_ARG_HOST",))
+    port: int = option(8080, "Port to listen on.", env=("LLAMA_ARG_PORT",), ge=0, le=65535)
+    api_key: list[str] = option(
+        default_factory=list,
+        description="Accepted API key (repeatable; comma-separated in the environment).",
+        env=("LLAMA_ARG_API_KEY",),
+        secret=True,
+        metavar="KEY",
+    )
+    api_key_file: Path | None = option(
+        None, "File with one accepted API key per line.", env=("LLAMA_ARG_API_KEY_FILE",), metavar="FILE"
+    )
+    max_body_bytes: int = option(8 << 20, "Largest accepted request body in bytes.", ge=1024)
+    shutdown_timeout: float = option(
+        15.0, "Seconds in-flight requests get to finish on SIGTERM before they are cancelled.", ge=0
+    )
+    metrics: bool = option(True, "Serve Prometheus metrics at /metrics.", env=("LLAMA_ARG_ENDPOINT_METRICS",))
+    log_level: Literal["debug", "info", "warning", "error"] = option("info", "Log verbosity.")
+    log_prompts: bool = option(False, "Log prompts and outputs (off by default: they are private).")
+    # Fake engine (tests and benchmarks)
+    fake_ttft: float = option(0.0, "Fake engine: seconds before the first token.", ge=0)
+    fake_itl: float = option(0.0, "Fake engine: seconds between tokens.", ge=0)
+
+    @field_validator("n_gpu_layers")
+    @classmethod
+    def _all_layers(cls, v: int) -> int:
+        return -1 if v >= 999 else v
+
+    @field_validator("flash_attn", mode="before")
+    @classmethod
+    def _fa_bool(cls, v: object) -> object:
+        mapping = {"true": "on", "1": "on", "enabled": "on", "false": "off", "0": "off", "disabled": "off"}
+        if isinstance(v, bool):
+            return "on" if v else "off"
+        return mapping.get(str(v).lower(), v) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _batches(self) -> ServeSettings:
+        if self.ubatch_size > self.batch_size:
+            self.__dict__["ubatch_size"] = self.batch_size
+        return self
+
+    def all_api_keys(self) -> list[str]:
+        """Keys from --api-key and --api-key-file (blank lines and # comments ignored)."""
+        keys = list(self.api_key)
+        if self.api_key_file is not None:
+            from haloserve.errors import ConfigError
+
+            try:
+                text = self.api_key_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(
+                    f"--api-key-file: cannot read {self.api_key_file}: {exc.strerror}"
+                ) from None
+            keys += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        return keys

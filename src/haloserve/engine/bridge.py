@@ -1,0 +1,77 @@
+"""The thread-safe seam between an engine's compute thread and asyncio request handlers.
+
+The compute thread never touches asyncio objects directly: each step it hands a list of
+``(stream, output)`` pairs to :func:`deliver`, which schedules one callback per event loop with
+``call_soon_threadsafe`` (one wake-up per step, not one per token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from haloserve.engine.base import Output
+
+
+class RequestStream:
+    """Async iterator over one request's outputs; :meth:`cancel` tells the engine to stop it."""
+
+    __slots__ = ("_cancel_cb", "_done", "_queue", "cancelled", "job", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, cancel_cb: Callable[[RequestStream], None]) -> None:
+        self.loop = loop
+        self._queue: asyncio.Queue[Output] = asyncio.Queue()
+        self._cancel_cb = cancel_cb
+        self._done = False
+        self.cancelled = False
+        self.job: Any = None
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> Output:
+        if self._done:
+            raise StopAsyncIteration
+        out = await self._queue.get()
+        if out.finish_reason is not None:
+            self._done = True
+        return out
+
+    def put(self, out: Output) -> None:
+        """Deliver one output (event-loop thread only)."""
+        self._queue.put_nowait(out)
+
+    @property
+    def done(self) -> bool:
+        """True once the final output has been read."""
+        return self._done
+
+    def cancel(self) -> None:
+        """Stop the request (idempotent): its slot is freed at the engine's next step."""
+        if not self._done and not self.cancelled:
+            self.cancelled = True
+            self._cancel_cb(self)
+
+    async def aclose(self) -> None:
+        """Cancel, as closing an async generator would."""
+        self.cancel()
+
+
+def _deliver_batch(items: list[tuple[RequestStream, Output]]) -> None:
+    for stream, out in items:
+        stream.put(out)
+
+
+def deliver(items: list[tuple[RequestStream, Output]]) -> None:
+    """Hand outputs produced on a compute thread to their event loops (called from that thread)."""
+    if not items:
+        return
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, Output]]] = defaultdict(list)
+    for stream, out in items:
+        by_loop[stream.loop].append((stream, out))
+    for loop, batch in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+            loop.call_soon_threadsafe(_deliver_batch, batch)

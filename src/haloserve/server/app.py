@@ -1,0 +1,170 @@
+"""``create_app(settings, engine)``: the HTTP app of one node, with no global state.
+
+The model loads in a worker thread after the app starts, so ``/health`` answers 503 while loading and
+200 once ready. Everything the handlers need lives on ``app.state.halo`` (a :class:`ServerState`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+
+from haloserve import __version__
+from haloserve.config.serve import ServeSettings
+from haloserve.engine.base import Engine
+from haloserve.engine.chat_template import CHATML, ChatTemplate
+from haloserve.errors import AuthenticationError, ConfigError, ModelNotFoundError, ServiceUnavailableError
+from haloserve.server.errors import install_error_handlers
+from haloserve.server.metrics import ServerMetrics
+from haloserve.server.middleware import RequestContext
+
+log = logging.getLogger("haloserve.server")
+
+
+def model_alias(path: str | Path) -> str:
+    """The default model id: the file name without ``.gguf`` and without a split suffix."""
+    name = Path(path).name
+    if name.lower().endswith(".gguf"):
+        name = name[:-5]
+    import re
+
+    return re.sub(r"-\d{5}-of-\d{5}$", "", name)
+
+
+@dataclass
+class ServerState:
+    """What the handlers of one app share."""
+
+    settings: ServeSettings
+    engine: Engine
+    model_id: str
+    metrics: ServerMetrics
+    api_keys: list[bytes] = field(default_factory=list)
+    template_source: str | None = None
+    template: ChatTemplate | None = None
+    load_error: str | None = None
+
+    def check_model(self, requested: str) -> None:
+        """404 ``model_not_found`` unless ``requested`` is ours (an empty model means the default)."""
+        if requested and requested != self.model_id:
+            raise ModelNotFoundError(
+                f"The model `{requested}` does not exist; this server serves `{self.model_id}`", param="model"
+            )
+
+    def require_ready(self) -> None:
+        """503 while the model loads (or failed to load)."""
+        if not self.engine.ready or self.template is None:
+            why = (
+                f"model failed to load: {self.load_error}"
+                if self.load_error
+                else "the model is still loading"
+            )
+            raise ServiceUnavailableError(why, retry_after=5.0)
+
+
+def _auth_keys(settings: ServeSettings) -> list[bytes]:
+    return [k.encode() for k in settings.all_api_keys()]
+
+
+def check_api_key(state: ServerState, request: Request) -> None:
+    """401 in OpenAI shape unless a configured key is presented (compared in constant time)."""
+    if not state.api_keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    presented = token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key", "")
+    candidate = presented.encode()
+    ok = False
+    for key in state.api_keys:  # compare against every key so timing does not tell which one matched
+        ok |= hmac.compare_digest(candidate, key)
+    if not ok:
+        message = "Missing API key" if not presented else "Incorrect API key provided"
+        raise AuthenticationError(f"{message}: pass it as 'Authorization: Bearer <key>'")
+
+
+def create_app(
+    settings: ServeSettings,
+    engine: Engine,
+    *,
+    model_id: str | None = None,
+    on_load_error: Callable[[str], None] | None = None,
+    on_ready: Callable[[ServerState], None] | None = None,
+) -> FastAPI:
+    """A fresh app serving ``engine``; the engine starts in the app's lifespan."""
+    template_source: str | None = None
+    if settings.chat_template is not None:
+        try:
+            template_source = settings.chat_template.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"--chat-template: cannot read {settings.chat_template}: {exc.strerror}"
+            ) from None
+        ChatTemplate(template_source)  # compile now: a broken template is a start-up error
+    alias = model_id or settings.model_alias or model_alias(engine_path(settings))
+
+    async def load(state: ServerState) -> None:
+        try:
+            await asyncio.to_thread(engine.start)
+            tok = engine.tokenizer
+            source = state.template_source or engine.chat_template or CHATML
+            state.template = ChatTemplate(source, bos_token=tok.bos_text, eos_token=tok.eos_text)
+        except Exception as exc:  # reported, never raised into the event loop
+            state.load_error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            log.error("model failed to load: %s", state.load_error)
+            if on_load_error is not None:
+                on_load_error(state.load_error)
+            return
+        if on_ready is not None:
+            on_ready(state)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state: ServerState = app.state.halo
+        task = asyncio.create_task(load(state))
+        try:
+            yield
+        finally:
+            if not task.done():
+                await asyncio.shield(task)
+            await asyncio.to_thread(engine.stop, max(1.0, settings.shutdown_timeout))
+
+    app = FastAPI(
+        title="haloserve",
+        version=__version__,
+        description="OpenAI-compatible API of one haloserve node.",
+        lifespan=lifespan,
+    )
+    app.state.halo = ServerState(
+        settings=settings,
+        engine=engine,
+        model_id=alias,
+        metrics=ServerMetrics(engine.stats, lambda: engine.info if engine.ready else None),
+        api_keys=_auth_keys(settings),
+        template_source=template_source,
+    )
+    install_error_handlers(app)
+    from haloserve.server.openai_routes import router as openai_router
+    from haloserve.server.ops_routes import router as ops_router
+
+    app.include_router(ops_router)
+    app.include_router(openai_router)
+    app.add_middleware(RequestContext, max_body=settings.max_body_bytes)
+    return app
+
+
+def engine_path(settings: ServeSettings) -> str:
+    """The model path the settings point at (the bundled model when none)."""
+    if settings.model is not None:
+        return str(settings.model)
+    if settings.engine == "fake":
+        return "fake-model.gguf"
+    from haloserve.bundled import BUNDLED_ALIAS
+
+    return BUNDLED_ALIAS

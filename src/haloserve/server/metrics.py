@@ -1,0 +1,100 @@
+"""Prometheus metrics of one server, in a registry owned by its app (two apps never share state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from haloserve.engine.base import EngineInfo, EngineStats
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 30, 60)
+_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
+_E2E_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300, 600)
+
+
+class _EngineCollector(Collector):
+    """Reads the engine's counters and gauges at scrape time."""
+
+    def __init__(self, stats: Callable[[], EngineStats], info: Callable[[], EngineInfo | None]) -> None:
+        self._stats = stats
+        self._info = info
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        st = self._stats()
+        info = self._info()
+        yield GaugeMetricFamily("halo_queue_depth", "Requests waiting for a free slot.", value=st.queue_depth)
+        yield GaugeMetricFamily("halo_slots_busy", "Slots serving a request.", value=st.busy_slots)
+        if info is not None:
+            yield GaugeMetricFamily("halo_slots_total", "Slots (parallel sequences).", value=info.n_parallel)
+            yield GaugeMetricFamily("halo_ctx_per_slot", "Context tokens per slot.", value=info.n_ctx_slot)
+        counters = [
+            ("halo_engine_steps", "Decode steps (llama_decode calls).", st.steps),
+            (
+                "halo_engine_multi_sequence_steps",
+                "Decode steps that advanced more than one generating sequence.",
+                st.decode_steps_multi,
+            ),
+            (
+                "halo_prompt_tokens_processed",
+                "Prompt tokens computed (not served from cache).",
+                st.prompt_tokens_processed,
+            ),
+            (
+                "halo_prefix_cache_hit_tokens",
+                "Prompt tokens reused from a slot's KV cache.",
+                st.prompt_tokens_cached,
+            ),
+            ("halo_engine_generated_tokens", "Tokens sampled by the engine.", st.generated_tokens),
+            ("halo_engine_requests_failed", "Requests failed inside the engine.", st.requests_failed),
+        ]
+        for name, doc, value in counters:
+            yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily(
+            "halo_engine_max_sequences_per_step",
+            "Most sequences seen in one decode step.",
+            value=st.max_seqs_in_step,
+        )
+
+
+class ServerMetrics:
+    """The HTTP-side metrics plus the engine collector, in one registry."""
+
+    def __init__(self, stats: Callable[[], EngineStats], info: Callable[[], EngineInfo | None]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "halo_requests",
+            "Finished HTTP requests by endpoint and status.",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter("halo_prompt_tokens", "Prompt tokens of finished requests.", registry=r)
+        self.generation_tokens = Counter(
+            "halo_generation_tokens", "Generated tokens of finished requests.", registry=r
+        )
+        self.ttft = Histogram(
+            "halo_time_to_first_token_seconds",
+            "Time from arrival to the first token.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "halo_time_per_output_token_seconds",
+            "Time between consecutive output tokens.",
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "halo_request_duration_seconds",
+            "Time from arrival to the last token.",
+            buckets=_E2E_BUCKETS,
+            registry=r,
+        )
+        r.register(_EngineCollector(stats, info))
+
+    def request_done(self, endpoint: str, status: int) -> None:
+        """Count one finished request."""
+        self.requests.labels(endpoint, str(status)).inc()

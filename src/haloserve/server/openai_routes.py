@@ -1,0 +1,210 @@
+"""``POST /v1/chat/completions`` and ``POST /v1/completions``: thin handlers over the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from haloserve.engine.base import GenerationRequest, Output
+from haloserve.engine.bridge import RequestStream
+from haloserve.errors import EngineError, HaloError
+from haloserve.protocol import sse
+from haloserve.protocol.openai import ChatCompletionRequest, CompletionRequest
+from haloserve.server.app import ServerState, check_api_key
+from haloserve.server.convert import (
+    chat_prompt,
+    check_unsupported,
+    completion_prompt,
+    generation_request,
+)
+from haloserve.server.errors import sse_error
+from haloserve.server.responses import ResponseShape
+
+log = logging.getLogger("haloserve.server")
+router = APIRouter()
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _prepare(request: Request, body: Any) -> ServerState:
+    state: ServerState = request.app.state.halo
+    check_api_key(state, request)
+    state.require_ready()
+    state.check_model(body.model)
+    check_unsupported(body)
+    return state
+
+
+@router.post("/v1/chat/completions", summary="Chat completion (OpenAI)")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    """Chat completion, streamed as SSE when ``stream`` is true."""
+    state = _prepare(request, body)
+    assert state.template is not None
+    rid = request.scope["state"]["request_id"]
+    prompt = chat_prompt(body, state.engine, state.template)
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    greq = generation_request(rid, body, prompt, max_tokens, state.engine, state.settings)
+    shape = ResponseShape(id=f"chatcmpl-{rid}", model=state.model_id, chat=True)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await _respond(request, state, greq, shape, "chat", bool(body.stream), include_usage, "")
+
+
+@router.post("/v1/completions", summary="Text completion (OpenAI)")
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    """Text completion, streamed as SSE when ``stream`` is true."""
+    state = _prepare(request, body)
+    rid = request.scope["state"]["request_id"]
+    prompt, prompt_text = completion_prompt(body, state.engine)
+    greq = generation_request(rid, body, prompt, body.max_tokens, state.engine, state.settings)
+    shape = ResponseShape(id=f"cmpl-{rid}", model=state.model_id, chat=False)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    echo = prompt_text if body.echo else ""
+    return await _respond(request, state, greq, shape, "completions", bool(body.stream), include_usage, echo)
+
+
+class _Timing:
+    """Arrival, first-token and per-token times of one request, fed to the metrics."""
+
+    __slots__ = ("first", "last", "last_tokens", "start", "state")
+
+    def __init__(self, state: ServerState, start: float) -> None:
+        self.state = state
+        self.start = start
+        self.first = 0.0
+        self.last = start
+        self.last_tokens = 0
+
+    def saw(self, out: Output) -> None:
+        now = time.monotonic()
+        m = self.state.metrics
+        if not self.first:
+            self.first = now
+            m.ttft.observe(now - self.start)
+        elif out.completion_tokens > self.last_tokens:
+            m.itl.observe((now - self.last) / (out.completion_tokens - self.last_tokens))
+        self.last, self.last_tokens = now, out.completion_tokens
+
+    def finished(self, endpoint: str, final: Output, status: int) -> None:
+        m = self.state.metrics
+        m.request_done(endpoint, status)
+        if status == 200:
+            m.prompt_tokens.inc(final.prompt_tokens)
+            m.generation_tokens.inc(final.completion_tokens)
+            m.e2e.observe(time.monotonic() - self.start)
+
+
+async def _watch_disconnect(request: Request, stream: RequestStream) -> None:
+    """Cancel ``stream`` when the client goes away before the response starts."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            stream.cancel()
+            return
+
+
+async def _respond(
+    request: Request,
+    state: ServerState,
+    greq: GenerationRequest,
+    shape: ResponseShape,
+    endpoint: str,
+    streaming: bool,
+    include_usage: bool,
+    echo: str,
+) -> Response:
+    timing = _Timing(state, greq.arrival_time)
+    stream = state.engine.generate(greq)  # raises 429 / 503 before anything is sent
+    watcher = asyncio.create_task(_watch_disconnect(request, stream))
+    try:
+        first = await anext(stream)
+        timing.saw(first)
+        if first.finish_reason == "error":
+            timing.finished(endpoint, first, 500)
+            raise EngineError(first.error or "engine error")
+        if not streaming:
+            parts, out = [echo, first.text], first
+            while out.finish_reason is None:
+                out = await anext(stream)
+                timing.saw(out)
+                parts.append(out.text)
+            if out.finish_reason == "error":
+                timing.finished(endpoint, out, 500)
+                raise EngineError(out.error or "engine error")
+            timing.finished(endpoint, out, 200)
+            _log_done(greq, out, timing)
+            return JSONResponse(shape.full("".join(parts), out))
+    except BaseException:
+        stream.cancel()
+        raise
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    if stream.cancelled:  # the client left while we waited for the first token
+        return Response(status_code=499)
+    return StreamingResponse(
+        _sse(stream, first, shape, endpoint, include_usage, echo, timing, greq),
+        media_type="text/event-stream",
+        headers=_SSE_HEADERS,
+    )
+
+
+async def _sse(
+    stream: RequestStream,
+    first: Output,
+    shape: ResponseShape,
+    endpoint: str,
+    include_usage: bool,
+    echo: str,
+    timing: _Timing,
+    greq: GenerationRequest,
+) -> AsyncIterator[bytes]:
+    writer = shape.chunk_writer(include_usage)
+    out = first
+    try:
+        if shape.chat:
+            yield writer.role()
+        elif echo:
+            yield writer.text(echo)
+        while True:
+            if out.finish_reason == "error":
+                timing.finished(endpoint, out, 500)
+                yield sse_error(EngineError(out.error or "engine error"))
+                return
+            if out.finish_reason is not None:
+                yield writer.text(out.text, out.finish_reason)
+                break
+            if out.text:
+                yield writer.text(out.text)
+            out = await anext(stream)
+            timing.saw(out)
+        if include_usage:
+            yield writer.usage(out)
+        yield sse.DONE
+        timing.finished(endpoint, out, 200)
+        _log_done(greq, out, timing)
+    except HaloError as exc:
+        yield sse_error(exc)
+    finally:
+        stream.cancel()
+
+
+def _log_done(greq: GenerationRequest, final: Output, timing: _Timing) -> None:
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "%s done: prompt=%d (cached %d) completion=%d finish=%s ttft=%.0fms total=%.0fms",
+            greq.request_id,
+            final.prompt_tokens,
+            final.cached_tokens,
+            final.completion_tokens,
+            final.finish_reason,
+            (timing.first - timing.start) * 1000,
+            (time.monotonic() - timing.start) * 1000,
+        )

@@ -1,0 +1,144 @@
+"""Operational routes: /health, /metrics, /v1/models and llama-server's /props."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from haloserve.errors import InvalidRequestError, ModelNotFoundError, NotFoundError
+from haloserve.server.app import ServerState, check_api_key
+
+router = APIRouter()
+_STARTED = int(time.time())
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.halo
+    return state
+
+
+@router.get("/health", summary="200 when ready to serve, 503 while the model loads")
+async def health(request: Request) -> JSONResponse:
+    """Readiness: 503 (OpenAI error shape) while loading, 200 with slot counts when ready."""
+    state = _state(request)
+    state.require_ready()
+    st = state.engine.stats()
+    info = state.engine.info
+    return JSONResponse(
+        {
+            "status": "ok",
+            "model": state.model_id,
+            "slots_total": info.n_parallel,
+            "slots_idle": info.n_parallel - st.busy_slots,
+            "slots_processing": st.busy_slots,
+            "queue_depth": st.queue_depth,
+        }
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition of this server's registry."""
+    state = _state(request)
+    if not state.settings.metrics:
+        raise NotFoundError("metrics are disabled (--no-metrics)")
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _model_card(state: ServerState) -> dict[str, Any]:
+    card: dict[str, Any] = {
+        "id": state.model_id,
+        "object": "model",
+        "created": _STARTED,
+        "owned_by": "haloserve",
+    }
+    if state.engine.ready:
+        info = state.engine.info
+        card["meta"] = {
+            "n_ctx": info.n_ctx,
+            "n_ctx_per_slot": info.n_ctx_slot,
+            "n_parallel": info.n_parallel,
+            "n_ctx_train": info.n_ctx_train,
+            "n_vocab": info.n_vocab,
+            "description": info.description,
+        }
+    return card
+
+
+@router.get("/v1/models", summary="The served model")
+async def list_models(request: Request) -> JSONResponse:
+    """OpenAI ``GET /v1/models``."""
+    state = _state(request)
+    check_api_key(state, request)
+    return JSONResponse({"object": "list", "data": [_model_card(state)]})
+
+
+@router.get("/v1/models/{model_id:path}", summary="One model")
+async def get_model(model_id: str, request: Request) -> JSONResponse:
+    """OpenAI ``GET /v1/models/{id}``."""
+    state = _state(request)
+    check_api_key(state, request)
+    if model_id != state.model_id:
+        raise ModelNotFoundError(f"The model `{model_id}` does not exist", param="model")
+    return JSONResponse(_model_card(state))
+
+
+@router.get("/props", summary="llama-server compatible server properties")
+async def props(request: Request) -> JSONResponse:
+    """``total_slots`` and context facts, in llama-server's ``/props`` shape (read by gateways)."""
+    state = _state(request)
+    check_api_key(state, request)
+    state.require_ready()
+    info = state.engine.info
+    return JSONResponse(
+        {
+            "total_slots": info.n_parallel,
+            "model_path": info.model_path,
+            "model_alias": state.model_id,
+            "default_generation_settings": {"n_ctx": info.n_ctx_slot},
+            "chat_template": state.template.source if state.template else None,
+            "build_info": "haloserve",
+        }
+    )
+
+
+@router.post("/tokenize", summary="llama-server compatible tokenizer")
+async def tokenize(request: Request) -> JSONResponse:
+    """``{"content": str, "add_special": bool}`` -> ``{"tokens": [int]}``."""
+    state = _state(request)
+    check_api_key(state, request)
+    state.require_ready()
+    body = await _json_object(request)
+    content = body.get("content")
+    if not isinstance(content, str):
+        raise InvalidRequestError("content must be a string", param="content")
+    add_special = bool(body.get("add_special", False))
+    return JSONResponse({"tokens": state.engine.tokenizer.tokenize(content, add_special=add_special)})
+
+
+@router.post("/detokenize", summary="llama-server compatible detokenizer")
+async def detokenize(request: Request) -> JSONResponse:
+    """``{"tokens": [int]}`` -> ``{"content": str}``."""
+    state = _state(request)
+    check_api_key(state, request)
+    state.require_ready()
+    body = await _json_object(request)
+    tokens = body.get("tokens")
+    n_vocab = state.engine.info.n_vocab
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and 0 <= t < n_vocab for t in tokens):
+        raise InvalidRequestError(f"tokens must be a list of token ids in 0..{n_vocab - 1}", param="tokens")
+    return JSONResponse({"content": state.engine.tokenizer.detokenize(tokens)})
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidRequestError("malformed JSON body") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("the body must be a JSON object")
+    return body
