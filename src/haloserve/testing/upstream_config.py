@@ -28,22 +28,32 @@ class UpstreamConfig(BaseModel):
     itl_ms: float = Field(default=0.0, ge=0, description="Interval between successive tokens.")
     default_max_tokens: int = Field(default=16, ge=1, description="Output length when the request sets none.")
     eos_after: int | None = Field(
-        default=None, ge=1, description="Natural stop after N tokens unless ignore_eos (min_tokens still applies)."
+        default=None,
+        ge=1,
+        description="Natural stop after N tokens unless ignore_eos (min_tokens still applies).",
     )
-    api_key: str | None = Field(default=None, description="When set, requests need 'Authorization: Bearer KEY'.")
-    error_rate: float = Field(default=0.0, ge=0, le=1, description="Share of requests answered with error_status.")
+    api_key: str | None = Field(
+        default=None, description="When set, requests need 'Authorization: Bearer KEY'."
+    )
+    error_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of requests answered with error_status."
+    )
     error_status: int = Field(default=500, ge=400, le=599)
     drop_rate: float = Field(
         default=0.0, ge=0, le=1, description="Share of requests whose connection is closed before headers."
     )
-    cut_rate: float = Field(default=0.0, ge=0, le=1, description="Share of streams cut (connection closed) mid-way.")
+    cut_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of streams cut (connection closed) mid-way."
+    )
     cut_after_tokens: int = Field(default=2, ge=0, description="Tokens sent before a cut or a broken event.")
     broken_rate: float = Field(
         default=0.0, ge=0, le=1, description="Share of streams carrying a malformed SSE event."
     )
     header_delay_ms: float = Field(default=0.0, ge=0, description="Delay before response headers are sent.")
     seed: int = Field(default=0, description="Seed of the failure-injection draws.")
-    record_timings: bool = Field(default=False, description="Keep per-request send timestamps for /fake/timings.")
+    record_timings: bool = Field(
+        default=False, description="Keep per-request send timestamps for /fake/timings."
+    )
     max_timings: int = Field(default=100_000, ge=0, description="Most requests kept in the timing record.")
 
 
