@@ -40,7 +40,8 @@ class Call:
 class Outcome:
     """What came back: raw reads with their timestamps, or a failure before or during the body."""
 
-    start: float
+    called: float
+    start: float = 0.0
     status: int | None = None
     reads: list[tuple[float, bytes]] = field(default_factory=list)
     error_kind: ErrorKind | None = None
@@ -61,14 +62,39 @@ class Parsed:
     broken: str | None = None
 
 
+async def _on_chunk_sent(session: Any, ctx: Any, params: Any) -> None:
+    out = ctx.trace_request_ctx
+    if isinstance(out, Outcome) and not out.start:
+        out.start = time.perf_counter()
+
+
+def trace_config() -> aiohttp.TraceConfig:
+    """The tracing hook that stamps the moment a request's body is written to the socket.
+
+    The clock of TTFT and E2EL starts there, not when aiohttp starts preparing the request (vLLM's
+    client starts it before ``session.post``): under a burst of simultaneous starts, aiohttp's own
+    per-request work would otherwise count as server latency. The gap is kept as client overhead.
+    """
+    tc = aiohttp.TraceConfig()
+    tc.on_request_chunk_sent.append(_on_chunk_sent)
+    return tc
+
+
 async def send(http: aiohttp.ClientSession, call: Call, timeout: float) -> Outcome:
-    """POST ``call`` and collect every read of the streamed body with its arrival time."""
-    out = Outcome(start=time.perf_counter())
+    """POST ``call`` and collect every read of the streamed body with its arrival time.
+
+    ``http`` must carry :func:`trace_config`; without it the clock starts at the call.
+    """
+    out = Outcome(called=time.perf_counter())
     reads = out.reads
     clock = time.perf_counter
     try:
         async with http.post(
-            call.url, data=call.body, headers=call.headers, timeout=aiohttp.ClientTimeout(total=timeout)
+            call.url,
+            data=call.body,
+            headers=call.headers,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            trace_request_ctx=out,
         ) as resp:
             out.status = resp.status
             if resp.status != 200:
@@ -95,6 +121,8 @@ async def send(http: aiohttp.ClientSession, call: Call, timeout: float) -> Outco
         out.error_kind, out.error = kind, f"connection error: {exc.strerror or exc}"
     except aiohttp.ClientError as exc:
         out.error_kind, out.error = "other", f"{type(exc).__name__}: {exc}"
+    if not out.start:
+        out.start = out.called
     return out
 
 
@@ -187,6 +215,7 @@ def to_record(
         session=session,
         turn=turn,
         start_s=outcome.start - t0,
+        client_overhead_s=outcome.start - outcome.called,
         ok=False,
         status=outcome.status,
         prompt_tokens=call.prompt_tokens_estimate,

@@ -157,6 +157,7 @@ def level_metrics(
         tpot_ms=distribution(tpots),
         itl_ms=distribution(itls),
         e2el_ms=distribution(r.e2el_s for r in ok if r.e2el_s is not None),
+        client_overhead_ms=distribution(r.client_overhead_s for r in records),
         errors=dict(kinds),
         http_statuses=dict(statuses),
         first_error=first_error,

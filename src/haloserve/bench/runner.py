@@ -9,6 +9,7 @@ scale ``1 / (rate x burstiness)`` (Poisson for 1), rescaled so that N requests s
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import math
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from haloserve.bench.client import Call, send, to_record
+from haloserve.bench.client import Call, Outcome, send, to_record, trace_config
 from haloserve.bench.metrics import level_metrics, parse_slo
 from haloserve.bench.preflight import environment, preflight
 from haloserve.bench.schema import BenchResult, LevelResult, RequestRecord
@@ -112,6 +113,51 @@ def endless_offsets(rate: float | None, burstiness: float, rng: random.Random) -
         yield t
 
 
+class _Parser:
+    """Turns raw outcomes into records on the side, one per loop turn, so the loop never stalls.
+
+    Parsing a finished stream costs about 10 µs a token. Done inline, a burst of streams ending
+    together (every stream of a concurrency level does) would block the loop for the whole burst and
+    delay the tokens of the streams still running; here the longest stall is one request's parse.
+    """
+
+    def __init__(self, sink: ProgressSink) -> None:
+        self.sink = sink
+        self.queue: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
+        self.task = asyncio.create_task(self._run())
+
+    def submit(self, st: _LevelState, call: Call, out: Outcome, index: int, session: int, turn: int) -> Any:
+        """Queue one outcome; returns a future of ``(record, text)``."""
+        fut = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((st, call, out, index, session, turn, fut))
+        return fut
+
+    async def _run(self) -> None:
+        while (item := await self.queue.get()) is not None:
+            st, call, out, index, session, turn, fut = item
+            if call is None:  # a drain marker
+                fut.set_result(None)
+                continue
+            rec, text = to_record(call, out, index, st.t0, session, turn)
+            if st.record:
+                st.records.append(rec)
+                self.sink.request_done(rec)
+            if not fut.cancelled():
+                fut.set_result((rec, text))
+            await asyncio.sleep(0)
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far is parsed."""
+        fut = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((_LevelState(0.0, 0, None, False), None, None, 0, 0, 0, fut))
+        await fut
+
+    async def close(self) -> None:
+        """Parse what is left and stop."""
+        self.queue.put_nowait(None)
+        await self.task
+
+
 @dataclass
 class _LevelState:
     t0: float
@@ -154,12 +200,13 @@ class Runner:
         self.api_url = settings.url + path
         self.extra: dict[str, Any] = json.loads(settings.extra_body) if settings.extra_body else {}
         self.http: aiohttp.ClientSession | None = None
+        self._parser: _Parser | None = None
 
     async def run(self) -> BenchResult:
         """Check the server, run every level, and return the full result."""
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
         async with aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None), trace_configs=[trace_config()]
         ) as http:
             self.http = http
             info, notes = await preflight(http, self.s, self.headers)
@@ -167,15 +214,27 @@ class Runner:
             env = environment(info)
             WORKLOADS[self.s.workload](self.spec, random.Random(self.s.seed))  # fail early on a bad dataset
             levels = []
-            for i, plan in enumerate(plan_levels(self.s)):
-                levels.append(await self.run_level(plan, i))
+            self._parser = _Parser(self.sink)
+            try:
+                for i, plan in enumerate(plan_levels(self.s)):
+                    levels.append(await self.run_level(plan, i))
+            finally:
+                await self.parser.close()
         label = self.s.label or f"{self.model} @ {self.s.url.split('://', 1)[-1]}"
         return BenchResult(
             label=label, settings=self.s.public_dict(), environment=env, notes=notes, levels=levels
         )
 
+    @property
+    def parser(self) -> _Parser:
+        """The record parser of the running benchmark."""
+        assert self._parser is not None, "Runner.run() starts the parser"
+        return self._parser
+
     async def run_level(self, plan: LevelPlan, index: int) -> LevelResult:
         """Warm up, then drive one level and compute its metrics."""
+        width = int(plan.value or 1) if plan.mode == "concurrency" else (plan.max_concurrency or 64)
+        await self._open_connections(width)
         if self.s.warmup:
             width = min(self.s.warmup, int(plan.value or self.s.warmup) if plan.mode == "concurrency" else 8)
             warm = _LevelState(time.perf_counter(), self.s.warmup, None, record=False)
@@ -183,6 +242,8 @@ class Runner:
             await self._workers(warm, convos, width, f"w{index}")
         self.sink.level_started(plan.label, plan.num_prompts, plan.duration)
         convos = WORKLOADS[self.s.workload](self.spec, random.Random(self.s.seed))
+        gc.collect()
+        gc.freeze()  # what exists now is never scanned again: no long collections mid-level
         t0 = time.perf_counter()
         deadline = t0 + plan.duration if plan.duration else None
         st = _LevelState(t0, plan.num_prompts, deadline, record=True)
@@ -191,6 +252,8 @@ class Runner:
         else:
             await self._arrivals(st, convos, plan, str(index))
         duration = time.perf_counter() - t0
+        await self.parser.drain()
+        gc.unfreeze()
         st.records.sort(key=lambda r: r.index)
         result = LevelResult(
             mode="concurrency" if plan.mode == "concurrency" else "rate",
@@ -199,11 +262,26 @@ class Runner:
             burstiness=self.s.burstiness if plan.mode == "rate" else None,
             max_concurrency=plan.max_concurrency,
             warmup_requests=self.s.warmup,
+            clock_origin_s=t0,
             metrics=level_metrics(st.records, duration, self.slo or None),
             requests=st.records,
         )
         self.sink.level_finished(result)
         return result
+
+    async def _open_connections(self, width: int) -> None:
+        """Open up to ``width`` keep-alive connections (cheap GETs) so that connection setup is warm-up."""
+        assert self.http is not None
+        http, url = self.http, self.s.url + "/v1/models"
+
+        async def one() -> None:
+            try:
+                async with http.get(url, headers=self.headers, timeout=aiohttp.ClientTimeout(total=10)) as r:
+                    await r.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+
+        await asyncio.gather(*(one() for _ in range(width)))
 
     async def _workers(self, st: _LevelState, convos: Iterator[Conversation], width: int, tag: str) -> None:
         async def worker() -> None:
@@ -256,13 +334,12 @@ class Runner:
             st.issued += 1
             call = self.make_call(convo, turn, replies, f"bench-{self.run_id}-{tag}-{index}")
             outcome = await send(self.http, call, self.s.timeout)
-            rec, text = to_record(call, outcome, index, st.t0, session, turn)
-            if st.record:
-                st.records.append(rec)
-                self.sink.request_done(rec)
-            if not rec.ok:
-                return  # a conversation does not go on after a failed turn
-            replies.append(text)
+            parsed = self.parser.submit(st, call, outcome, index, session, turn)
+            if turn + 1 < n_turns:  # the next turn needs this reply
+                rec, text = await parsed
+                if not rec.ok:
+                    return  # a conversation does not go on after a failed turn
+                replies.append(text)
 
     def make_call(self, convo: Conversation, turn: int, replies: list[str], request_id: str) -> Call:
         """The HTTP request for one turn of a conversation."""

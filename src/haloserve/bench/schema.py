@@ -30,7 +30,10 @@ class RequestRecord(_Model):
     id: str = Field(description="The X-Request-Id sent with it.")
     session: int = Field(default=0, description="Conversation it belongs to (multi-turn workloads).")
     turn: int = Field(default=0, description="Turn within the conversation, from 0.")
-    start_s: float = Field(description="Send time, seconds after the level's measurement began.")
+    start_s: float = Field(description="When the request was written, seconds after the level began.")
+    client_overhead_s: float = Field(
+        default=0.0, description="Client time from issuing the request to writing it (not in TTFT)."
+    )
     ok: bool
     ttft_s: float | None = Field(default=None, description="Send to first token.")
     e2el_s: float | None = Field(default=None, description="Send to last token.")
@@ -74,6 +77,9 @@ class LevelMetrics(_Model):
     tpot_ms: Distribution
     itl_ms: Distribution
     e2el_ms: Distribution
+    client_overhead_ms: Distribution = Field(
+        default_factory=Distribution, description="The load generator's own time before each send."
+    )
     errors: dict[str, int] = Field(default_factory=dict, description="Failed requests by kind.")
     http_statuses: dict[str, int] = Field(default_factory=dict, description="Failed requests by HTTP status.")
     first_error: str | None = None
@@ -91,6 +97,9 @@ class LevelResult(_Model):
     burstiness: float | None = None
     max_concurrency: int | None = None
     warmup_requests: int = 0
+    clock_origin_s: float | None = Field(
+        default=None, description="time.perf_counter() at the level's start, to match server-side clocks."
+    )
     metrics: LevelMetrics
     requests: list[RequestRecord] = Field(default_factory=list)
 
