@@ -26,7 +26,6 @@ import sys
 import urllib.request
 from pathlib import Path
 
-
 from haloserve.bench.metrics import percentile
 from haloserve.bench.preflight import raise_fd_limit, run_sync
 from haloserve.bench.runner import Runner
@@ -48,7 +47,9 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
-def one_run(streams: int, rounds: int, ttft_ms: float, itl_ms: float, tokens: int) -> dict[str, float]:
+def one_run(
+    streams: int, rounds: int, ttft_ms: float, itl_ms: float, tokens: int, spread: float
+) -> dict[str, float]:
     """Drive ``streams`` concurrent streams against a fresh fake upstream; return the error figures."""
     cfg = UpstreamConfig(ttft_ms=ttft_ms, itl_ms=itl_ms, record_timings=True)
     with spawn(cfg) as url:
@@ -58,6 +59,8 @@ def one_run(streams: int, rounds: int, ttft_ms: float, itl_ms: float, tokens: in
             num_prompts=streams * rounds,
             input_len=32,
             output_len=tokens,
+            length_dist="uniform" if spread else "fixed",
+            length_spread=spread,
             warmup=0,
             progress=False,
         )
@@ -115,7 +118,8 @@ def table(acc: dict[str, float], big: dict[str, float], args: argparse.Namespace
     return "\n".join(
         [
             f"Machine: {_cpu()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; load generator and "
-            f"fake upstream share the machine (separate processes). Medians of {args.runs} runs.",
+            f"fake upstream share the machine (separate processes); load average {os.getloadavg()[0]:.2f} "
+            f"before the runs (other work on the machine competes for the same cores). Medians of {args.runs} runs.",
             "",
             "| figure | 256 streams | 500 streams |",
             "|---|---|---|",
@@ -123,7 +127,7 @@ def table(acc: dict[str, float], big: dict[str, float], args: argparse.Namespace
             f"| {big['err_p99']:.2f} ms |",
             f"| token arrival error p50 / max | {acc['err_p50']:.2f} / {acc['err_max']:.2f} ms "
             f"| {big['err_p50']:.2f} / {big['err_max']:.2f} ms |",
-            f"| send lag p50 / p99 (server receipt - client send) | {acc['lag_p50']:.2f} / {acc['lag_p99']:.2f} ms "
+            f"| request receipt lag p50 / p99 (server handler start - client write; the fake's backlog) | {acc['lag_p50']:.2f} / {acc['lag_p99']:.2f} ms "
             f"| {big['lag_p50']:.2f} / {big['lag_p99']:.2f} ms |",
             f"| requests completed / failed | {acc['completed']:.0f} / {acc['failed']:.0f} "
             f"| {big['completed']:.0f} / {big['failed']:.0f} |",
@@ -151,14 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="requests per stream")
     p.add_argument("--ttft-ms", type=float, default=100.0)
     p.add_argument("--itl-ms", type=float, default=20.0)
-    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--tokens", type=int, default=64, help="mean output tokens a request")
+    p.add_argument("--spread", type=float, default=0.0, help="uniform length spread (0: all equal)")
     p.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = p.parse_args(argv)
     raise_fd_limit()
     acc_runs, big_runs = [], []
     for i in range(args.runs):
-        acc_runs.append(one_run(args.streams, args.rounds, args.ttft_ms, args.itl_ms, args.tokens))
-        big_runs.append(one_run(args.big, 1, args.ttft_ms, args.itl_ms, args.tokens))
+        acc_runs.append(
+            one_run(args.streams, args.rounds, args.ttft_ms, args.itl_ms, args.tokens, args.spread)
+        )
+        big_runs.append(one_run(args.big, 1, args.ttft_ms, args.itl_ms, args.tokens, args.spread))
         print(f"run {i + 1}: {args.streams} streams {acc_runs[-1]}", file=sys.stderr)
         print(f"run {i + 1}: {args.big} streams {big_runs[-1]}", file=sys.stderr)
     text = table(median_of(acc_runs), median_of(big_runs), args)
@@ -177,5 +184,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-

@@ -11,6 +11,7 @@ does) that adds near-zero ITL samples, so we skip them. TTFT, E2EL and ITL other
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 
 from haloserve.bench.schema import ErrorKind, RequestRecord
 from haloserve.protocol.sse import Decoder
@@ -80,6 +82,50 @@ def trace_config() -> aiohttp.TraceConfig:
     return tc
 
 
+class TimedResponseHandler(ResponseHandler):
+    """aiohttp's client protocol, stamping each socket read with the body bytes it completed.
+
+    uvloop hands a socket's bytes to ``data_received`` as soon as the loop polls them, before any
+    task runs; a stamp here is the earliest moment the process can know a token arrived. The reading
+    task may wake later (hundreds of other streams can be ready at once): its delay is not measured.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stamps: list[tuple[float, Any, int]] = []
+
+    def data_received(self, data: bytes) -> None:
+        """Stamp, then let aiohttp parse."""
+        ts = time.perf_counter()
+        super().data_received(data)
+        payload = self._payload
+        if payload is not None:
+            self.stamps.append((ts, payload, payload.total_bytes))
+
+
+def timed_connector(**kwargs: Any) -> aiohttp.TCPConnector:
+    """A TCPConnector whose connections use :class:`TimedResponseHandler` (plain ones if impossible)."""
+    connector = aiohttp.TCPConnector(**kwargs)
+    factory = getattr(connector, "_factory", None)
+    if isinstance(factory, functools.partial) and factory.func is ResponseHandler:
+        connector._factory = functools.partial(TimedResponseHandler, *factory.args, **factory.keywords)
+    return connector
+
+
+def _restamp(reads: list[tuple[float, bytes]], stamps: list[tuple[float, int]]) -> list[tuple[float, bytes]]:
+    """Re-cut the body read by the task at the byte offsets the protocol stamped on arrival."""
+    body = b"".join(data for _, data in reads)
+    out: list[tuple[float, bytes]] = []
+    pos = 0
+    for ts, end in stamps:
+        if end > pos:
+            out.append((ts, body[pos:end]))
+            pos = end
+    if pos < len(body):  # bytes not stamped (arrived with the headers): the task's read time
+        out.append((reads[-1][0], body[pos:]))
+    return out
+
+
 async def send(http: aiohttp.ClientSession, call: Call, timeout: float) -> Outcome:
     """POST ``call`` and collect every read of the streamed body with its arrival time.
 
@@ -102,11 +148,19 @@ async def send(http: aiohttp.ClientSession, call: Call, timeout: float) -> Outco
                 out.error_kind = "http"
                 return out
             content = resp.content
-            while True:
-                data = await content.readany()
-                if not data:
-                    break
-                reads.append((clock(), data))
+            proto = resp.connection.protocol if resp.connection is not None else None
+            try:
+                while True:
+                    data = await content.readany()
+                    if not data:
+                        break
+                    reads.append((clock(), data))
+            finally:
+                if isinstance(proto, TimedResponseHandler):
+                    stamps = [(ts, n) for ts, p, n in proto.stamps if p is content]
+                    proto.stamps.clear()
+                    if stamps and reads:
+                        out.reads = _restamp(reads, stamps)
     except asyncio.TimeoutError:
         out.error_kind, out.error = "timeout", f"no complete answer within {timeout:g} s"
     except aiohttp.ClientConnectorError as exc:

@@ -61,14 +61,18 @@ def compare(runs: Sequence[BenchResult]) -> list[CompareRow]:
             values = [get(lv.metrics) if lv is not None else None for lv in levels]
             if all(v is None for v in values):
                 continue
-            rows.append(CompareRow(base_level.label, name, higher, values, [ratio(v, values[0]) for v in values]))
+            rows.append(
+                CompareRow(base_level.label, name, higher, values, [ratio(v, values[0]) for v in values])
+            )
     return rows
 
 
 def unmatched_levels(runs: Sequence[BenchResult]) -> list[str]:
     """Labels of levels of later runs that the first run does not have (left out of the table)."""
     base = {level_key(lv) for lv in runs[0].levels}
-    return sorted({f"{run.label}: {lv.label}" for run in runs[1:] for lv in run.levels if level_key(lv) not in base})
+    return sorted(
+        {f"{run.label}: {lv.label}" for run in runs[1:] for lv in run.levels if level_key(lv) not in base}
+    )
 
 
 def compare_markdown(runs: Sequence[BenchResult], rows: list[CompareRow]) -> str:

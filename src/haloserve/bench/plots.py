@@ -87,8 +87,15 @@ def write_plots(runs: Sequence[BenchResult], out_dir: Path, prefix: str = "") ->
         c = colours[i % len(colours)]
         tag = f"{run.label} " if many else ""
         for ax, metric in ((ax1, "ttft_ms"), (ax2, "tpot_ms")):
-            ax.plot(*_xy(run, lambda lv, m=metric: getattr(lv.metrics, m).median), "o-", color=c, label=f"{tag}p50")
-            ax.plot(*_xy(run, lambda lv, m=metric: getattr(lv.metrics, m).p99), "o--", color=c, label=f"{tag}p99")
+            ax.plot(
+                *_xy(run, lambda lv, m=metric: getattr(lv.metrics, m).median),
+                "o-",
+                color=c,
+                label=f"{tag}p50",
+            )
+            ax.plot(
+                *_xy(run, lambda lv, m=metric: getattr(lv.metrics, m).p99), "o--", color=c, label=f"{tag}p99"
+            )
     _style(ax1, xlabel, log, "ms", "Time to first token")
     _style(ax2, xlabel, log, "ms", "Time per output token (excl. 1st)")
     for ax in (ax1, ax2):
@@ -107,7 +114,14 @@ def write_plots(runs: Sequence[BenchResult], out_dir: Path, prefix: str = "") ->
             ):
                 if values:
                     ys = [(k + 1) / len(values) for k in range(len(values))]
-                    ax.step(values, ys, where="post", color=c, alpha=0.5 + 0.5 * (j + 1) / len(run.levels), label=name)
+                    ax.step(
+                        values,
+                        ys,
+                        where="post",
+                        color=c,
+                        alpha=0.5 + 0.5 * (j + 1) / len(run.levels),
+                        label=name,
+                    )
     _style(ax1, "TTFT (ms)", False, "share of requests", "TTFT distribution")
     _style(ax2, "E2E latency (ms)", False, "share of requests", "End-to-end latency distribution")
     for ax in (ax1, ax2):

@@ -110,7 +110,10 @@ def summary_markdown(result: BenchResult, plots: list[str] | None = None) -> str
     env = result.environment
     server = env.server
     out = [f"# halo bench: {result.label}", ""]
-    out.append(f"- **Target**: {server.url}, model `{server.model}`" + (f" ({server.server_header})" if server.server_header else ""))
+    out.append(
+        f"- **Target**: {server.url}, model `{server.model}`"
+        + (f" ({server.server_header})" if server.server_header else "")
+    )
     workload = s.get("workload")
     out.append(
         f"- **Workload**: {workload}, {s.get('endpoint')} endpoint, input {s.get('input_len')} words, "
@@ -118,7 +121,9 @@ def summary_markdown(result: BenchResult, plots: list[str] | None = None) -> str
     )
     first = result.levels[0] if result.levels else None
     if first is not None and first.mode == "rate":
-        out.append(f"- **Load**: arrival rate, burstiness {first.burstiness}, max concurrency {first.max_concurrency}")
+        out.append(
+            f"- **Load**: arrival rate, burstiness {first.burstiness}, max concurrency {first.max_concurrency}"
+        )
     out.append(
         f"- **Per level**: {s.get('num_prompts') or 'default'} requests, duration {s.get('duration') or '-'}, "
         f"{s.get('warmup')} warm-up requests excluded" + (f", SLO {s.get('slo')}" if s.get("slo") else "")

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from haloserve.bench.client import Call, Outcome, send, to_record, trace_config
+from haloserve.bench.client import Call, Outcome, send, timed_connector, to_record, trace_config
 from haloserve.bench.metrics import level_metrics, parse_slo
 from haloserve.bench.preflight import environment, preflight
 from haloserve.bench.schema import BenchResult, LevelResult, RequestRecord
@@ -204,7 +204,7 @@ class Runner:
 
     async def run(self) -> BenchResult:
         """Check the server, run every level, and return the full result."""
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+        connector = timed_connector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
         async with aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=None), trace_configs=[trace_config()]
         ) as http:

@@ -19,16 +19,22 @@ HELP = "Benchmark an OpenAI-compatible server: latency, throughput and goodput u
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``halo bench`` and its ``compare`` subcommand."""
     add_settings_arguments(parser, BenchSettings)
-    parser.add_argument("--json", action="store_true", help="Print the metrics as JSON (no per-request data).")
+    parser.add_argument(
+        "--json", action="store_true", help="Print the metrics as JSON (no per-request data)."
+    )
     sub = parser.add_subparsers(dest="bench_command", metavar="compare", parser_class=type(parser))
     cmp = sub.add_parser(
         "compare",
         help="Compare runs: ratios side by side and plots together.",
         description="Compare results.json files: each run's metrics and its ratio to the first run.",
     )
-    cmp.add_argument("files", nargs="+", type=Path, metavar="RESULTS.json", help="two or more results.json files")
+    cmp.add_argument(
+        "files", nargs="+", type=Path, metavar="RESULTS.json", help="two or more results.json files"
+    )
     cmp.add_argument("--output", type=Path, metavar="DIR", help="write compare.md and comparison plots here")
-    cmp.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="draw plots (default on)")
+    cmp.add_argument(
+        "--plots", action=argparse.BooleanOptionalAction, default=True, help="draw plots (default on)"
+    )
     cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
 
@@ -150,7 +156,9 @@ def _compare(args: argparse.Namespace) -> int:
             run.label = f"{run.label} [{args.files[i]}]"
     rows = compare(runs)
     if not rows:
-        raise CommandError("the runs share no level (compare runs made with the same --concurrency or --rate)")
+        raise CommandError(
+            "the runs share no level (compare runs made with the same --concurrency or --rate)"
+        )
     if args.output:
         try:
             args.output.mkdir(parents=True, exist_ok=True)
@@ -164,7 +172,8 @@ def _compare(args: argparse.Namespace) -> int:
             {
                 "runs": [r.label for r in runs],
                 "rows": [
-                    {"level": r.level, "metric": r.metric, "values": r.values, "ratios": r.ratios} for r in rows
+                    {"level": r.level, "metric": r.metric, "values": r.values, "ratios": r.ratios}
+                    for r in rows
                 ],
             }
         )
