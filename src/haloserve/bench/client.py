@@ -108,7 +108,8 @@ def timed_connector(**kwargs: Any) -> aiohttp.TCPConnector:
     connector = aiohttp.TCPConnector(**kwargs)
     factory = getattr(connector, "_factory", None)
     if isinstance(factory, functools.partial) and factory.func is ResponseHandler:
-        connector._factory = functools.partial(TimedResponseHandler, *factory.args, **factory.keywords)
+        timed = functools.partial(TimedResponseHandler, *factory.args, **factory.keywords)
+        connector._factory = timed  # type: ignore[assignment]
     return connector
 
 

@@ -117,15 +117,18 @@ def summary_markdown(result: BenchResult, plots: list[str] | None = None) -> str
     workload = s.get("workload")
     out.append(
         f"- **Workload**: {workload}, {s.get('endpoint')} endpoint, input {s.get('input_len')} words, "
-        f"output {s.get('output_len') or 'default'} tokens ({s.get('length_dist')}), ignore_eos {s.get('ignore_eos')}"
+        f"output {s.get('output_len') or 'default'} tokens ({s.get('length_dist')}), "
+        f"ignore_eos {s.get('ignore_eos')}"
     )
     first = result.levels[0] if result.levels else None
     if first is not None and first.mode == "rate":
         out.append(
-            f"- **Load**: arrival rate, burstiness {first.burstiness}, max concurrency {first.max_concurrency}"
+            f"- **Load**: arrival rate, burstiness {first.burstiness}, "
+            f"max concurrency {first.max_concurrency}"
         )
     out.append(
-        f"- **Per level**: {s.get('num_prompts') or 'default'} requests, duration {s.get('duration') or '-'}, "
+        f"- **Per level**: {s.get('num_prompts') or 'default'} requests, "
+        f"duration {s.get('duration') or '-'}, "
         f"{s.get('warmup')} warm-up requests excluded" + (f", SLO {s.get('slo')}" if s.get("slo") else "")
     )
     out.append(
