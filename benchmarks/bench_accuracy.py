@@ -128,7 +128,8 @@ def table(acc: dict[str, float], big: dict[str, float], args: argparse.Namespace
             f"| {big['err_p99']:.2f} ms |",
             f"| token arrival error p50 / max | {acc['err_p50']:.2f} / {acc['err_max']:.2f} ms "
             f"| {big['err_p50']:.2f} / {big['err_max']:.2f} ms |",
-            f"| request receipt lag p50 / p99 (fake's handler start - client write) | {acc['lag_p50']:.2f} / {acc['lag_p99']:.2f} ms "
+            f"| request receipt lag p50 / p99 (fake's handler start - client write) "
+            f"| {acc['lag_p50']:.2f} / {acc['lag_p99']:.2f} ms "
             f"| {big['lag_p50']:.2f} / {big['lag_p99']:.2f} ms |",
             f"| requests completed / failed | {acc['completed']:.0f} / {acc['failed']:.0f} "
             f"| {big['completed']:.0f} / {big['failed']:.0f} |",
@@ -166,9 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     args.load = os.getloadavg()[0]
     acc_runs, big_runs = [], []
     for i in range(args.runs):
-        acc_runs.append(
-            one_run(args.streams, args.rounds, args.ttft_ms, args.itl_ms, args.tokens, args.spread)
-        )
+        shape = (args.ttft_ms, args.itl_ms, args.tokens, args.spread)
+        acc_runs.append(one_run(args.streams, args.rounds, *shape))
         big_runs.append(one_run(args.big, 1, *shape))
         print(f"run {i + 1}: {args.streams} streams {acc_runs[-1]}", file=sys.stderr)
         print(f"run {i + 1}: {args.big} streams {big_runs[-1]}", file=sys.stderr)
