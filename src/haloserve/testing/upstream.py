@@ -255,7 +255,7 @@ class FakeUpstream:
             return _error(InvalidRequestError("request body must be a JSON object"))
         if chat and not isinstance(body.get("messages"), list):
             return _error(InvalidRequestError("'messages' is required", param="messages"))
-        if not chat and "prompt" not in body:
+        if not chat and body.get("prompt") is None:
             return _error(InvalidRequestError("'prompt' is required", param="prompt"))
         model = body.get("model") or cfg.models[0]
         if model not in cfg.models:
