@@ -122,14 +122,18 @@ def _print_result(result: Any, files: list[Path]) -> None:
     from haloserve.cli.render import console
 
     out = console()
-    table = Table(title=f"halo bench: {result.label}", caption="latencies in ms (vLLM definitions)")
-    for i, col in enumerate(COLUMNS):
+    if not out.is_terminal:
+        out.width = max(out.width, 160)  # files and pipes get the whole table, never squeezed columns
+    table = Table(title=f"halo bench: {result.label}", caption="latencies in ms, p50 / p99 (vLLM definitions)")
+    heads = ("level", "ok", "failed", "req/s", "out tok/s", "goodput", "TTFT", "TPOT", "ITL", "E2E")
+    for i, col in enumerate(heads):
         table.add_column(col, justify="left" if i == 0 else "right", no_wrap=True)
     for lv in result.levels:
         row = level_row(lv)
         if lv.metrics.failed:
             row[2] = f"[red]{row[2]}[/red]"
-        table.add_row(*row)
+        pairs = [f"{row[k]} / {row[k + 1]}" for k in range(6, len(COLUMNS), 2)]
+        table.add_row(*row[:6], *pairs)
     out.print(table)
     out.print(token_sources(result), markup=False)
     for line in error_lines(result):
