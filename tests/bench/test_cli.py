@@ -21,12 +21,28 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_table_reports_and_plots(upstream: FakeUpstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_table_reports_and_plots(
+    upstream: FakeUpstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out_dir = tmp_path / "run"
-    code, out, err = run(capsys, "--url", upstream.url, "--concurrency", "1,4", "--num-prompts", "8",
-                         "--slo", "ttft=1s", "--output", str(out_dir), *SMALL)
+    code, out, err = run(
+        capsys,
+        "--url",
+        upstream.url,
+        "--concurrency",
+        "1,4",
+        "--num-prompts",
+        "8",
+        "--slo",
+        "ttft=1s",
+        "--output",
+        str(out_dir),
+        *SMALL,
+    )
     assert code == 0, err
-    assert "halo bench: fake-model @ 127.0.0.1" in out and "c=4" in out and "TTFT" in out and "p50 / p99" in out
+    assert (
+        "halo bench: fake-model @ 127.0.0.1" in out and "c=4" in out and "TTFT" in out and "p50 / p99" in out
+    )
     assert "counted from the server's usage" in out
     names = sorted(p.name for p in out_dir.iterdir())
     assert names == ["cdf.png", "latency.png", "results.json", "summary.md", "throughput.png"]
@@ -41,8 +57,19 @@ def test_table_reports_and_plots(upstream: FakeUpstream, tmp_path: Path, capsys:
 
 def test_json_output_and_secret_masking(upstream: FakeUpstream, capsys: pytest.CaptureFixture[str]) -> None:
     upstream.configure(api_key="k-123")
-    code, out, _ = run(capsys, "--url", upstream.url + "/v1", "--concurrency", "2", "--num-prompts", "2",
-                       "--api-key", "k-123", "--json", *SMALL)
+    code, out, _ = run(
+        capsys,
+        "--url",
+        upstream.url + "/v1",
+        "--concurrency",
+        "2",
+        "--num-prompts",
+        "2",
+        "--api-key",
+        "k-123",
+        "--json",
+        *SMALL,
+    )
     assert code == 0
     data = json.loads(out)
     assert data["settings"]["api_key"] == "***" and "k-123" not in out
@@ -50,10 +77,25 @@ def test_json_output_and_secret_masking(upstream: FakeUpstream, capsys: pytest.C
     assert data["settings"]["url"] == upstream.url  # a trailing /v1 is accepted
 
 
-def test_results_schema_is_versioned_and_validated(upstream: FakeUpstream, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "--url", upstream.url, "--concurrency", "1", "--num-prompts", "2", "--output",
-               str(tmp_path), "--no-plots", *SMALL)[0] == 0
+def test_results_schema_is_versioned_and_validated(
+    upstream: FakeUpstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        run(
+            capsys,
+            "--url",
+            upstream.url,
+            "--concurrency",
+            "1",
+            "--num-prompts",
+            "2",
+            "--output",
+            str(tmp_path),
+            "--no-plots",
+            *SMALL,
+        )[0]
+        == 0
+    )
     data = json.loads((tmp_path / "results.json").read_text())
     assert (data["schema"], data["schema_version"]) == ("haloserve.bench", 1)
     BenchResult.model_validate(data)
@@ -70,18 +112,39 @@ def test_results_schema_is_versioned_and_validated(upstream: FakeUpstream, tmp_p
         assert code == 2 and message in err and err.count("\n") == 1
 
 
-def test_compare_prints_ratios_and_plots_runs_together(upstream: FakeUpstream, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_prints_ratios_and_plots_runs_together(
+    upstream: FakeUpstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for name, itl in (("fast", 0), ("slow", 20)):
         upstream.configure(itl_ms=itl)
-        assert run(capsys, "--url", upstream.url, "--concurrency", "1,2", "--num-prompts", "4", "--label", name,
-                   "--output", str(tmp_path / name), "--no-plots", *SMALL)[0] == 0
+        assert (
+            run(
+                capsys,
+                "--url",
+                upstream.url,
+                "--concurrency",
+                "1,2",
+                "--num-prompts",
+                "4",
+                "--label",
+                name,
+                "--output",
+                str(tmp_path / name),
+                "--no-plots",
+                *SMALL,
+            )[0]
+            == 0
+        )
     a, b = str(tmp_path / "fast" / "results.json"), str(tmp_path / "slow" / "results.json")
     code, out, err = run(capsys, "compare", a, b, "--output", str(tmp_path / "cmp"))
     assert code == 0, err
     assert "fast" in out and "slow" in out and "ratio" in out and "TPOT p50 ms" in out
     assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == [
-        "compare.md", "compare_cdf.png", "compare_latency.png", "compare_throughput.png"]
+        "compare.md",
+        "compare_cdf.png",
+        "compare_latency.png",
+        "compare_throughput.png",
+    ]
     code, out, _ = run(capsys, "compare", a, b, "--json")
     rows = json.loads(out)["rows"]
     tpot = next(r for r in rows if r["level"] == "c=1" and r["metric"] == "E2E p50 ms")
@@ -103,12 +166,16 @@ def test_compare_prints_ratios_and_plots_runs_together(upstream: FakeUpstream, t
         (["--dataset", "/nonexistent.jsonl", "--no-preflight", "--model", "m"], "file not found"),
     ],
 )
-def test_bad_flags_are_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
-    code, out, err = run(capsys, *argv)
+def test_bad_flags_are_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    code, _out, err = run(capsys, *argv)
     assert code == 2 and needle in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_unreachable_url_and_refused_key_fail_fast(upstream: FakeUpstream, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_url_and_refused_key_fail_fast(
+    upstream: FakeUpstream, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tests.conftest import free_port
 
     code, _, err = run(capsys, "--url", f"http://127.0.0.1:{free_port()}", *SMALL)
@@ -118,10 +185,24 @@ def test_unreachable_url_and_refused_key_fail_fast(upstream: FakeUpstream, capsy
     assert code == 1 and "refused the request (HTTP 401: invalid or missing API key)" in err
 
 
-def test_every_request_failing_is_one_line_and_non_zero(upstream: FakeUpstream, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "--url", upstream.url, "--model", "wrong", "--concurrency", "2",
-                         "--num-prompts", "4", "--output", str(tmp_path), "--no-plots", *SMALL)
+def test_every_request_failing_is_one_line_and_non_zero(
+    upstream: FakeUpstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        capsys,
+        "--url",
+        upstream.url,
+        "--model",
+        "wrong",
+        "--concurrency",
+        "2",
+        "--num-prompts",
+        "4",
+        "--output",
+        str(tmp_path),
+        "--no-plots",
+        *SMALL,
+    )
     assert code == 1
     assert "note: model 'wrong' is not listed" in err
     assert "every request failed (4 requests; mostly http): HTTP 404: the model 'wrong' does not exist" in err
@@ -141,7 +222,9 @@ def test_progress_bar_shows_running_throughput(upstream: FakeUpstream) -> None:
 
     buf = io.StringIO()
     sink = _RichProgress(Console(file=buf, force_terminal=True, width=120))
-    settings = BenchSettings(url=upstream.url, concurrency=[2], num_prompts=6, input_len=4, output_len=4, warmup=0)
+    settings = BenchSettings(
+        url=upstream.url, concurrency=[2], num_prompts=6, input_len=4, output_len=4, warmup=0
+    )
     with sink.progress:
         run_sync(Runner(settings, sink).run())
     text = buf.getvalue()

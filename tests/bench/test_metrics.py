@@ -19,14 +19,32 @@ from haloserve.bench.metrics import (
 from haloserve.bench.schema import RequestRecord
 
 
-def rec(i: int, start: float, ttft: float, itl: list[float], out: int | None = None, ok: bool = True,
-        prompt: int = 10, kind: str | None = None) -> RequestRecord:
+def rec(
+    i: int,
+    start: float,
+    ttft: float,
+    itl: list[float],
+    out: int | None = None,
+    ok: bool = True,
+    prompt: int = 10,
+    kind: str | None = None,
+) -> RequestRecord:
     e2el = ttft + sum(itl)
     return RequestRecord(
-        index=i, id=f"r{i}", start_s=start, ok=ok, ttft_s=ttft if ok else None, e2el_s=e2el if ok else None,
-        itl_s=itl if ok else [], output_tokens=(out if out is not None else len(itl) + 1) if ok else 0,
-        prompt_tokens=prompt, output_tokens_source="usage", prompt_tokens_source="usage",
-        error_kind=kind if not ok else None, status=500 if kind == "http" else None, error="boom" if not ok else None,
+        index=i,
+        id=f"r{i}",
+        start_s=start,
+        ok=ok,
+        ttft_s=ttft if ok else None,
+        e2el_s=e2el if ok else None,
+        itl_s=itl if ok else [],
+        output_tokens=(out if out is not None else len(itl) + 1) if ok else 0,
+        prompt_tokens=prompt,
+        output_tokens_source="usage",
+        prompt_tokens_source="usage",
+        error_kind=kind if not ok else None,
+        status=500 if kind == "http" else None,
+        error="boom" if not ok else None,
     )
 
 
@@ -37,7 +55,13 @@ def test_percentile_matches_numpy(values: list[float], p: float) -> None:
 
 def test_distribution_in_ms_with_population_std() -> None:
     d = distribution([0.010, 0.020, 0.030, 0.040])
-    assert (d.count, d.mean, d.median, d.min, d.max) == (4, pytest.approx(25.0), pytest.approx(25.0), 10.0, 40.0)
+    assert (d.count, d.mean, d.median, d.min, d.max) == (
+        4,
+        pytest.approx(25.0),
+        pytest.approx(25.0),
+        10.0,
+        40.0,
+    )
     assert d.std == pytest.approx(float(np.std([10, 20, 30, 40])))
     assert d.p99 == pytest.approx(float(np.percentile([10, 20, 30, 40], 99)))
     assert distribution([]).count == 0 and distribution([]).mean == 0.0

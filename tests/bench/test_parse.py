@@ -11,7 +11,9 @@ from haloserve.testing.upstream import _Chunks
 def chat_stream(n: int, usage: bool = True, done: bool = True) -> list[bytes]:
     c = _Chunks(True, "m", usage)
     events = [c.role() + c.token(0)] + [c.token(i) for i in range(1, n)]
-    events[-1] += c.finish("length") + (c.usage(7, n) if usage else b"") + (b"data: [DONE]\n\n" if done else b"")
+    events[-1] += (
+        c.finish("length") + (c.usage(7, n) if usage else b"") + (b"data: [DONE]\n\n" if done else b"")
+    )
     return events
 
 
@@ -26,7 +28,7 @@ def test_role_and_finish_chunks_are_not_tokens() -> None:
 def test_events_split_at_any_byte_boundary() -> None:
     blob = b"".join(chat_stream(5))
     for cut in (1, 7, 50, 333):
-        reads = [(float(i), blob[i:i + cut]) for i in range(0, len(blob), cut)]
+        reads = [(float(i), blob[i : i + cut]) for i in range(0, len(blob), cut)]
         p = parse_stream(reads)
         assert len(p.token_times) == 5 and p.done and p.completion_tokens == 5
 
@@ -41,7 +43,7 @@ def test_crlf_comments_and_completions_text() -> None:
 def test_reasoning_and_tool_call_deltas_count_as_tokens() -> None:
     events = [
         {"choices": [{"delta": {"reasoning_content": "hmm"}}]},
-        {"choices": [{"delta": {"tool_calls": [{"function": {"arguments": "{\"a\""}}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"function": {"arguments": '{"a"'}}]}}]},
         {"choices": [{"delta": {"content": ""}, "finish_reason": "stop"}]},
     ]
     blob = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
@@ -66,7 +68,11 @@ def test_record_from_complete_stream_uses_usage() -> None:
     assert rec.ok and text == " lorem ipsum dolor"
     assert abs(rec.ttft_s - 0.1) < 1e-9 and abs(rec.e2el_s - 0.14) < 1e-9 and len(rec.itl_s) == 2
     assert (rec.output_tokens, rec.output_tokens_source, rec.prompt_tokens, rec.prompt_tokens_source) == (
-        3, "usage", 7, "usage")
+        3,
+        "usage",
+        7,
+        "usage",
+    )
     assert abs(rec.start_s - 1.0) < 1e-9 and abs(rec.client_overhead_s - 0.01) < 1e-9
     assert (rec.index, rec.session, rec.turn) == (4, 1, 2)
 
@@ -79,13 +85,23 @@ def test_record_without_usage_counts_chunks_and_estimates_prompt() -> None:
 
 
 def test_failure_kinds_from_outcomes() -> None:
-    early = to_record(call(), Outcome(called=0, start=0, status=200,
-                                      reads=[(1.0, d) for d in chat_stream(3, done=False)[:2]]), 0, 0, 0, 0)[0]
+    early = to_record(
+        call(),
+        Outcome(called=0, start=0, status=200, reads=[(1.0, d) for d in chat_stream(3, done=False)[:2]]),
+        0,
+        0,
+        0,
+        0,
+    )[0]
     assert early.error_kind == "early_close"
-    empty = to_record(call(), Outcome(called=0, start=0, status=200, reads=[(1.0, b"data: [DONE]\n\n")]), 0, 0, 0, 0)[0]
+    empty = to_record(
+        call(), Outcome(called=0, start=0, status=200, reads=[(1.0, b"data: [DONE]\n\n")]), 0, 0, 0, 0
+    )[0]
     assert empty.error_kind == "broken_stream" and "no token" in (empty.error or "")
     body = json.dumps({"error": {"message": "invalid   API key", "type": "x"}}).encode()
-    http = to_record(call(), Outcome(called=0, start=0, status=401, error_kind="http", body=body), 0, 0, 0, 0)[0]
+    http = to_record(
+        call(), Outcome(called=0, start=0, status=401, error_kind="http", body=body), 0, 0, 0, 0
+    )[0]
     assert (http.error_kind, http.status, http.error) == ("http", 401, "HTTP 401: invalid API key")
 
 

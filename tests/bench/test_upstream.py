@@ -36,8 +36,13 @@ def test_models_health_and_non_streaming_shapes(upstream: FakeUpstream) -> None:
     c = client(upstream)
     assert [m.id for m in c.models.list()] == ["a", "b"]
     assert get(upstream.url + "/health") == {"status": "ok"}
-    r = c.chat.completions.create(model="b", messages=[{"role": "user", "content": "one two three"}], max_tokens=5)
-    assert r.choices[0].message.content == " lorem ipsum dolor sit amet" and r.choices[0].finish_reason == "length"
+    r = c.chat.completions.create(
+        model="b", messages=[{"role": "user", "content": "one two three"}], max_tokens=5
+    )
+    assert (
+        r.choices[0].message.content == " lorem ipsum dolor sit amet"
+        and r.choices[0].finish_reason == "length"
+    )
     assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (3, 5, 8)
     t = c.completions.create(model="a", prompt="x y", max_tokens=2)
     assert t.choices[0].text == " lorem ipsum" and t.usage.prompt_tokens == 2
@@ -45,9 +50,15 @@ def test_models_health_and_non_streaming_shapes(upstream: FakeUpstream) -> None:
 
 def test_streaming_chunks_and_include_usage(upstream: FakeUpstream) -> None:
     c = client(upstream)
-    chunks = list(c.chat.completions.create(
-        model="fake-model", messages=[{"role": "user", "content": "hi"}], max_tokens=3, stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        c.chat.completions.create(
+            model="fake-model",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == " lorem ipsum dolor"
     assert chunks[-2].choices[0].finish_reason == "length"
@@ -76,7 +87,9 @@ def test_length_rules_eos_ignore_eos_min_tokens() -> None:
     assert output_tokens({"max_tokens": 10, "min_tokens": 7}, cfg, chat=False) == (7, "stop")
     assert output_tokens({"max_completion_tokens": 3, "max_tokens": 9}, cfg, chat=True) == (3, "length")
     assert output_tokens({"max_tokens": 2}, UpstreamConfig(), chat=False) == (2, "length")
-    assert prompt_tokens({"messages": [{"content": "a b"}, {"content": [{"type": "text", "text": "c"}]}]}) == 3
+    assert (
+        prompt_tokens({"messages": [{"content": "a b"}, {"content": [{"type": "text", "text": "c"}]}]}) == 3
+    )
     assert prompt_tokens({"prompt": [1, 2, 3, 4]}) == 4
 
 
@@ -104,17 +117,20 @@ def test_runtime_config_stats_and_reset(upstream: FakeUpstream) -> None:
     assert e.value.code == 400
     client(upstream).completions.create(model="fake-model", prompt="p", max_tokens=2)
     stats = get(upstream.url + "/fake/stats")
-    assert stats["by_path"] == {"/v1/completions": 1} and stats["completed"] == 0 and stats["by_status"] == {"200": 1}
+    assert (
+        stats["by_path"] == {"/v1/completions": 1}
+        and stats["completed"] == 0
+        and stats["by_status"] == {"200": 1}
+    )
     post(upstream.url + "/fake/reset", {})
     assert get(upstream.url + "/fake/stats")["requests"] == 0
 
 
 async def _disconnect_midway(up: FakeUpstream) -> dict:
     body = {"model": "fake-model", "prompt": "p", "max_tokens": 50, "stream": True}
-    async with aiohttp.ClientSession() as s:
-        async with s.post(up.url + "/v1/completions", json=body) as r:
-            await r.content.readany()
-            assert up.stats.in_flight == 1
+    async with aiohttp.ClientSession() as s, s.post(up.url + "/v1/completions", json=body) as r:
+        await r.content.readany()
+        assert up.stats.in_flight == 1
     for _ in range(100):
         if up.stats.cancelled:
             break

@@ -59,8 +59,14 @@ def test_dataset_jsonl_sharegpt_and_messages(tmp_path: Path) -> None:
     lines = [
         {"prompt": "hello there", "output_len": 5},
         {"messages": [{"role": "user", "content": "hi"}]},
-        {"conversations": [{"from": "system", "value": "be brief"}, {"from": "human", "value": "q1"},
-                           {"from": "gpt", "value": "a b c"}, {"from": "human", "value": "q2"}]},
+        {
+            "conversations": [
+                {"from": "system", "value": "be brief"},
+                {"from": "human", "value": "q1"},
+                {"from": "gpt", "value": "a b c"},
+                {"from": "human", "value": "q2"},
+            ]
+        },
     ]
     f.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     a, b, c = load_dataset(f, WorkloadSpec(turns=4))
@@ -75,7 +81,11 @@ def test_dataset_jsonl_sharegpt_and_messages(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "needle"),
-    [("{\"prompt\": \"a\"}\nnot json\n", "p.jsonl:2"), ("{\"x\": 1}\n", "needs 'prompt'"), ("", "no usable prompt")],
+    [
+        ('{"prompt": "a"}\nnot json\n', "p.jsonl:2"),
+        ('{"x": 1}\n', "needs 'prompt'"),
+        ("", "no usable prompt"),
+    ],
 )
 def test_dataset_errors_name_the_line(tmp_path: Path, content: str, needle: str) -> None:
     f = tmp_path / "p.jsonl"
@@ -104,5 +114,7 @@ def test_level_plans_and_defaults() -> None:
     assert [(p.label, p.num_prompts) for p in plans] == [("c=1", 8), ("c=4", 16), ("c=16", 64)]
     plans = plan_levels(BenchSettings(rate=["2,inf"], max_concurrency=8))
     assert [(p.label, p.value, p.num_prompts, p.max_concurrency) for p in plans] == [
-        ("rate=2/s", 2.0, 60, 8), ("rate=inf", None, 100, 8)]
+        ("rate=2/s", 2.0, 60, 8),
+        ("rate=inf", None, 100, 8),
+    ]
     assert plan_levels(BenchSettings(concurrency=["3"], duration=5))[0].num_prompts is None

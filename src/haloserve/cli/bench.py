@@ -124,7 +124,9 @@ def _print_result(result: Any, files: list[Path]) -> None:
     out = console()
     if not out.is_terminal:
         out.width = max(out.width, 160)  # files and pipes get the whole table, never squeezed columns
-    table = Table(title=f"halo bench: {result.label}", caption="latencies in ms, p50 / p99 (vLLM definitions)")
+    table = Table(
+        title=f"halo bench: {result.label}", caption="latencies in ms, p50 / p99 (vLLM definitions)"
+    )
     heads = ("level", "ok", "failed", "req/s", "out tok/s", "goodput", "TTFT", "TPOT", "ITL", "E2E")
     for i, col in enumerate(heads):
         table.add_column(col, justify="left" if i == 0 else "right", no_wrap=True)
