@@ -115,8 +115,14 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
 def table(acc: dict[str, float], big: dict[str, float], args: argparse.Namespace) -> str:
     """The Markdown section written into BENCHMARKS.md."""
     cfg = f"TTFT {args.ttft_ms:g} ms, token interval {args.itl_ms:g} ms, {args.tokens} tokens a request"
+    verdict = "met" if acc["err_p99"] < 2.0 else "NOT met"
+    capacity = "yes" if big["completed"] == args.big and big["peak"] == args.big else "no"
     return "\n".join(
         [
+            f"**Token arrival error p99 at {args.streams} streams: {acc['err_p99']:.2f} ms (target < 2 ms: "
+            f"{verdict}). {args.big} concurrent streams from one process: {capacity} "
+            f"({big['completed']:.0f} completed, peak {big['peak']:.0f} in flight).**",
+            "",
             f"Machine: {_cpu()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; load generator "
             f"and fake upstream share the machine (separate processes); load average "
             f"{args.load:.2f} before the runs (other work on the machine competes for the same cores). "
