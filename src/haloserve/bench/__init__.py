@@ -1,0 +1,1 @@
+"""``halo bench``: load generation, vLLM-defined serving metrics, reports and plots."""
