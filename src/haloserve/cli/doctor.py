@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the checks, render them, and return 0 (nothing failed), 1 (a check failed)."""
     from haloserve.cli.render import console, print_json
     from haloserve.config import load_settings
-    from haloserve.doctor import REGISTRY, DoctorOptions, diagnose, exit_code, facts_for, open_root
+    from haloserve.doctor import REGISTRY, diagnose, exit_code, facts_for, open_root, options_for
     from haloserve.doctor.registry import select
     from haloserve.doctor.report import render_list, render_report
     from haloserve.doctor.snapshot import Recorder, write_snapshot
@@ -39,20 +39,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     select(settings.check)  # unknown ids fail before any work
     root = open_root(settings.root)
-    models_dir = settings.models_dir
-    if models_dir and root.live:
-        models_dir = str(Path(models_dir).expanduser().resolve())
-    options = DoctorOptions(models_dir=models_dir, user=settings.user)
+    options = options_for(root, settings.models_dir, settings.user)
     facts = facts_for(root)
     recorder = Recorder(root) if args.snapshot else None
     results = diagnose(recorder or root, facts, options, settings.check)
     snapshot = None
     if recorder is not None:
-        from haloserve.doctor.checks.models import models_dir as used_models_dir
-        from haloserve.doctor.host import Host
-
-        used = used_models_dir(Host(root, facts, options))
-        snapshot = write_snapshot(recorder, facts, Path(args.snapshot), used.strip("/") if used else None)
+        snapshot = write_snapshot(recorder, facts, Path(args.snapshot), options.models_dir)
     if args.json:
         print_json([r.to_dict() for r in results])
         if snapshot is not None:

@@ -8,6 +8,7 @@ or runs commands: fixes are text for the user to paste.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from haloserve.doctor.facts import HostFacts, live_facts
 from haloserve.doctor.host import DoctorOptions, Host
@@ -28,6 +29,7 @@ __all__ = [
     "facts_for",
     "live_root",
     "open_root",
+    "options_for",
 ]
 
 
@@ -38,6 +40,22 @@ def facts_for(root: Root, environ: Mapping[str, str] | None = None) -> HostFacts
     return root.manifest.facts or HostFacts()
 
 
+def options_for(root: Root, models_dir: str | None = None, user: str | None = None) -> DoctorOptions:
+    """Options with defaults filled in for this root.
+
+    ``models_dir`` is a path on the live host (made absolute) or inside a captured root; without one,
+    a captured root's recorded directory is used, and the user's home on the live host.
+    """
+    if models_dir:
+        if root.live:
+            models_dir = str(Path(models_dir).expanduser().resolve())
+    elif root.manifest.models_dir:
+        models_dir = root.manifest.models_dir
+    elif root.live:
+        models_dir = str(Path.home())
+    return DoctorOptions(models_dir=models_dir, user=user)
+
+
 def diagnose(
     root: Root,
     facts: HostFacts,
@@ -45,4 +63,4 @@ def diagnose(
     checks: Sequence[str] = (),
 ) -> list[CheckResult]:
     """Run the selected checks (all when ``checks`` is empty) against one root."""
-    return run_checks(Host(root, facts, options), select(checks))
+    return run_checks(Host(root, facts, options or options_for(root)), select(checks))

@@ -156,7 +156,7 @@ def build_manifest(rec: Recorder, facts: HostFacts, models_dir: str | None) -> M
         created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         source="live host" if rec.live else rec.label,
         facts=_reduce_facts(facts, keep),
-        models_dir=models_dir,
+        models_dir=norm(models_dir) if models_dir else None,
         nodes=nodes,
         unreadable=unreadable,
         access=dict(rec.accesses),

@@ -29,16 +29,8 @@ class Model:
 
 
 def models_dir(host: Host) -> str | None:
-    """Where models live: ``--models-dir``, else the root's recorded one, else the live user's home."""
-    if host.options.models_dir:
-        return host.options.models_dir
-    if host.root.manifest.models_dir:
-        return host.root.manifest.models_dir
-    if host.root.live:
-        from pathlib import Path
-
-        return str(Path.home())
-    return None
+    """Where models live (``halo doctor`` fills in the default, see ``doctor.options_for``)."""
+    return host.options.models_dir
 
 
 def find_models(host: Host, directory: str) -> list[Model]:
