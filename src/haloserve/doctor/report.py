@@ -126,5 +126,5 @@ def render_list(checks: Iterable[Check]) -> Table:
     table.add_column("What it checks")
     for check in checks:
         doc = (check.run.__doc__ or "").strip().splitlines()[0] if check.run.__doc__ else check.title
-        table.add_row(check.id, check.section, doc)
+        table.add_row(check.id, check.section, doc.replace("``", ""))
     return table
