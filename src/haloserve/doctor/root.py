@@ -41,7 +41,7 @@ class _Link:
 
 
 class Backend(Protocol):
-    """The storage under a root: ``lstat``, ``readlink``, ``read`` and ``listdir`` of normalised paths."""
+    """The storage under a root: ``lstat`` (a symlink comes back with its target), ``read``, ``listdir``."""
 
     def lstat(self, path: str) -> Node | _Link | None:
         """The entry at ``path`` without following a final symlink (``None`` when absent)."""
