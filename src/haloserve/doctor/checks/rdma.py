@@ -191,6 +191,10 @@ def check_ecn(host: Host) -> Verdict:
     return Verdict(Status.OK, observed, expected)
 
 
+def _limit(value: int | None) -> str:
+    return "unknown" if value is None else "unlimited" if value == UNLIMITED else f"{value // 1024} KiB"
+
+
 def check_memlock(host: Host) -> Verdict:
     """``ulimit -l`` is unlimited, so RDMA can pin (register) large buffers."""
     expected = "ulimit -l unlimited (soft and hard)"
@@ -199,11 +203,7 @@ def check_memlock(host: Host) -> Verdict:
     soft, hard = host.facts.memlock_soft, host.facts.memlock_hard
     if soft is None:
         return Verdict(Status.SKIP, "ulimit -l not known for this root", expected)
-
-    def shown(v: int | None) -> str:
-        return "unknown" if v is None else "unlimited" if v == UNLIMITED else f"{v // 1024} KiB"
-
-    observed = f"ulimit -l soft {shown(soft)}, hard {shown(hard)}"
+    observed = f"ulimit -l soft {_limit(soft)}, hard {_limit(hard)}"
     if soft == UNLIMITED:
         return Verdict(Status.OK, observed, expected)
     why = (
