@@ -130,9 +130,25 @@ def _restamp(reads: list[tuple[float, bytes]], stamps: list[tuple[float, int]]) 
 async def send(http: aiohttp.ClientSession, call: Call, timeout: float) -> Outcome:
     """POST ``call`` and collect every read of the streamed body with its arrival time.
 
-    ``http`` must carry :func:`trace_config`; without it the clock starts at the call.
+    ``http`` must carry :func:`trace_config`; without it the clock starts at the call. A request that
+    could not even be written because the server had just closed the pooled keep-alive connection
+    (llama-server closes it after every streamed response, and aiohttp does not check a pooled
+    connection before reusing it) is sent once more on a fresh connection: the server never saw it.
     """
     out = Outcome(called=time.perf_counter())
+    for attempt in range(2):
+        await _send_once(http, call, timeout, out)
+        stale = out.error_kind == "connect" and out.status is None and not out.reads
+        if not (stale and attempt == 0 and "write request body" in (out.error or "")):
+            break
+        out.error_kind = out.error = None
+        out.start = 0.0
+    if not out.start:
+        out.start = out.called
+    return out
+
+
+async def _send_once(http: aiohttp.ClientSession, call: Call, timeout: float, out: Outcome) -> None:
     reads = out.reads
     clock = time.perf_counter
     try:
@@ -147,7 +163,7 @@ async def send(http: aiohttp.ClientSession, call: Call, timeout: float) -> Outco
             if resp.status != 200:
                 out.body = await resp.content.read(_MAX_ERROR_BODY)
                 out.error_kind = "http"
-                return out
+                return
             content = resp.content
             proto = resp.connection.protocol if resp.connection is not None else None
             try:
@@ -176,9 +192,6 @@ async def send(http: aiohttp.ClientSession, call: Call, timeout: float) -> Outco
         out.error_kind, out.error = kind, f"connection error: {exc.strerror or exc}"
     except aiohttp.ClientError as exc:
         out.error_kind, out.error = "other", f"{type(exc).__name__}: {exc}"
-    if not out.start:
-        out.start = out.called
-    return out
 
 
 def _text_of(choice: dict[str, Any]) -> str | None:

@@ -204,7 +204,14 @@ class Runner:
 
     async def run(self) -> BenchResult:
         """Check the server, run every level, and return the full result."""
-        connector = timed_connector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+        # Without --keepalive every request opens its own connection, as vLLM's benchmark client does:
+        # servers that close a connection after a streamed response (llama-server does) then never
+        # meet a request written into a connection they are closing. With it, idle connections are
+        # dropped before servers drop them (uvicorn and llama-server after 5 s).
+        if self.s.keepalive:
+            connector = timed_connector(limit=0, ttl_dns_cache=300, keepalive_timeout=4)
+        else:
+            connector = timed_connector(limit=0, ttl_dns_cache=300, force_close=True)
         async with aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=None), trace_configs=[trace_config()]
         ) as http:
@@ -234,7 +241,8 @@ class Runner:
     async def run_level(self, plan: LevelPlan, index: int) -> LevelResult:
         """Warm up, then drive one level and compute its metrics."""
         width = int(plan.value or 1) if plan.mode == "concurrency" else (plan.max_concurrency or 64)
-        await self._open_connections(width)
+        if self.s.keepalive:
+            await self._open_connections(width)
         if self.s.warmup:
             width = min(self.s.warmup, int(plan.value or self.s.warmup) if plan.mode == "concurrency" else 8)
             warm = _LevelState(time.perf_counter(), self.s.warmup, None, record=False)

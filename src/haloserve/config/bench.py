@@ -75,6 +75,10 @@ class BenchSettings(HaloSettings):
     slo: str | None = option(None, "Goodput SLOs, e.g. ttft=500ms,tpot=50ms (also e2el).", metavar="SPEC")
     ignore_eos: bool = option(True, "Ask for exactly the output length (ignore_eos, min_tokens).")
     extra_body: str | None = option(None, "JSON object merged into every request body.", metavar="JSON")
+    keepalive: bool = option(
+        False,
+        "Reuse connections between requests (default: one connection per request, as vLLM's client).",
+    )
     timeout: float = option(600.0, "Seconds one request may take.", gt=0)
     seed: int = option(0, "Seed for prompts, lengths and arrivals.")
     label: str | None = option(None, "Name of this run in reports and comparisons.")
