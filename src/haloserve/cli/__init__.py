@@ -16,7 +16,9 @@ from haloserve.cli.options import HaloArgumentParser, UsageError
 from haloserve.errors import ConfigError, HaloError
 
 # Subcommands by name -> module. Order is the order shown in ``halo --help``.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "plan": "haloserve.cli.plan",
+}
 
 
 def build_parser() -> HaloArgumentParser:
