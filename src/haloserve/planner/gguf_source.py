@@ -1,7 +1,7 @@
 """Model specs and exact weight sizes from local GGUF files, without loading the weights.
 
-The ``gguf`` package's :class:`GGUFReader` memory-maps the file and parses only the header, the metadata
-and the tensor table; tensor data is never read. Split models (``name-00001-of-00003.gguf``) are found
+Only the header is read (``gguf_header``: metadata and the tensor table over a memory map); tensor data
+is never touched. Split models (``name-00001-of-00003.gguf``) are found
 from any one part and summed. The layer layout follows llama.cpp's own loaders (``src/models/*.cpp``):
 the sliding-window pattern each architecture uses when the file does not list one, the recurrent layers
 of hybrid models, and the multi-token-prediction layers that hold no KV cache.
@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from haloserve.errors import ConfigError
+from haloserve.planner.gguf_header import SkippedArray, read_header
 from haloserve.planner.quant import FILE_TYPE_NAMES
 from haloserve.planner.spec import ModelSpec, RecurrentState, Weights
 
-GGUF_MAGIC = b"GGUF"
 _SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 # Sliding-window pattern llama.cpp assumes per architecture when the GGUF has no
@@ -75,59 +75,16 @@ def split_paths(path: Path) -> list[Path]:
     return parts
 
 
-def _check_magic(path: Path) -> None:
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(4)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a GGUF file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    if head != GGUF_MAGIC:
-        raise ConfigError(f"{path}: not a GGUF file (no GGUF magic)")
-
-
-def _value(field: Any) -> Any:
-    """Decode a GGUFReader field to plain Python (scalar, str, or list) without relying on newer APIs."""
-    from gguf import GGUFValueType
-
-    types = list(field.types)
-    if not types:
-        return None
-    if types[0] == GGUFValueType.ARRAY:
-        if len(types) > 1 and types[1] == GGUFValueType.STRING:
-            return [bytes(field.parts[i]).decode("utf-8", "replace") for i in field.data]
-        return [field.parts[i].tolist()[0] for i in field.data]
-    if types[0] == GGUFValueType.STRING:
-        return bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
-    return field.parts[field.data[0]].tolist()[0]
-
-
 def _read_one(path: Path) -> tuple[dict[str, Any], list[_Tensor]]:
-    """Metadata (without the large tokenizer arrays) and tensor table of one GGUF file."""
-    from gguf import GGUFReader
-
-    _check_magic(path)
-    size = path.stat().st_size
-    try:
-        reader = GGUFReader(str(path), "r")
-    except Exception as exc:  # the reader raises ValueError/IndexError/struct.error on damaged files
-        raise ConfigError(f"{path}: not a valid GGUF file, or truncated ({type(exc).__name__})") from None
-    meta: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        if key in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
-            meta[key + ".count"] = len(field.data)
-            continue
-        if key.startswith("tokenizer.ggml.") and key != "tokenizer.ggml.model":
-            continue
-        meta[key] = _value(field)
-    tensors = [_Tensor(t.name, int(t.n_elements), int(t.n_bytes)) for t in reader.tensors]
-    end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
-    if end > size:
-        raise ConfigError(f"{path}: truncated GGUF ({size} bytes, tensor data needs {end})")
-    return meta, tensors
+    """Metadata and tensor table of one GGUF file (long arrays such as the vocabulary only counted)."""
+    meta, infos = read_header(path)
+    for key, value in list(meta.items()):
+        if isinstance(value, SkippedArray):
+            meta[key + ".count"] = value.count
+            del meta[key]
+        elif isinstance(value, list) and key.startswith("tokenizer."):
+            meta[key + ".count"] = len(value)
+    return meta, [_Tensor(t.name, t.n_elements, t.n_bytes) for t in infos]
 
 
 def _scalar(meta: dict[str, Any], key: str, default: Any = None) -> Any:

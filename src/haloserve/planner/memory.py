@@ -194,6 +194,7 @@ def compute_buffer_bytes(
     type_v: str | None = None,
     *,
     flash_attn: bool = True,
+    backend: str = "rocm",
 ) -> int:
     """Estimated GPU compute buffer: the peak of llama.cpp's worst-case graph (an estimate, not exact).
 
@@ -203,11 +204,12 @@ def compute_buffer_bytes(
     * output stage: logits, ``n_vocab x n_ubatch`` F32;
     * FFN stage: gate/up/activation, ``3 x n_ff x n_ubatch`` F32 (MoE: for the selected experts);
     * attention stage: with flash attention the F16 mask (``n_kv x n_ubatch``), and on ROCm/CUDA an F16
-      copy of a layer's whole K and V when they are quantised (``ggml-cuda/fattn.cu``); without flash
-      attention the F32 ``KQ`` scores (``n_kv x n_ubatch x n_head``) and F32 mask.
+      copy of a layer's whole K and V when they are quantised (``ggml-cuda/fattn.cu``,
+      ``ggml_cuda_flash_attn_ext_get_alloc_size``); without flash attention the F32 ``KQ`` scores
+      (``n_kv x n_ubatch x n_head``) and F32 mask.
 
-    On the CPU backend (which the tests can run) the output-stage term matches llama.cpp's reported
-    compute buffer exactly; the ROCm-specific terms are taken from the ggml-cuda source.
+    ``backend="cpu"`` leaves out the ROCm/CUDA staging copies; the tests compare that variant with the
+    compute buffer llama.cpp's CPU backend reports. The ROCm terms come from the ggml-cuda source.
     """
     ub = layout.n_ubatch
     residual = 2 * spec.n_embd * ub * F32_BYTES
@@ -227,7 +229,7 @@ def compute_buffer_bytes(
         ]
         kv_heads = max(spec.n_head_kv)
         for name, hd in staged:
-            if GGML_TYPES[name.lower()].block_size > 1:
+            if backend != "cpu" and GGML_TYPES[name.lower()].block_size > 1:
                 attn += layout.kv_size * layout.n_stream * kv_heads * hd * F16_BYTES
     else:
         attn = qkv + n_kv * ub * spec.n_head * F32_BYTES + n_kv * ub * F32_BYTES

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from haloserve.errors import ConfigError
 from haloserve.planner.catalog import lookup
-from haloserve.planner.gguf_source import GGUF_MAGIC, read_gguf
+from haloserve.planner.gguf_header import MAGIC as GGUF_MAGIC
+from haloserve.planner.gguf_source import read_gguf
 from haloserve.planner.hf_source import load_hf
 from haloserve.planner.spec import ModelSpec, Weights
 from haloserve.planner.weights import estimate_weights
