@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from haloserve.cli.options import add_settings_arguments, settings_flags
 from haloserve.config.plan import PlanSettings
 
 if TYPE_CHECKING:
-    from haloserve.planner import PlanInputs
+    from haloserve.planner import Plan, PlanInputs
 
 HELP = "Plan memory and speed: which model, quantisation and context fit, on one node or a cluster."
 
@@ -25,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", action="store_true", help="reprint the seed's 1M-context table, corrected")
     parser.add_argument("--list", action="store_true", help="list the built-in catalog")
     parser.add_argument("--check", action="store_true", help="exit with status 1 when the model does not fit")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="GGUF only: compare with what llama.cpp allocates (no weights loaded); exit 1 if >1%% off",
+    )
     add_settings_arguments(parser, PlanSettings)
 
 
@@ -87,11 +92,55 @@ def run(args: argparse.Namespace) -> int:
         os_reserve_bytes=settings.os_reserve,
     )
     plan = plan_model(model.spec, model.weights, budget, build_inputs(settings, model.ref))
+    check = None
+    if args.verify:
+        if model.kind != "gguf":
+            raise ConfigError("--verify needs a GGUF file (llama.cpp reads the model's own metadata)")
+        check = verify_with_llama_cpp(plan, model.ref)
     if args.json:
         data = plan.to_dict()
         data["warnings"] = [*model.notes, *data["warnings"]]
         data["source_kind"] = model.kind
+        if check is not None:
+            data["llama_cpp"] = check
         print_json(data)
     else:
         plan_view.show_plan(plan, model.kind, model.notes)
+        if check is not None:
+            plan_view.show_check(check)
+    if check is not None and not check["agrees"]:
+        return 1
     return 1 if args.check and not plan.fits else 0
+
+
+def verify_with_llama_cpp(plan: Plan, path: str) -> dict[str, Any]:
+    """Compare the plan with what llama.cpp lays out for the same GGUF and settings (no weights loaded)."""
+    from pathlib import Path
+
+    from haloserve.planner.llama_probe import RESOLUTION, probe_llama_cpp
+
+    inputs = plan.inputs
+    report = probe_llama_cpp(
+        Path(path),
+        ctx=inputs.ctx or plan.spec.ctx_train,
+        n_seq=inputs.parallel,
+        type_k=inputs.type_k,
+        type_v=inputs.type_v,
+        unified=inputs.unified_kv,
+        swa_full=inputs.swa_full,
+        n_ubatch=inputs.n_ubatch,
+        n_batch=inputs.n_batch,
+        flash_attn=inputs.flash_attn,
+    )
+    planned = plan.memory.kv_cache_bytes + plan.memory.recurrent_bytes
+    measured = report.kv_bytes + report.recurrent_bytes
+    tolerance = max(0.01 * planned, 2 * RESOLUTION * max(1, len(report.caches)))
+    return {
+        "planned_kv_bytes": planned,
+        "llama_cpp_kv_bytes": measured,
+        "difference_bytes": measured - planned,
+        "agrees": abs(measured - planned) <= tolerance and report.model_bytes == plan.weights.total_bytes,
+        "planned_weights_bytes": plan.weights.total_bytes,
+        "llama_cpp_model_bytes": report.model_bytes,
+        "report": report.to_dict(),
+    }

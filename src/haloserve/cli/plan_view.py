@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.table import Table
 
 from haloserve.cli.render import console, print_json
@@ -118,6 +119,8 @@ def show_plan(plan: Plan, kind: str, notes: tuple[str, ...] = ()) -> None:
 
     for warning in (*notes, *plan.warnings):
         out.print(f"[yellow]![/] {warning}")
+    for note in spec.notes:
+        out.print(f"[dim]note:[/] {note}")
 
     out.print("\n[bold]llama-server / halo serve[/]")
     for key, value in plan.llama_env.items():
@@ -127,6 +130,24 @@ def show_plan(plan: Plan, kind: str, notes: tuple[str, ...] = ()) -> None:
     out.print(f"\n[bold]TTM limit[/] for {_b(plan.ttm.target_bytes)} of GTT (pages = GiB x 262144)")
     out.print(f"/etc/default/grub: {plan.ttm.grub_line}", soft_wrap=True)
     out.print(f"or /etc/modprobe.d/ttm.conf: {plan.ttm.modprobe_line}", soft_wrap=True)
+
+
+def show_check(check: dict[str, Any]) -> None:
+    """Print the comparison with llama.cpp's own layout (``--verify``)."""
+    out = console()
+    report = check["report"]
+    t = Table(title="llama.cpp check (same GGUF and settings, no weights loaded)", title_justify="left")
+    t.add_column("")
+    t.add_column("planner", justify="right")
+    t.add_column("llama.cpp", justify="right")
+    t.add_row("KV cache + recurrent state", _b(check["planned_kv_bytes"]), _b(check["llama_cpp_kv_bytes"]))
+    t.add_row("weights (all tensors)", _b(check["planned_weights_bytes"]), _b(check["llama_cpp_model_bytes"]))
+    t.add_row("context cells", "", f"{report['n_ctx']:,} ({report['n_ctx_seq']:,} per slot)")
+    for name, size in report["compute_buffers"].items():
+        t.add_row(f"compute buffer ({name} backend)", "", _b(size))
+    out.print(t)
+    verdict = "[green]agrees[/]" if check["agrees"] else "[red]differs by more than 1 %[/]"
+    out.print(f"llama.cpp {verdict} (difference {check['difference_bytes']:+,} bytes)")
 
 
 def _speed_caption() -> str:
@@ -195,19 +216,25 @@ def show_catalog(as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    t = Table(title="halo plan catalog", title_justify="left")
-    for col in ("name", "params", "active", "layers", "KV heads x dim", "SWA layers", "experts", "context"):
-        t.add_column(col, justify="right" if col != "name" else "left")
+    t = Table(
+        title="halo plan catalog (layers: KV layers / all when they differ; KV: heads x dim)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    t.add_column("name", no_wrap=True, min_width=19)
+    for col in ("params", "active", "layers", "KV", "SWA", "MoE", "ctx"):
+        t.add_column(col, justify="right", no_wrap=True, min_width=len(col))
     for r in rows:
         t.add_row(
             str(r["key"]),
             f"{int(r['params_total']) / 1e9:.1f}B",  # type: ignore[call-overload]
             f"{int(r['params_active']) / 1e9:.1f}B",  # type: ignore[call-overload]
-            f"{r['layers']} ({r['kv_layers']} KV)",
-            f"{r['kv_heads']} x {r['head_dim']}",
+            str(r["layers"]) if r["layers"] == r["kv_layers"] else f"{r['kv_layers']}/{r['layers']}",
+            f"{r['kv_heads']}x{r['head_dim']}",
             str(r["sliding_window_layers"] or ""),
             str(r["experts"]),
-            f"{r['trained_context']:,}",
+            f"{int(r['trained_context']) // 1024}k",  # type: ignore[call-overload]
         )
     console().print(t)
 
@@ -222,10 +249,12 @@ def show_seed_table(as_json: bool) -> None:
         return
     out = console()
     t = Table(
-        title="Memory Budget for 1M Token Context (q4_0 KV, Q4_K_M weights; decimal GB)", title_justify="left"
+        title="Memory Budget for 1M Token Context (q4_0 KV, Q4_K_M weights; decimal GB)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
     )
+    t.add_column("model", no_wrap=True)
     for col in (
-        "model",
         "layers",
         "KV heads",
         "KV seed",
@@ -236,7 +265,7 @@ def show_seed_table(as_json: bool) -> None:
         "total",
         "GPU total",
     ):
-        t.add_column(col, justify="right" if col != "model" else "left")
+        t.add_column(col, justify="right", min_width=len(col))
     for r in models:
         t.add_row(
             r.model,
@@ -258,7 +287,9 @@ def show_seed_table(as_json: bool) -> None:
         "1M tokens needs YaRN scaling well beyond the 4x the model card supports."
     )
     b = Table(
-        title="Largest Qwen3 at 1M tokens (q4_0 KV), TTM raised to what Linux can spare", title_justify="left"
+        title="Largest Qwen3 at 1M tokens (q4_0 KV), TTM raised to what Linux can spare",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
     )
     for col in (
         "RAM",
@@ -267,9 +298,9 @@ def show_seed_table(as_json: bool) -> None:
         "usable GiB",
         "Linux sees GiB",
         "largest (seed)",
-        "largest",
     ):
         b.add_column(col)
+    b.add_column("largest", no_wrap=True)
     for br in budgets:
         b.add_row(
             br.ram,

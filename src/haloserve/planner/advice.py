@@ -88,7 +88,6 @@ def warnings_for(
             "MoE slots decoding together read more experts per step; aggregate speed assumes random routing"
         )
     out.extend(budget.notes)
-    out.extend(spec.notes)
     return out
 
 

@@ -130,7 +130,7 @@ def probe_llama_cpp(
         raise ConfigError("a quantised V cache needs flash attention in llama.cpp")
     lines: list[str] = []
 
-    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    @llama_cpp.llama_log_callback
     def _collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         lines.append(text.decode("utf-8", "replace"))
 
