@@ -38,7 +38,10 @@ def show_plan(plan: Plan, kind: str, notes: tuple[str, ...] = ()) -> None:
     colour = "green" if plan.fits and "tight" not in plan.verdict else ("yellow" if plan.fits else "red")
     out.print(f"[bold {colour}]{plan.verdict}[/]: headroom {_b(plan.headroom_bytes)}")
 
-    t = Table(title="GPU memory (per node)" if inputs.nodes > 1 else "GPU memory", title_justify="left")
+    title = (
+        "GPU memory of the whole model (the split per node is below)" if inputs.nodes > 1 else "GPU memory"
+    )
+    t = Table(title=title, title_justify="left")
     t.add_column("item")
     t.add_column("size", justify="right")
     t.add_column("how it is known")
@@ -56,7 +59,8 @@ def show_plan(plan: Plan, kind: str, notes: tuple[str, ...] = ()) -> None:
         "runtime overhead", _b(mem.overhead_bytes), "estimate: HIP runtime, BLAS workspaces (--overhead)"
     )
     t.add_row("[bold]total[/]", f"[bold]{_b(mem.total_bytes)}[/]", "")
-    t.add_row("usable", _b(budget.usable_bytes), f"carve-out + GTT ({budget.gtt_limit_source})")
+    usable_label = "usable per node" if inputs.nodes > 1 else "usable"
+    t.add_row(usable_label, _b(budget.usable_bytes), f"carve-out + GTT ({budget.gtt_limit_source})")
     t.add_row("system RAM (host)", _b(mem.host_bytes), "token embeddings llama.cpp keeps on the CPU")
     out.print(t)
 
@@ -252,20 +256,12 @@ def show_seed_table(as_json: bool) -> None:
         title="Memory Budget for 1M Token Context (q4_0 KV, Q4_K_M weights; decimal GB)",
         title_justify="left",
         box=box.SIMPLE_HEAD,
+        show_edge=False,
+        collapse_padding=True,
     )
     t.add_column("model", no_wrap=True)
-    for col in (
-        "layers",
-        "KV heads",
-        "KV seed",
-        "KV correct",
-        "weights seed",
-        "weights",
-        "total seed",
-        "total",
-        "GPU total",
-    ):
-        t.add_column(col, justify="right", min_width=len(col))
+    for col in ("layers", "KV\nheads", "KV\nseed", "KV", "W\nseed", "W", "sum\nseed", "sum", "GPU"):
+        t.add_column(col, justify="right", min_width=max(len(x) for x in col.split("\n")))
     for r in models:
         t.add_row(
             r.model,
@@ -281,8 +277,8 @@ def show_seed_table(as_json: bool) -> None:
         )
     out.print(t)
     out.print(
+        "KV: KV cache, W: weights, sum: KV + W, GPU: sum plus the compute buffer and runtime overhead. "
         "q4_0 stores 32 values in 18 bytes (0.5625 B/value), not 0.5: the seed's KV column is 12.5 % low. "
-        "GPU total adds the compute buffer and runtime overhead estimates. "
         f"Every row is past Qwen3's trained context ({models[0].trained_context:,} tokens): "
         "1M tokens needs YaRN scaling well beyond the 4x the model card supports."
     )
@@ -290,15 +286,10 @@ def show_seed_table(as_json: bool) -> None:
         title="Largest Qwen3 at 1M tokens (q4_0 KV), TTM raised to what Linux can spare",
         title_justify="left",
         box=box.SIMPLE_HEAD,
+        show_edge=False,
+        collapse_padding=True,
     )
-    for col in (
-        "RAM",
-        "BIOS UMA",
-        "usable (seed)",
-        "usable GiB",
-        "Linux sees GiB",
-        "largest (seed)",
-    ):
+    for col in ("RAM", "BIOS UMA", "usable (seed)", "usable\nGiB", "Linux\nsees GiB", "largest (seed)"):
         b.add_column(col)
     b.add_column("largest", no_wrap=True)
     for br in budgets:

@@ -5,6 +5,7 @@ llama-server's host-side prompt cache.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import TYPE_CHECKING
 
@@ -22,16 +23,16 @@ RPC_PORT = 50052  # ggml-rpc-server's default port
 VLLM_KV_DTYPES = {"f16": "auto", "bf16": "auto", "f32": "auto", "q8_0": "fp8"}
 
 
-def free_ram_bytes(budget: NodeBudget, mem: MemoryBreakdown) -> int:
-    """RAM left to Linux once the GPU has its share (taken from RAM beyond the carve-out) and the host
-    side has the token embeddings llama.cpp keeps there."""
-    from_ram = max(0, mem.total_bytes - budget.carveout_bytes)
-    return budget.os_visible_bytes - from_ram - mem.host_bytes
+def free_ram_bytes(budget: NodeBudget, gpu_bytes: int, host_bytes: int) -> int:
+    """RAM left to Linux on a node whose GPU uses ``gpu_bytes`` (taken from RAM beyond the carve-out)
+    and whose host side keeps ``host_bytes`` (the token embeddings llama.cpp leaves on the CPU)."""
+    from_ram = max(0, gpu_bytes - budget.carveout_bytes)
+    return budget.os_visible_bytes - from_ram - host_bytes
 
 
-def cache_ram_mib(budget: NodeBudget, mem: MemoryBreakdown) -> int:
+def cache_ram_mib(budget: NodeBudget, gpu_bytes: int, host_bytes: int) -> int:
     """A ``--cache-ram`` (MiB) that keeps llama-server's prompt cache inside the RAM left to Linux."""
-    spare = free_ram_bytes(budget, mem) - OS_FLOOR
+    spare = free_ram_bytes(budget, gpu_bytes, host_bytes) - OS_FLOOR
     return int(max(0, min(CACHE_RAM_DEFAULT, spare)) // MiB)
 
 
@@ -51,13 +52,16 @@ def warnings_for(
     mem: MemoryBreakdown,
     fits: bool,
     best_kv: str | None,
+    node_bytes: int | None = None,
 ) -> list[str]:
     """Everything the user should know about this plan, most important first."""
     out: list[str] = []
     lay = mem.layout
+    need = mem.total_bytes if node_bytes is None else node_bytes
     if not fits:
+        per_node = " per node" if inputs.nodes > 1 else ""
         out.append(
-            f"needs {fmt_bytes(mem.total_bytes)} of GPU memory but {fmt_bytes(budget.usable_bytes)} is usable"
+            f"needs {fmt_bytes(need)} of GPU memory{per_node} but {fmt_bytes(budget.usable_bytes)} is usable"
             + (f"; KV type {best_kv} would fit" if best_kv and best_kv != inputs.type_k else "")
         )
     if lay.n_ctx_seq > spec.ctx_train:
@@ -73,7 +77,7 @@ def warnings_for(
             f"llama.cpp allocates {lay.n_ctx:,} cells for --ctx {requested:,} "
             f"(padded to 256 per slot, {lay.n_ctx_seq:,} per slot)"
         )
-    free = free_ram_bytes(budget, mem)
+    free = free_ram_bytes(budget, need, mem.host_bytes)
     if free < OS_FLOOR:
         out.append(
             f"only {fmt_bytes(max(0, free))} of RAM is left to Linux and llama-server's host buffers; "
@@ -100,6 +104,7 @@ def llama_server_env(
 ) -> dict[str, str]:
     """``LLAMA_ARG_*`` variables for llama-server (``halo serve`` reads the same names)."""
     lay = mem.layout
+    need = max(s.total_bytes for s in cluster.rpc) if cluster else mem.total_bytes
     env: dict[str, str] = {}
     if inputs.model_ref and inputs.model_ref.endswith(".gguf"):
         env["LLAMA_ARG_MODEL"] = inputs.model_ref
@@ -114,7 +119,7 @@ def llama_server_env(
             "LLAMA_ARG_BATCH": str(inputs.n_batch),
             "LLAMA_ARG_UBATCH": str(inputs.n_ubatch),
             "LLAMA_ARG_FIT": "off",
-            "LLAMA_ARG_CACHE_RAM": str(cache_ram_mib(budget, mem)),
+            "LLAMA_ARG_CACHE_RAM": str(cache_ram_mib(budget, need, mem.host_bytes)),
         }
     )
     if inputs.unified_kv:
@@ -156,6 +161,16 @@ def vllm_args(
         "--tensor-parallel-size",
         str(inputs.nodes),
     ]
+    yarn = rope_scaling(spec, mem.layout.n_ctx_seq)
+    if yarn:
+        rope: dict[str, object] = {
+            "rope_type": "yarn",
+            "factor": float(yarn[0]),
+            "original_max_position_embeddings": yarn[1],
+        }
+        if spec.rope_theta:
+            rope["rope_theta"] = spec.rope_theta
+        args += ["--hf-overrides", json.dumps({"rope_parameters": rope}, separators=(",", ":"))]
     kv = VLLM_KV_DTYPES.get(inputs.type_k)
     if kv and kv != "auto":
         args += ["--kv-cache-dtype", kv]

@@ -186,6 +186,7 @@ def _spec(meta: dict[str, Any], tensors: Sequence[_Tensor], path: Path) -> Model
         swa_layers=tuple(swa),
         recurrent=recurrent[1] if recurrent else None,
         ctx_native=int(orig_ctx) if orig_ctx else None,
+        rope_theta=float(key("rope.freq_base")) if key("rope.freq_base") else None,
         tied_embeddings="output.weight" not in by_name,
         source=f"{path} ({FILE_TYPE_NAMES.get(int(ftype), 'unknown type') if ftype is not None else 'GGUF'})",
         notes=tuple(notes),

@@ -211,10 +211,17 @@ def spec_from_config(
         swa_layers=tuple(kind == SLIDING for kind in kinds) if sliding else (),
         recurrent=recurrent,
         ctx_native=ctx_native,
+        rope_theta=_rope_theta(cfg),
         tied_embeddings=bool(cfg.get("tie_word_embeddings", model_type in _GEMMA_TYPES)),
         source=source,
         notes=tuple(extra),
     )
+
+
+def _rope_theta(cfg: Mapping[str, Any]) -> float | None:
+    params = cfg.get("rope_parameters")
+    theta = cfg.get("rope_theta") or (params.get("rope_theta") if isinstance(params, Mapping) else None)
+    return float(theta) if isinstance(theta, (int, float)) and not isinstance(theta, bool) else None
 
 
 def _index_total(cfg: Mapping[str, Any], index: Mapping[str, Any], total: int, notes: list[str]) -> int:

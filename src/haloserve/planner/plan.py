@@ -290,7 +290,7 @@ def plan_model(
     fits = cluster.rpc_fits if cluster else mem.total_bytes <= usable
     per_node = max(s.total_bytes for s in cluster.rpc) if cluster else mem.total_bytes
     best_kv = kv_type_that_fits(spec, weights, inputs, usable)
-    warnings = warnings_for(spec, weights, budget, inputs, mem, fits, best_kv)
+    warnings = warnings_for(spec, weights, budget, inputs, mem, fits, best_kv, per_node)
     return Plan(
         spec=spec,
         weights=weights,

@@ -125,7 +125,7 @@ def budget_rows() -> list[BudgetRow]:
         rows.append(
             BudgetRow(
                 ram=f"{ram} GB",
-                carveout="Auto (512 MB)" if carve < 1 else f"{carve:g} GB",
+                carveout="Auto (0.5 GB)" if carve < 1 else f"{carve:g} GB",
                 seed_usable=seed_usable,
                 seed_largest=seed_largest,
                 usable_gib=round(budget.usable_bytes / GiB, 1),

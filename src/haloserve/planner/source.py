@@ -58,7 +58,7 @@ def resolve_model(name: str, quant: str | None = None) -> ResolvedModel:
             raise ConfigError(f"{path}: not a GGUF file (no GGUF magic) and not a config.json")
         spec, weights = read_gguf(path)
         notes = (f"--quant {quant} ignored: a GGUF file's quantisation is fixed",) if quant else ()
-        return ResolvedModel(spec, weights, "gguf", str(path), notes)
+        return ResolvedModel(spec, weights, "gguf", str(path.resolve()), notes)
     if _looks_like_path(name):
         raise ConfigError(f"{name}: no such file")
     entry = lookup(name)

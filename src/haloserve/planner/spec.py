@@ -68,6 +68,7 @@ class ModelSpec:
     swa_layers: tuple[bool, ...] = ()
     recurrent: RecurrentState | None = None
     ctx_native: int | None = None
+    rope_theta: float | None = None
     tied_embeddings: bool = False
     source: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
