@@ -52,6 +52,8 @@ def test_gpu_limit_below_spare_is_used_as_given() -> None:
         ({"ram_bytes": 64 * GiB, "os_reserve_bytes": 70 * GiB}, "--os-reserve must leave"),
         ({"ram_bytes": 64 * GiB, "gpu_limit_bytes": GiB, "ttm_pages": 100}, "not both"),
         ({"ram_bytes": 64 * GiB, "ttm_pages": 0}, "--ttm-pages must be positive"),
+        ({"ram_bytes": 64 * GiB, "ttm_pages": 10**12}, "not a plausible TTM limit"),
+        ({"ram_bytes": 64 * GiB, "gpu_limit_bytes": 10**16}, "not a plausible TTM limit"),
     ],
 )
 def test_budget_rejects_impossible_values(kwargs: dict[str, int], message: str) -> None:

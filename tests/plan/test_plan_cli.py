@@ -27,8 +27,9 @@ def plan_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict:  # t
 
 
 def test_issue_example_json(capsys: pytest.CaptureFixture[str]) -> None:
-    data = plan_json(["qwen3-30b-a3b", "--ctx", "262144", "--parallel", "2", "--kv-type", "q8_0", "--ram", "128"],
-                     capsys)  # fmt: skip
+    data = plan_json(
+        ["qwen3-30b-a3b", "--ctx", "262144", "--parallel", "2", "--kv-type", "q8_0", "--ram", "128"], capsys
+    )
     assert data["model"] == "Qwen3-30B-A3B" and data["fits"] is True
     assert data["kv_cache_bytes"] == 48 * 4 * 128 * 34 // 32 * 2 * 262144
     assert data["usable_bytes"] == GiB // 2 + int(127.5 * GiB) // 2
@@ -50,9 +51,17 @@ def test_gguf_json_uses_exact_sizes(model_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_config_json_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-              "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 131072,
-              "vocab_size": 128256, "tie_word_embeddings": True}  # fmt: skip
+    config = {
+        "model_type": "llama",
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 131072,
+        "vocab_size": 128256,
+        "tie_word_embeddings": True,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     data = plan_json([str(tmp_path), "--quant", "Q8_0", "--ctx", "32k"], capsys)
     assert data["source_kind"] == "config" and data["memory"]["weights_quant"] == "Q8_0"
@@ -62,17 +71,29 @@ def test_config_json_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_table_output_for_people(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(["qwen3-8b", "--ctx", "32768", "--ram", "64", "--gpu-limit", "50"], capsys)
     assert code == 0 and err == ""
-    for text in ("Qwen3-8B", "fits", "GPU memory", "KV cache K (f16)", "ceiling", "realistic",
-                 "export LLAMA_ARG_CTX_SIZE=32768", "vllm serve Qwen/Qwen3-8B", "ttm.pages_limit="):  # fmt: skip
+    for text in (
+        "Qwen3-8B",
+        "fits",
+        "GPU memory",
+        "KV cache K (f16)",
+        "ceiling",
+        "realistic",
+        "export LLAMA_ARG_CTX_SIZE=32768",
+        "vllm serve Qwen/Qwen3-8B",
+        "ttm.pages_limit=",
+    ):
         assert text in out
 
 
 def test_cluster_plan(capsys: pytest.CaptureFixture[str]) -> None:
-    data = plan_json(["qwen3-235b-a22b", "--ctx", "32768", "--kv-type", "q8_0", "--gpu-limit", "119.5",
-                      "--nodes", "2"], capsys)  # fmt: skip
+    data = plan_json(
+        ["qwen3-235b-a22b", "--ctx", "32768", "--kv-type", "q8_0", "--gpu-limit", "119.5", "--nodes", "2"],
+        capsys,
+    )
     assert data["fits"] is True and data["nodes_needed"] == 2
     assert len(data["cluster"]["rpc"]) == 2 and data["cluster"]["tensor_parallel"]["feasible"] is True
     code, out, _ = run(["qwen3-235b-a22b", "--ctx", "32768", "--gpu-limit", "119.5", "--nodes", "2"], capsys)
+    assert code == 0
     assert "RPC layer split over 2 nodes" in out and "LLAMA_ARG_RPC=node2:50052" in out
 
 
@@ -85,8 +106,12 @@ def test_check_exits_1_when_it_does_not_fit(capsys: pytest.CaptureFixture[str]) 
 def test_seed_table(capsys: pytest.CaptureFixture[str]) -> None:
     data = plan_json(["--table"], capsys)
     kv = {row["model"]: (row["seed_kv_gb"], row["kv_gb"]) for row in data["models"]}
-    assert kv == {"Qwen3-8B": (38.6, 43.5), "Qwen3-14B": (42.9, 48.3), "Qwen3-30B-A3B": (25.7, 29.0),
-                  "Qwen3-32B": (68.7, 77.3)}  # fmt: skip
+    assert kv == {
+        "Qwen3-8B": (38.6, 43.5),
+        "Qwen3-14B": (42.9, 48.3),
+        "Qwen3-30B-A3B": (25.7, 29.0),
+        "Qwen3-32B": (68.7, 77.3),
+    }
     assert [b["ram"] for b in data["budgets"]] == ["128 GB", "128 GB", "64 GB"]
     assert data["budgets"][1]["os_visible_gib"] == 32.0
     code, out, _ = run(["--table"], capsys)
@@ -100,7 +125,9 @@ def test_catalog_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and "qwen3-235b-a22b" in out
 
 
-def test_llama_server_variables_are_read(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_llama_server_variables_are_read(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LLAMA_ARG_CTX_SIZE", "16384")
     monkeypatch.setenv("LLAMA_ARG_CACHE_TYPE_K", "q4_0")
     data = plan_json(["qwen3-4b"], capsys)
@@ -134,6 +161,8 @@ BAD_INPUTS = [
     (lambda t, m: ["qwen3-8b", "--ram", "-1"], "--ram"),
     (lambda t, m: ["qwen3-8b", "--ram", "100000"], "not a plausible amount"),
     (lambda t, m: ["qwen3-8b", "--os-reserve", "500"], "--os-reserve must leave"),
+    (lambda t, m: ["qwen3-8b", "--gpu-limit", "1P"], "--gpu-limit"),
+    (lambda t, m: ["qwen3-8b", "--carveout", "-2"], "--carveout"),
     (lambda t, m: ["qwen3-8b", "--ctx", "-5"], "--ctx"),
     (lambda t, m: ["qwen3-8b", "--ctx", "0"], "--ctx"),
     (lambda t, m: ["qwen3-8b", "--ctx", "99999999999"], "beyond"),
@@ -150,7 +179,11 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize(("argv", "message"), BAD_INPUTS)
 def test_bad_input_is_one_line_and_exit_2(
-    argv, message: str, tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
+    argv,
+    message: str,
+    tmp_path: Path,
+    model_path: Path,
+    capsys: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
 ) -> None:
     code, out, err = run(argv(tmp_path, model_path), capsys)
     assert code == 2

@@ -27,8 +27,17 @@ def test_issue_example_fits_and_reports_the_json_keys() -> None:
     inputs = PlanInputs(ctx=262144, parallel=2, type_k="q8_0", type_v="q8_0")
     plan = plan_model(spec, w, node_budget(128 * GiB), inputs)
     data = plan.to_dict()
-    for key in ("weights_bytes", "kv_cache_bytes", "compute_buffer_bytes", "total_bytes", "usable_bytes",
-                "fits", "max_context", "nodes_needed", "decode_tokens_per_s_ceiling"):  # fmt: skip
+    for key in (
+        "weights_bytes",
+        "kv_cache_bytes",
+        "compute_buffer_bytes",
+        "total_bytes",
+        "usable_bytes",
+        "fits",
+        "max_context",
+        "nodes_needed",
+        "decode_tokens_per_s_ceiling",
+    ):
         assert key in data
     assert data["fits"] is True and data["nodes_needed"] == 1
     # 48 layers x 4 KV heads x 128 x (34/32 bytes) x 2 (K, V) x 262,144 cells
@@ -50,8 +59,9 @@ def test_max_context_is_the_boundary() -> None:
     assert node_need_bytes(spec, w, inputs, best) <= usable < node_need_bytes(spec, w, inputs, best + 512)
     plan = plan_model(spec, w, TUNED_128, PlanInputs(ctx=best, parallel=2, type_k="q4_0", type_v="q4_0"))
     assert plan.fits and plan.max_context == best
-    assert not plan_model(spec, w, TUNED_128, PlanInputs(ctx=best + 512, parallel=2, type_k="q4_0",
-                                                         type_v="q4_0")).fits  # fmt: skip
+    assert not plan_model(
+        spec, w, TUNED_128, PlanInputs(ctx=best + 512, parallel=2, type_k="q4_0", type_v="q4_0")
+    ).fits
 
 
 def test_max_context_is_zero_when_the_weights_alone_do_not_fit() -> None:
@@ -65,7 +75,10 @@ def test_kv_type_that_fits_is_the_best_quality_one() -> None:
     inputs = PlanInputs(ctx=131072)
     best = kv_type_that_fits(spec, w, inputs, budget.usable_bytes)
     assert best in ("q8_0", "q5_1", "q5_0", "q4_1", "iq4_nl", "q4_0")
-    assert memory_for(spec, w, PlanInputs(ctx=131072, type_k=best, type_v=best)).total_bytes <= budget.usable_bytes
+    assert (
+        memory_for(spec, w, PlanInputs(ctx=131072, type_k=best, type_v=best)).total_bytes
+        <= budget.usable_bytes
+    )
     assert memory_for(spec, w, inputs).total_bytes > budget.usable_bytes  # f16 does not fit
     plan = plan_model(spec, w, budget, inputs)
     assert not plan.fits and plan.kv_type_that_fits == best
@@ -81,9 +94,14 @@ def test_quantised_v_needs_flash_attention() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"ctx": 0}, "--ctx"), ({"ctx": 10**9}, "beyond"), ({"parallel": 0}, "--parallel"), ({"nodes": 65}, "--nodes"),
-     ({"type_k": "q9"}, "unknown KV cache type")],
-)  # fmt: skip
+    [
+        ({"ctx": 0}, "--ctx"),
+        ({"ctx": 10**9}, "beyond"),
+        ({"parallel": 0}, "--parallel"),
+        ({"nodes": 65}, "--nodes"),
+        ({"type_k": "q9"}, "unknown KV cache type"),
+    ],
+)
 def test_plan_inputs_are_validated(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         PlanInputs(**kwargs)  # type: ignore[arg-type]
@@ -128,8 +146,14 @@ def test_tensor_parallel_needs_heads_that_divide() -> None:
 
 def test_llama_server_settings() -> None:
     spec, w = model("qwen3-8b")
-    plan = plan_model(spec, w, TUNED_128, PlanInputs(ctx=1000, parallel=3, type_k="q8_0", type_v="q4_0",
-                                                     unified_kv=True, model_ref="/m/qwen.gguf"))  # fmt: skip
+    plan = plan_model(
+        spec,
+        w,
+        TUNED_128,
+        PlanInputs(
+            ctx=1000, parallel=3, type_k="q8_0", type_v="q4_0", unified_kv=True, model_ref="/m/qwen.gguf"
+        ),
+    )
     env = plan.llama_env
     assert env["LLAMA_ARG_MODEL"] == "/m/qwen.gguf"
     assert env["LLAMA_ARG_CTX_SIZE"] == "1024" and env["LLAMA_ARG_N_PARALLEL"] == "3"
@@ -143,21 +167,37 @@ def test_past_trained_context_sets_yarn() -> None:
     spec, w = model("qwen3-8b")
     plan = plan_model(spec, w, TUNED_128, PlanInputs(ctx=131072))
     env = plan.llama_env
-    assert (env["LLAMA_ARG_ROPE_SCALING_TYPE"], env["LLAMA_ARG_ROPE_SCALE"], env["LLAMA_ARG_YARN_ORIG_CTX"]) == (
-        "yarn", "4", "32768",
-    )  # fmt: skip
+    assert (
+        env["LLAMA_ARG_ROPE_SCALING_TYPE"],
+        env["LLAMA_ARG_ROPE_SCALE"],
+        env["LLAMA_ARG_YARN_ORIG_CTX"],
+    ) == (
+        "yarn",
+        "4",
+        "32768",
+    )
 
 
 def test_vllm_arguments() -> None:
     spec, w = model("llama-3.1-8b")
-    plan = plan_model(spec, w, TUNED_128, PlanInputs(ctx=65536, parallel=4, type_k="q8_0", type_v="q8_0",
-                                                     model_ref="meta-llama/Llama-3.1-8B-Instruct"))  # fmt: skip
+    plan = plan_model(
+        spec,
+        w,
+        TUNED_128,
+        PlanInputs(
+            ctx=65536, parallel=4, type_k="q8_0", type_v="q8_0", model_ref="meta-llama/Llama-3.1-8B-Instruct"
+        ),
+    )
     args = plan.vllm_args
     assert args[:3] == ("vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct")
     assert args[args.index("--max-model-len") + 1] == "16384"
     assert args[args.index("--max-num-seqs") + 1] == "4"
     util = float(args[args.index("--gpu-memory-utilization") + 1])
-    assert plan.memory.total_bytes / TUNED_128.usable_bytes <= util < plan.memory.total_bytes / TUNED_128.usable_bytes + 0.01
+    assert (
+        plan.memory.total_bytes / TUNED_128.usable_bytes
+        <= util
+        < plan.memory.total_bytes / TUNED_128.usable_bytes + 0.01
+    )
     assert args[args.index("--kv-cache-dtype") + 1] == "fp8"
 
 

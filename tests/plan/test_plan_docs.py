@@ -35,14 +35,18 @@ def examples() -> list[tuple[str, str, str]]:
 def contains(actual: Any, expected: Any) -> bool:
     """True when ``expected`` is a subset of ``actual`` (dict keys recursively, other values equal)."""
     if isinstance(expected, dict):
-        return isinstance(actual, dict) and all(k in actual and contains(actual[k], v) for k, v in expected.items())
+        return isinstance(actual, dict) and all(
+            k in actual and contains(actual[k], v) for k, v in expected.items()
+        )
     return bool(actual == expected)
 
 
 def test_the_docs_have_the_required_examples() -> None:
     commands = [cmd for _, cmd, _ in examples()]
     assert "halo plan qwen3-30b-a3b --ctx 262144 --parallel 2 --kv-type q8_0 --ram 128" in commands
-    assert any(c.startswith("halo plan ./SmolLM2-135M-Instruct.Q4_1.gguf") and "--json" in c for c in commands)
+    assert any(
+        c.startswith("halo plan ./SmolLM2-135M-Instruct.Q4_1.gguf") and "--json" in c for c in commands
+    )
     assert len(commands) >= 3
 
 

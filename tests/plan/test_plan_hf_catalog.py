@@ -13,12 +13,21 @@ from haloserve.planner.hf_source import count_params, layer_types, load_hf, spec
 from haloserve.planner.weights import estimate_weights
 
 QWEN3_8B = {
-    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 4096,
-    "intermediate_size": 12288, "num_hidden_layers": 36, "num_attention_heads": 32,
-    "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 40960, "vocab_size": 151936,
-    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "sliding_window": None,
+    "architectures": ["Qwen3ForCausalLM"],
+    "model_type": "qwen3",
+    "hidden_size": 4096,
+    "intermediate_size": 12288,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "max_position_embeddings": 40960,
+    "vocab_size": 151936,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "sliding_window": None,
     "use_sliding_window": False,
-}  # fmt: skip
+}
 
 
 def test_dense_config_parameter_count_matches_the_card() -> None:
@@ -50,13 +59,19 @@ def test_index_of_a_multimodal_or_quantised_checkpoint_is_not_trusted(tmp_path: 
 
 def test_layer_types_by_family() -> None:
     assert layer_types({"model_type": "gpt_oss", "sliding_window": 128}, 4) == [
-        "sliding_attention", "full_attention", "sliding_attention", "full_attention",
-    ]  # fmt: skip
-    gemma = layer_types({"model_type": "gemma3_text", "sliding_window": 1024, "sliding_window_pattern": 6}, 12)
+        "sliding_attention",
+        "full_attention",
+        "sliding_attention",
+        "full_attention",
+    ]
+    gemma = layer_types(
+        {"model_type": "gemma3_text", "sliding_window": 1024, "sliding_window_pattern": 6}, 12
+    )
     assert gemma.count("full_attention") == 2 and gemma[5] == gemma[11] == "full_attention"
-    assert layer_types({"model_type": "qwen3_next", "full_attention_interval": 4}, 8) == (
-        ["linear_attention"] * 3 + ["full_attention"]
-    ) * 2
+    assert (
+        layer_types({"model_type": "qwen3_next", "full_attention_interval": 4}, 8)
+        == (["linear_attention"] * 3 + ["full_attention"]) * 2
+    )
     listed = ["sliding_attention", "full_attention", "full_attention"]
     assert layer_types({"layer_types": listed}, 3) == listed
     # Qwen2/3 configs carry a window but do not use it; Mistral's is ignored by llama.cpp
@@ -80,7 +95,7 @@ def test_bad_configs_fail_clearly(config: dict[str, object], message: str) -> No
 
 def test_unreadable_config_files(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="not a readable config.json"):
+    with pytest.raises(ConfigError, match=r"not a readable config\.json"):
         load_hf(tmp_path)
     with pytest.raises(ConfigError, match="no such file"):
         load_hf(tmp_path / "missing" / "config.json")
@@ -89,13 +104,27 @@ def test_unreadable_config_files(tmp_path: Path) -> None:
 def test_every_catalog_entry_cites_its_source_and_builds() -> None:
     catalog = load_catalog()
     required = {
-        "qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", "qwen3-14b", "qwen3-32b", "qwen3-30b-a3b",
-        "qwen3-coder-30b-a3b", "qwen3-coder-next", "qwen3-235b-a22b", "llama-3.1-8b", "llama-3.3-70b",
-        "gpt-oss-20b", "gpt-oss-120b", "gemma-3-27b",
-    }  # fmt: skip
+        "qwen3-0.6b",
+        "qwen3-1.7b",
+        "qwen3-4b",
+        "qwen3-8b",
+        "qwen3-14b",
+        "qwen3-32b",
+        "qwen3-30b-a3b",
+        "qwen3-coder-30b-a3b",
+        "qwen3-coder-next",
+        "qwen3-235b-a22b",
+        "llama-3.1-8b",
+        "llama-3.3-70b",
+        "gpt-oss-20b",
+        "gpt-oss-120b",
+        "gemma-3-27b",
+    }
     assert required <= set(catalog)
     for key, entry in catalog.items():
-        assert entry.config_url.startswith("https://huggingface.co/") and entry.config_url.endswith("config.json")
+        assert entry.config_url.startswith("https://huggingface.co/") and entry.config_url.endswith(
+            "config.json"
+        )
         assert entry.card.startswith("https://huggingface.co/") and entry.verified
         spec = entry.spec()
         assert spec.source == entry.config_url and spec.params_total > 0, key
@@ -127,8 +156,12 @@ def test_catalog_architecture_facts() -> None:
     assert (sum(oss.swa_layers), oss.sliding_window, oss.head_dim_k, oss.n_expert_used) == (18, 128, 64, 4)
     moe = lookup("qwen3-30b-a3b").spec()
     assert (moe.n_layer, max(moe.n_head_kv), moe.n_expert, moe.ctx_train, moe.ctx_native) == (
-        48, 4, 128, 40960, 32768,
-    )  # fmt: skip
+        48,
+        4,
+        128,
+        40960,
+        32768,
+    )
     assert lookup("qwen3-coder-30b-a3b").spec().ctx_train == 262144
     assert lookup("llama-3.3-70b").spec().head_dim_k == 128
 
@@ -156,6 +189,8 @@ def test_weight_estimates_for_a_quant() -> None:
     oss = lookup("gpt-oss-20b").spec()
     mx = estimate_weights(oss, "MXFP4_MOE")
     assert mx.expert_bytes == round(oss.params_expert * 4.25 / 8)
-    assert mx.total_bytes == round(oss.params_expert * 4.25 / 8 + (oss.params_total - oss.params_expert) * 8.5 / 8)
+    assert mx.total_bytes == round(
+        oss.params_expert * 4.25 / 8 + (oss.params_total - oss.params_expert) * 8.5 / 8
+    )
     tied = estimate_weights(lookup("qwen3-4b").spec(), "Q8_0")
     assert tied.gpu_bytes == tied.total_bytes  # the CPU-kept input table is duplicated as the output

@@ -95,7 +95,9 @@ def test_sliding_window_model_matches_llama_cpp(
     assert abs(report.kv_bytes - planned.total_bytes) <= 4 * RESOLUTION
 
 
-@pytest.mark.parametrize(("ctx", "n_seq", "unified"), [(32768, 1, False), (50_000, 4, False), (50_000, 4, True)])
+@pytest.mark.parametrize(
+    ("ctx", "n_seq", "unified"), [(32768, 1, False), (50_000, 4, False), (50_000, 4, True)]
+)
 def test_moe_model_matches_llama_cpp(synthetic: dict[str, Path], ctx: int, n_seq: int, unified: bool) -> None:
     spec, weights = read_gguf(synthetic["moe"])
     assert spec.is_moe and spec.n_expert_used == 2

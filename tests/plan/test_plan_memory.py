@@ -26,10 +26,20 @@ ONE_M = 1_048_576
 def dense(n_layer: int = 4, kv: int = 2, hd: int = 64, **kw: object) -> ModelSpec:
     """A small dense spec for arithmetic tests."""
     args: dict[str, object] = dict(
-        name="t", architecture="llama", n_layer=n_layer, n_embd=256, n_vocab=1000, n_head=4,
-        n_head_kv=(kv,) * n_layer, head_dim_k=hd, head_dim_v=hd, ctx_train=4096,
-        params_total=10_000_000, params_embedding=256_000, n_ff=512,
-    )  # fmt: skip
+        name="t",
+        architecture="llama",
+        n_layer=n_layer,
+        n_embd=256,
+        n_vocab=1000,
+        n_head=4,
+        n_head_kv=(kv,) * n_layer,
+        head_dim_k=hd,
+        head_dim_v=hd,
+        ctx_train=4096,
+        params_total=10_000_000,
+        params_embedding=256_000,
+        n_ff=512,
+    )
     args.update(kw)
     return ModelSpec(**args)  # type: ignore[arg-type]
 
@@ -77,9 +87,18 @@ def test_layout_rejects_impossible_values(ctx: int, n_seq: int) -> None:
 
 @pytest.mark.parametrize(
     ("kind", "row"),
-    [("f32", 512), ("f16", 256), ("bf16", 256), ("q8_0", 136), ("q5_1", 96), ("q5_0", 88), ("q4_1", 80),
-     ("q4_0", 72), ("iq4_nl", 72)],
-)  # fmt: skip
+    [
+        ("f32", 512),
+        ("f16", 256),
+        ("bf16", 256),
+        ("q8_0", 136),
+        ("q5_1", 96),
+        ("q5_0", 88),
+        ("q4_1", 80),
+        ("q4_0", 72),
+        ("iq4_nl", 72),
+    ],
+)
 def test_kv_bytes_for_each_type(kind: str, row: int) -> None:
     spec = dense(n_layer=4, kv=2, hd=64)  # 128 values per K row
     cache = kv_cache(spec, 4096, 1, kind)

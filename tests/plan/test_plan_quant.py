@@ -51,7 +51,7 @@ def test_row_bytes_need_whole_blocks() -> None:
 
 
 def test_unknown_kv_type_names_the_choices() -> None:
-    with pytest.raises(ConfigError, match="unknown KV cache type 'q3_k'.*q8_0"):
+    with pytest.raises(ConfigError, match=r"unknown KV cache type 'q3_k'.*q8_0"):
         kv_type("q3_k")
 
 

@@ -83,10 +83,14 @@ def node_budget(
     if ttm_pages is not None:
         if ttm_pages <= 0:
             raise ConfigError("--ttm-pages must be positive")
+        if ttm_pages_to_bytes(ttm_pages) > MAX_RAM:
+            raise ConfigError(f"--ttm-pages {ttm_pages} is not a plausible TTM limit")
         gtt, source = ttm_pages_to_bytes(ttm_pages), f"ttm.pages_limit={ttm_pages}"
     elif gpu_limit_bytes is not None:
         if gpu_limit_bytes <= 0:
             raise ConfigError("--gpu-limit must be positive")
+        if gpu_limit_bytes > MAX_RAM:
+            raise ConfigError(f"--gpu-limit {fmt_bytes(gpu_limit_bytes)} is not a plausible TTM limit")
         gtt, source = gpu_limit_bytes, "--gpu-limit"
     else:
         gtt, source = os_visible // 2, "kernel default (half of the RAM Linux sees)"

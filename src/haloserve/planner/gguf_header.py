@@ -57,14 +57,17 @@ class TensorInfo:
 
 
 class _Truncated(Exception):
-    pass
+    """The header ends before the value being read."""
 
 
 class _Cursor:
+    """Reads the header sequentially from a buffer."""
+
     def __init__(self, buf: Any, size: int) -> None:
         self.buf, self.size, self.pos = buf, size, 0
 
     def unpack(self, fmt: str) -> Any:
+        """One little-endian scalar."""
         n = struct.calcsize(fmt)
         if self.pos + n > self.size:
             raise _Truncated
@@ -73,6 +76,7 @@ class _Cursor:
         return value
 
     def string(self) -> str:
+        """A GGUF string (u64 length, UTF-8 bytes)."""
         n = self.unpack("<Q")
         if self.pos + n > self.size:
             raise _Truncated
@@ -81,11 +85,13 @@ class _Cursor:
         return text
 
     def skip(self, n: int) -> None:
+        """Move past ``n`` bytes."""
         if self.pos + n > self.size:
             raise _Truncated
         self.pos += n
 
     def value(self, vtype: int) -> Any:
+        """A metadata value of type ``vtype``; long arrays come back as :class:`SkippedArray`."""
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[GGUFValueType(vtype)])
         if vtype == GGUFValueType.STRING:
