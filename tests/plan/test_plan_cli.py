@@ -50,6 +50,16 @@ def test_gguf_json_uses_exact_sizes(model_path: Path, capsys: pytest.CaptureFixt
     assert data["llama_server_env"]["LLAMA_ARG_MODEL"] == str(model_path)
 
 
+def test_split_gguf_from_any_part(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from plan_ggufs import Shape, write_model
+
+    written = write_model(tmp_path / "m.gguf", Shape(n_layer=4), split_max_tensors=12)
+    parts = sorted(tmp_path.glob("m-*.gguf"))
+    data = plan_json([str(parts[-1])], capsys)
+    assert data["memory"]["weights_file_bytes"] == sum(written.bytes.values())
+    assert data["llama_server_env"]["LLAMA_ARG_MODEL"] == str(parts[0].resolve())
+
+
 def test_config_json_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = {
         "model_type": "llama",

@@ -9,7 +9,7 @@ from pathlib import Path
 from haloserve.errors import ConfigError
 from haloserve.planner.catalog import lookup
 from haloserve.planner.gguf_header import MAGIC as GGUF_MAGIC
-from haloserve.planner.gguf_source import read_gguf
+from haloserve.planner.gguf_source import read_gguf, split_paths
 from haloserve.planner.hf_source import load_hf
 from haloserve.planner.spec import ModelSpec, Weights
 from haloserve.planner.weights import estimate_weights
@@ -58,7 +58,8 @@ def resolve_model(name: str, quant: str | None = None) -> ResolvedModel:
             raise ConfigError(f"{path}: not a GGUF file (no GGUF magic) and not a config.json")
         spec, weights = read_gguf(path)
         notes = (f"--quant {quant} ignored: a GGUF file's quantisation is fixed",) if quant else ()
-        return ResolvedModel(spec, weights, "gguf", str(path.resolve()), notes)
+        first = split_paths(path)[0]  # llama.cpp opens a split model from its first part
+        return ResolvedModel(spec, weights, "gguf", str(first.resolve()), notes)
     if _looks_like_path(name):
         raise ConfigError(f"{name}: no such file")
     entry = lookup(name)
