@@ -18,6 +18,7 @@ from haloserve.errors import ConfigError, HaloError
 # Subcommands by name -> module. Order is the order shown in ``halo --help``.
 COMMANDS: dict[str, str] = {
     "serve": "haloserve.cli.serve",
+    "plan": "haloserve.cli.plan",
     "doctor": "haloserve.cli.doctor",
     "bench": "haloserve.cli.bench",
 }
