@@ -340,7 +340,8 @@ class Runner:
                 return
             index = st.issued
             st.issued += 1
-            call = self.make_call(convo, turn, replies, f"bench-{self.run_id}-{tag}-{index}")
+            # A UUID: some servers (llama-cpp-python's, via asgi-correlation-id) reject any other X-Request-Id.
+            call = self.make_call(convo, turn, replies, str(uuid.uuid4()))
             outcome = await send(self.http, call, self.s.timeout)
             parsed = self.parser.submit(st, call, outcome, index, session, turn)
             if turn + 1 < n_turns:  # the next turn needs this reply
