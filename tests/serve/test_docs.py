@@ -25,4 +25,4 @@ def test_examples_run(server: RemoteServer) -> None:
     blocks = BLOCK.findall(DOC.read_text())
     assert len(blocks) >= 3
     for code in blocks:
-        exec(compile(code, str(DOC), "exec"), {"BASE_URL": server.base_url})  # noqa: S102
+        exec(compile(code, str(DOC), "exec"), {"BASE_URL": server.base_url})
