@@ -340,7 +340,7 @@ class Runner:
                 return
             index = st.issued
             st.issued += 1
-            # A UUID: some servers (llama-cpp-python's, via asgi-correlation-id) reject any other X-Request-Id.
+            # A UUID: llama-cpp-python's server (asgi-correlation-id) rejects any other X-Request-Id.
             call = self.make_call(convo, turn, replies, str(uuid.uuid4()))
             outcome = await send(self.http, call, self.s.timeout)
             parsed = self.parser.submit(st, call, outcome, index, session, turn)
