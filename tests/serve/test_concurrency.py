@@ -119,3 +119,22 @@ def test_long_prompt_is_prefilled_in_chunks_while_others_decode() -> None:
         # interleaved with those decode steps rather than as one long blocking step.
         assert steps < 120 + 4 + 20
         assert client.completions.create(model="", prompt="Hi", max_tokens=2).usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize(
+    "layout", [["--kv-unified"], ["--cache-type-k", "q8_0", "--cache-type-v", "q8_0", "--flash-attn", "on"]]
+)
+def test_other_kv_layouts_batch_and_agree(layout: list[str]) -> None:
+    with RemoteServer(["--parallel", "4", "--ctx-size", "4096", "--threads", "2", *layout]) as srv:
+
+        async def main() -> list[str]:
+            client = srv.async_client()
+            calls = [
+                client.completions.create(model="", prompt="The sky is", max_tokens=12, temperature=0)
+                for _ in range(4)
+            ]
+            return [r.choices[0].text for r in await asyncio.gather(*calls)]
+
+        texts = asyncio.run(main())
+        assert len(set(texts)) == 1 and texts[0]
+        assert metric(srv, "halo_engine_max_sequences_per_step") >= 2

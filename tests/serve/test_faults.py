@@ -123,3 +123,22 @@ def test_sigterm_cancels_what_cannot_finish_in_time() -> None:
                 pass
     assert srv.stop(timeout=30) == 0
     assert time.monotonic() - started < 15
+
+
+def test_cors_is_off_by_default_and_allows_configured_origins() -> None:
+    plain = ServeSettings(engine="fake")
+    with InProcessServer(create_app(plain, FakeEngine(plain))) as srv:
+        r = httpx.options(
+            srv.url + "/v1/models",
+            headers={"Origin": "https://ui.example", "Access-Control-Request-Method": "GET"},
+        )
+        assert "access-control-allow-origin" not in r.headers
+    cors = ServeSettings(engine="fake", cors_origin=["https://ui.example"])
+    with InProcessServer(create_app(cors, FakeEngine(cors))) as srv:
+        r = httpx.options(
+            srv.url + "/v1/chat/completions",
+            headers={"Origin": "https://ui.example", "Access-Control-Request-Method": "POST"},
+        )
+        assert r.headers["access-control-allow-origin"] == "https://ui.example"
+        r = httpx.get(srv.url + "/v1/models", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in r.headers

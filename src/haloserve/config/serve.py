@@ -155,6 +155,11 @@ class ServeSettings(HaloSettings):
     api_key_file: Path | None = option(
         None, "File with one accepted API key per line.", env=("LLAMA_ARG_API_KEY_FILE",), metavar="FILE"
     )
+    cors_origin: list[str] = option(
+        default_factory=list,
+        description="Origin allowed to call the API from a browser (repeatable; '*' for any). Default: none.",
+        metavar="ORIGIN",
+    )
     max_body_bytes: int = option(8 << 20, "Largest accepted request body in bytes.", ge=1024)
     shutdown_timeout: float = option(
         15.0, "Seconds in-flight requests get to finish on SIGTERM before they are cancelled.", ge=0

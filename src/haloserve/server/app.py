@@ -155,6 +155,16 @@ def create_app(
 
     app.include_router(ops_router)
     app.include_router(openai_router)
+    if settings.cors_origin:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id", "X-Api-Key"],
+            expose_headers=["X-Request-Id", "Retry-After"],
+        )
     app.add_middleware(RequestContext, max_body=settings.max_body_bytes)
     return app
 
