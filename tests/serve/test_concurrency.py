@@ -16,7 +16,7 @@ pytestmark = pytest.mark.model
 
 def metric(server: RemoteServer, name: str) -> float:
     text = httpx.get(server.url + "/metrics").text
-    m = re.search(rf"^{name}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.M)
+    m = re.search(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.M)
     assert m, f"{name} not in /metrics"
     return float(m.group(1))
 
@@ -73,6 +73,7 @@ def test_client_disconnect_frees_its_slot(server: RemoteServer) -> None:
     while httpx.get(server.url + "/health").json()["slots_processing"] != 0:
         assert time.monotonic() < deadline, "slot still busy after the client disconnected"
         time.sleep(0.05)
+    assert metric(server, 'halo_requests_total{endpoint="chat",status="499"}') >= 1
 
 
 def test_non_streaming_disconnect_frees_its_slot(server: RemoteServer) -> None:

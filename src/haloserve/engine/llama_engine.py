@@ -218,8 +218,9 @@ class LlamaEngine:
                 if self._active:
                     self._step(out)
                 deliver(out)
-        except Exception:  # pragma: no cover - a bug: fail everything rather than hang clients
+        except Exception:  # a bug: fail everything rather than hang clients, and stop taking work
             log.exception("engine thread crashed")
+            self._ready = False
         finally:
             self._fail_all("the server is shutting down" if self._stopping else "engine stopped")
 

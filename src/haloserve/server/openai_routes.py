@@ -72,7 +72,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 class _Timing:
     """Arrival, first-token and per-token times of one request, fed to the metrics."""
 
-    __slots__ = ("first", "last", "last_tokens", "start", "state")
+    __slots__ = ("done", "first", "last", "last_tokens", "start", "state")
 
     def __init__(self, state: ServerState, start: float) -> None:
         self.state = state
@@ -80,6 +80,7 @@ class _Timing:
         self.first = 0.0
         self.last = start
         self.last_tokens = 0
+        self.done = False
 
     def saw(self, out: Output) -> None:
         now = time.monotonic()
@@ -92,6 +93,7 @@ class _Timing:
         self.last, self.last_tokens = now, out.completion_tokens
 
     def finished(self, endpoint: str, final: Output, status: int) -> None:
+        self.done = True
         m = self.state.metrics
         m.request_done(endpoint, status)
         if status == 200:
@@ -142,12 +144,15 @@ async def _respond(
             return JSONResponse(shape.full("".join(parts), out))
     except BaseException:
         stream.cancel()
+        if not timing.done:
+            state.metrics.request_done(endpoint, 499)  # the client went away (or the server is stopping)
         raise
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
     if stream.cancelled:  # the client left while we waited for the first token
+        state.metrics.request_done(endpoint, 499)
         return Response(status_code=499)
     return StreamingResponse(
         _sse(stream, first, shape, endpoint, include_usage, echo, timing, greq),
@@ -194,6 +199,8 @@ async def _sse(
         yield sse_error(exc)
     finally:
         stream.cancel()
+        if not timing.done:
+            timing.state.metrics.request_done(endpoint, 499)
 
 
 def _log_done(greq: GenerationRequest, final: Output, timing: _Timing) -> None:
