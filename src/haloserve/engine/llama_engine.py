@@ -142,6 +142,7 @@ class LlamaEngine:
         ctx = self._ctx
         n_ctx_slot = ctx.n_ctx // s.parallel if s.kv_unified else ctx.n_ctx_seq
         self._batch = Batch(ctx.n_batch)
+        ctx.warmup(self._batch)
         self._slots = [Slot(seq=i) for i in range(s.parallel)]
         self._info = EngineInfo(
             model_path=str(self.model_path),

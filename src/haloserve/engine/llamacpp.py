@@ -253,6 +253,21 @@ class LlamaContext:
         self.memory = lc.llama_get_memory(self.ptr)
         self.kv_cache_bytes = int(sum(float(m) for line in cap for m in _KV_SIZE_RE.findall(line)) * 2**20)
 
+    def warmup(self, batch: Batch) -> None:
+        """An empty run as llama.cpp's tools do at start-up (BOS, EOS), so the first request is not slow."""
+        vocab = self.model
+        tokens = [t for t in (vocab.bos, vocab.eos) if t >= 0] or [0]
+        batch.clear()
+        batch.add(tokens, 0, 0, True)
+        lc.llama_set_warmup(self.ptr, True)
+        try:
+            self.decode(batch)
+        finally:
+            lc.llama_set_warmup(self.ptr, False)
+            self.clear()
+            lc.llama_synchronize(self.ptr)
+            batch.clear()
+
     def decode(self, batch: Batch) -> int:
         """Run the model on ``batch``; 0 on success (llama.cpp's return code otherwise)."""
         return int(lc.llama_decode(self.ptr, batch.struct))
