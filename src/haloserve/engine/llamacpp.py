@@ -93,6 +93,14 @@ def init_backend() -> _LogRouter:
         return _router
 
 
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return " amx_tile" in f.read()
+    except OSError:
+        return False
+
+
 class LlamaModel:
     """A loaded GGUF model and its vocabulary."""
 
@@ -103,6 +111,9 @@ class LlamaModel:
         params = lc.llama_model_default_params()
         params.n_gpu_layers = 2**31 - 1 if n_gpu_layers < 0 else n_gpu_layers
         params.use_mmap = use_mmap
+        # ggml's AMX matmul (an "extra" buffer type) segfaults in llama_decode on AMX CPUs (seen on
+        # Sapphire Rapids with llama-cpp-python 0.3.36); skip extra buffer types there only.
+        params.use_extra_bufts = not _cpu_has_amx()
         self.path = path
         self.ptr = lc.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
@@ -271,6 +282,11 @@ class LlamaContext:
     def decode(self, batch: Batch) -> int:
         """Run the model on ``batch``; 0 on success (llama.cpp's return code otherwise)."""
         return int(lc.llama_decode(self.ptr, batch.struct))
+
+    def logits(self, idx: int) -> np.ndarray:
+        """The logits row at batch index ``idx`` of the last decode, as a writable float32 view."""
+        ptr = lc.llama_get_logits_ith(self.ptr, idx)
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         """Drop positions [p0, p1) of ``seq`` from the KV cache (-1 means open-ended)."""
