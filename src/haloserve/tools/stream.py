@@ -38,7 +38,7 @@ class ReasoningSplitter:
     __slots__ = ("_buf", "_state")
 
     def __init__(self, opened: bool = False) -> None:
-        self._state = "reasoning" if opened else "start"  # start -> reasoning -> content
+        self._state = "reasoning" if opened else "start"  # start -> reasoning -> gap -> content
         self._buf = ""
 
     def feed(self, text: str, final: bool = False) -> list[Event]:
@@ -59,14 +59,18 @@ class ReasoningSplitter:
             if idx >= 0:
                 if idx:
                     out.append(Event("reasoning", self._buf[:idx]))
-                self._buf = self._buf[idx + len(THINK_CLOSE) :].lstrip()
-                self._state = "content"
+                self._buf = self._buf[idx + len(THINK_CLOSE) :]
+                self._state = "gap"
             else:
                 keep = 0 if final else _partial(self._buf, THINK_CLOSE)
                 if len(self._buf) > keep:
                     out.append(Event("reasoning", self._buf[: len(self._buf) - keep]))
                 self._buf = self._buf[len(self._buf) - keep :]
                 return out
+        if self._state == "gap":  # whitespace between </think> and the answer is dropped
+            self._buf = self._buf.lstrip()
+            if self._buf:
+                self._state = "content"
         if self._state == "content" and self._buf:
             out.append(Event("content", self._buf))
             self._buf = ""
