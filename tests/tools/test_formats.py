@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from haloserve.engine.base import Output
 from haloserve.tools.assemble import ChatAssembler, expand
 from haloserve.tools.formats import FORMATS, Call, detect_format
-from haloserve.tools.stream import Event, ReasoningSplitter, ToolCallStream
+from haloserve.tools.stream import Event, HarmonySplitter, ReasoningSplitter, ToolCallStream
 
 WEATHER = Call("get_weather", '{"city": "Paris"}')
 ADD = Call("add", '{"a": 1, "b": 2}')
@@ -164,3 +164,45 @@ def test_assembler_streams_tool_calls_the_openai_way() -> None:
     msg = asm.message()
     assert msg["content"] is None and msg["refusal"] is None and msg["reasoning_content"] == "weather?"
     assert msg["tool_calls"][0]["id"] == calls[0]["id"]
+
+
+GPT_OSS = [
+    (
+        "<|channel|>analysis<|message|>User wants the weather. Use the tool.<|end|><|start|>assistant"
+        '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}',
+        "User wants the weather. Use the tool.",
+        "",
+        [WEATHER],
+    ),
+    (
+        "<|channel|>analysis<|message|>Simple greeting.<|end|>"
+        "<|start|>assistant<|channel|>final<|message|>Hello!",
+        "Simple greeting.",
+        "Hello!",
+        [],
+    ),
+    (
+        '<|start|>assistant to=functions.add<|channel|>commentary json<|message|>{"a": 1, "b": 2}<|call|>',
+        "",
+        "",
+        [ADD],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "reasoning", "content", "calls"), GPT_OSS)
+@settings(max_examples=40, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=25))
+def test_harmony_channels_and_calls(
+    text: str, reasoning: str, content: str, calls: list[Call], cuts: list[int]
+) -> None:
+    asm = ChatAssembler(reasoning=HarmonySplitter(), tools=ToolCallStream(FORMATS["harmony"]()))
+    chunks = _split(text, cuts)
+    for i, chunk in enumerate(chunks):
+        asm.feed(Output(text=chunk), final=i == len(chunks) - 1)
+    msg = asm.message()
+    assert msg.get("reasoning_content", "") == reasoning
+    assert (msg["content"] or "") == content
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in msg.get("tool_calls", [])] == [
+        (c.name, c.arguments) for c in calls
+    ]

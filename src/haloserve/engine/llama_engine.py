@@ -363,7 +363,7 @@ class LlamaEngine:
 
     def _start_masks(self, jobs: list[Job]) -> Future[float] | None:
         """Compute the token masks of ``jobs`` in the worker thread, overlapping ``llama_decode``."""
-        if not jobs or self._masker is None:
+        if not jobs:
             return None
         constraints = [j.req.constraint for j in jobs]
 
@@ -373,6 +373,10 @@ class LlamaEngine:
                 c.compute_mask()  # type: ignore[union-attr]
             return time.perf_counter() - t0
 
+        if self._masker is None:  # no worker (never started): compute here, before the decode
+            done: Future[float] = Future()
+            done.set_result(run())
+            return done
         return self._masker.submit(run)
 
     def _decode_failed(self, rc: int, jobs: list[Job], out: list[tuple[RequestStream, Output]]) -> None:

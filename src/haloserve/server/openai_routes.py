@@ -73,7 +73,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     )
     reply = None
     if plan.tool_format is not None or plan.reasoning or n_logprobs is not None:
-        opened = plan.reasoning and text.rstrip().endswith("<think>")
+        opened = plan.reasoning == "think" and text.rstrip().endswith("<think>")
         reply = serving.Reply(plan, chat=True, logprobs=n_logprobs is not None, opened_think=opened)
     shape = ResponseShape(id=f"chatcmpl-{rid}", model=state.model_id, chat=True)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -12,7 +12,7 @@ import string
 from typing import Any
 
 from haloserve.engine.base import Output, TokenLogprob
-from haloserve.tools.stream import Event, ReasoningSplitter, ToolCallStream
+from haloserve.tools.stream import Event, HarmonySplitter, ReasoningSplitter, ToolCallStream
 
 _ALNUM = string.ascii_letters + string.digits
 
@@ -61,7 +61,7 @@ class ChatAssembler:
     def __init__(
         self,
         *,
-        reasoning: ReasoningSplitter | None = None,
+        reasoning: ReasoningSplitter | HarmonySplitter | None = None,
         tools: ToolCallStream | None = None,
         named_choice: bool = False,
     ) -> None:

@@ -62,6 +62,14 @@ def _decode_at(text: str, pos: int) -> tuple[Any, int] | None:
         return None
 
 
+def partial_suffix(text: str, marker: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``marker``."""
+    for k in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:k]):
+            return k
+    return 0
+
+
 class ToolFormat:
     """Base class; subclasses set ``name`` and ``marker`` and implement :meth:`parse`."""
 
@@ -75,10 +83,7 @@ class ToolFormat:
 
     def hold(self, text: str) -> int:
         """How many trailing characters could still become the start marker (not released yet)."""
-        for k in range(min(len(self.marker) - 1, len(text)), 0, -1):
-            if text.endswith(self.marker[:k]):
-                return k
-        return 0
+        return partial_suffix(text, self.marker)
 
     def parse(self, region: str, final: bool) -> list[Call]:
         """Complete calls in ``region`` (text from the start marker on); ``final`` at end of output."""
@@ -208,24 +213,31 @@ class Mistral(ToolFormat):
 
 
 class Harmony(ToolFormat):
-    """gpt-oss: a ``commentary`` message addressed ``to=functions.NAME`` whose body is the JSON arguments."""
+    """gpt-oss: a message addressed ``to=functions.NAME`` (in its role or channel part) whose body is the
+    JSON arguments."""
 
     name = "harmony"
-    marker = "<|channel|>commentary to=functions."
+    marker = "to=functions."
     markers = ("<|channel|>", "<|message|>", "<|constrain|>", "<|call|>", "<|start|>", "<|end|>")
     _call = re.compile(
-        r"<\|channel\|>commentary to=functions\.([\w.-]+)[^<]*(?:<\|constrain\|>\w+)?<\|message\|>(.*?)"
-        r"(?:<\|call\|>|<\|end\|>|$)",
+        r"to=functions\.([\w.-]+)(?:(?!<\|message\|>).)*<\|message\|>(.*?)(?:<\|call\|>|<\|end\|>|$)",
         re.DOTALL,
     )
 
     def start(self, text: str) -> int:
-        """At the ``to=functions.`` header (which may also come right after ``<|start|>assistant``)."""
+        """At the header (``<|channel|>`` or ``<|start|>``) that holds ``to=functions.``."""
         idx = text.find(self.marker)
         if idx < 0:
-            alt = text.find("<|channel|>commentary")
-            return alt if alt >= 0 and "to=" in text[alt:] else -1
-        return idx
+            return -1
+        head = max(text.rfind("<|channel|>", 0, idx), text.rfind("<|start|>", 0, idx))
+        return head if head >= 0 else idx
+
+    def hold(self, text: str) -> int:
+        """A header still open (no ``<|message|>`` yet) may turn out to address a function: hold it."""
+        head = max(text.rfind("<|channel|>"), text.rfind("<|start|>"))
+        if head >= 0 and "<|message|>" not in text[head:]:
+            return len(text) - head
+        return max(partial_suffix(text, m) for m in ("<|channel|>", "<|start|>", self.marker))
 
     def parse(self, region: str, final: bool) -> list[Call]:
         """Every call message whose JSON body is complete."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from haloserve.errors import InvalidRequestError
 from haloserve.protocol.openai import ChatCompletionRequest
-from haloserve.tools.formats import FORMATS, ToolFormat, detect_format
+from haloserve.tools.formats import FORMATS, Harmony, ToolFormat, detect_format
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -38,7 +38,7 @@ class ChatPlan:
     named: bool = False
     grammar: str | None = None
     grammar_param: str = ""
-    reasoning: bool = False
+    reasoning: str = ""  # "think": a leading <think> block; "harmony": gpt-oss channels; "": none
     preserved: list[str] = field(default_factory=list)
 
 
@@ -228,8 +228,11 @@ def plan_chat(
     if schema is not None and plan.grammar is None:
         plan.grammar = "start: %json " + json.dumps(with_layout(schema), ensure_ascii=False) + "\n"
         plan.grammar_param = "response_format"
-    if reasoning_format != "none" and "<think>" in template_source:
-        plan.reasoning = True
+    if reasoning_format != "none" and "<|channel|>" in template_source:
+        plan.reasoning = "harmony"
+        plan.preserved.extend(m for m in (*Harmony.markers, "<|return|>") if m not in plan.preserved)
+    elif reasoning_format != "none" and "<think>" in template_source:
+        plan.reasoning = "think"
         plan.preserved.extend(("<think>", "</think>"))
     return plan
 

@@ -11,7 +11,7 @@ from haloserve.errors import InvalidRequestError
 from haloserve.protocol.openai import ChatCompletionRequest, CompletionRequest
 from haloserve.tools.assemble import ChatAssembler, completion_logprobs, expand
 from haloserve.tools.request import ChatPlan
-from haloserve.tools.stream import ReasoningSplitter, ToolCallStream
+from haloserve.tools.stream import HarmonySplitter, ReasoningSplitter, ToolCallStream
 
 
 def _require(engine: Engine, feature: str, param: str) -> None:
@@ -67,6 +67,12 @@ def completion_logprobs_count(body: CompletionRequest) -> int | None:
     return body.logprobs
 
 
+def _splitter(plan: ChatPlan | None, opened: bool) -> ReasoningSplitter | HarmonySplitter | None:
+    if plan is None or not plan.reasoning:
+        return None
+    return HarmonySplitter() if plan.reasoning == "harmony" else ReasoningSplitter(opened)
+
+
 class Reply:
     """Turns engine outputs into OpenAI chunks or the final body when tools, reasoning or logprobs are on."""
 
@@ -78,7 +84,7 @@ class Reply:
         self.asm: ChatAssembler | None = None
         if chat:
             self.asm = ChatAssembler(
-                reasoning=ReasoningSplitter(opened_think) if plan is not None and plan.reasoning else None,
+                reasoning=_splitter(plan, opened_think),
                 tools=ToolCallStream(plan.tool_format) if plan is not None and plan.tool_format else None,
                 named_choice=bool(plan and plan.named),
             )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from haloserve.tools.formats import Call, ToolFormat
+from haloserve.tools.formats import Call, ToolFormat, partial_suffix
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -22,14 +22,6 @@ class Event:
     kind: str
     text: str = ""
     call: Call | None = None
-
-
-def _partial(text: str, marker: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``marker``."""
-    for k in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:k]):
-            return k
-    return 0
 
 
 class ReasoningSplitter:
@@ -62,7 +54,7 @@ class ReasoningSplitter:
                 self._buf = self._buf[idx + len(THINK_CLOSE) :]
                 self._state = "gap"
             else:
-                keep = 0 if final else _partial(self._buf, THINK_CLOSE)
+                keep = 0 if final else partial_suffix(self._buf, THINK_CLOSE)
                 if len(self._buf) > keep:
                     out.append(Event("reasoning", self._buf[: len(self._buf) - keep]))
                 self._buf = self._buf[len(self._buf) - keep :]
@@ -125,3 +117,60 @@ class ToolCallStream:
         new = calls[self._emitted :]
         self._emitted = len(calls)
         return [Event("call", call=c) for c in new]
+
+
+_HARMONY_ENDS = ("<|end|>", "<|call|>", "<|return|>")
+
+
+class HarmonySplitter:
+    """gpt-oss's harmony messages: ``analysis`` is reasoning, ``final`` (and plain commentary) is content,
+    and a commentary message addressed ``to=functions.X`` is passed on verbatim for the tool parser."""
+
+    __slots__ = ("_buf", "_kind")
+
+    def __init__(self, opened: bool = False) -> None:
+        self._buf = ""
+        self._kind: str | None = None  # None: reading a header; else the current message's event kind
+
+    def feed(self, text: str, final: bool = False) -> list[Event]:
+        """Split ``text``; with ``final`` nothing is held back."""
+        self._buf += text
+        out: list[Event] = []
+        while self._buf:
+            if self._kind is None:
+                head = self._buf.lstrip()
+                if head and not (head.startswith("<|") or "<|".startswith(head)):
+                    self._kind = "content"  # no header at all (e.g. a grammar-shaped reply)
+                    continue
+                idx = self._buf.find("<|message|>")
+                if idx < 0:
+                    if final:
+                        out.append(Event("content", self._buf))
+                        self._buf = ""
+                    break
+                header = self._buf[:idx]
+                self._buf = self._buf[idx + len("<|message|>") :]
+                if "to=functions." in header:
+                    self._kind = "call"
+                    out.append(
+                        Event("content", header.replace("<|start|>assistant", "").strip() + "<|message|>")
+                    )
+                else:
+                    self._kind = "reasoning" if "<|channel|>analysis" in header else "content"
+                continue
+            ends = [(self._buf.find(e), e) for e in _HARMONY_ENDS if e in self._buf]
+            if ends:
+                idx, end = min(ends)
+                body, self._buf = self._buf[:idx], self._buf[idx + len(end) :]
+                kind, self._kind = self._kind, None
+                if kind == "call":
+                    out.append(Event("content", body + "<|call|>"))
+                elif body:
+                    out.append(Event(kind, body))
+                continue
+            keep = 0 if final else max(partial_suffix(self._buf, e) for e in _HARMONY_ENDS)
+            ready, self._buf = self._buf[: len(self._buf) - keep], self._buf[len(self._buf) - keep :]
+            if ready:
+                out.append(Event("content" if self._kind == "call" else self._kind, ready))
+            break
+        return out
