@@ -129,6 +129,23 @@ def mask_cost_us(model_path: Path, tokens: int = 200) -> float:
     return statistics.median(times) * 1e6
 
 
+def _metrics(url: str) -> dict[str, float]:
+    """The grammar counters and step count from the server's /metrics, plus the server's uptime."""
+    import httpx
+
+    wanted = ("halo_grammar_mask_seconds_total", "halo_grammar_wait_seconds_total", "halo_engine_steps_total")
+    out = dict.fromkeys(wanted, 0.0)
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in out:
+            out[name] = float(value)
+    out["elapsed"] = time.perf_counter() - STARTED
+    return out
+
+
+STARTED = time.perf_counter()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -139,7 +156,9 @@ def main() -> None:
     res: dict[str, list[float]] = {k: [] for k in ("alone_c", "alone_f", "b8_c", "b8_f", "mix_c", "mix_f")}
     toks: list[int] = []
     srv_args = ["--parallel", "8", "--ctx-size", "8192", "--threads", str(min(2, os.cpu_count() or 1))]
+    global STARTED
     with RemoteServer(srv_args) as srv:
+        STARTED = time.perf_counter()
         client = srv.client()
         one(client, True, 0, 16)  # warm-up: builds the llguidance tokenizer
         for run in range(args.runs):
@@ -159,13 +178,17 @@ def main() -> None:
             res["mix_c"].append(rows[0][1])
             res["mix_f"].append(statistics.median(r[1] for r in rows[1:]))
             print(f"run {run + 1}: " + ", ".join(f"{k}={v[-1]:.1f}" for k, v in res.items()), flush=True)
+        engine = _metrics(srv.url)
     from haloserve.bundled import bundled_model_path
 
     mask_us = mask_cost_us(bundled_model_path())
     med = {k: statistics.median(v) for k, v in res.items()}
-    alone = med["alone_f"] / med["alone_c"]
-    in8 = med["b8_f"] / med["b8_c"]
-    others = med["b8_f"] / med["mix_f"]
+
+    def ratio(free: str, cons: str) -> float:  # median of the per-run ratios (each run's pair shares a load)
+        return statistics.median(f / c for f, c in zip(res[free], res[cons], strict=True))
+
+    alone, in8, others = ratio("alone_f", "alone_c"), ratio("b8_f", "b8_c"), ratio("b8_f", "mix_f")
+    wait_share = engine["halo_grammar_wait_seconds_total"] / max(engine["elapsed"], 1e-9)
 
     def verdict(x: float) -> str:
         return "met" if x <= 1.2 else "NOT met"
@@ -178,8 +201,9 @@ def main() -> None:
             "",
             f"Machine: {_cpu()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; server, model "
             f"(SmolLM2-135M Q4_1, 49,152-token vocabulary, CPU) and client share the machine; load average "
-            f"{load:.2f} before the runs. Medians of {args.runs} runs. Decode tokens/s per request "
-            "(prompt processing excluded).",
+            f"{load:.2f} before the runs (other sessions' tests compete for the cores, so single runs swing "
+            f"by +-30 %). Medians of {args.runs} runs; overheads are medians of the per-run ratios. "
+            "Decode tokens/s per request (prompt processing excluded).",
             "",
             "| case | free tok/s | constrained tok/s | overhead |",
             "|---|---|---|---|",
@@ -190,7 +214,11 @@ def main() -> None:
             f"| 1 constrained + 7 free: the constrained one | | {med['mix_c']:.1f} | |",
             "",
             f"Token mask for this schema, computed and applied in-process: {mask_us:.0f} µs median a token "
-            "(llguidance; the engine computes it in a worker thread while `llama_decode` runs). "
+            "(llguidance; the engine computes it in a worker thread while `llama_decode` runs). Over the "
+            f"whole benchmark the server spent {engine['halo_grammar_mask_seconds_total']:.2f} s computing "
+            f"masks and waited {engine['halo_grammar_wait_seconds_total']:.3f} s for them after `llama_decode` "
+            f"({100 * wait_share:.2f} % of the {engine['elapsed']:.0f} s run, "
+            f"{engine['halo_engine_steps_total']:.0f} decode steps; from `/metrics`). "
             f"Constrained replies: {statistics.median(toks):.0f} tokens (free ones decode as many, "
             f"`ignore_eos`). `.venv/bin/python benchmarks/tools_bench.py --write`.",
         ]

@@ -62,12 +62,16 @@ def test_chat_logprobs_streamed(client: openai.OpenAI) -> None:
 def test_completion_logprobs(client: openai.OpenAI) -> None:
     r = client.completions.create(model="", prompt="The capital of France is", max_tokens=6, logprobs=3)
     lp = r.choices[0].logprobs
+    n = r.usage.completion_tokens  # type: ignore[union-attr]
     assert lp is not None and lp.tokens and lp.token_logprobs and lp.top_logprobs and lp.text_offset
-    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 6
-    assert "".join(lp.tokens) == r.choices[0].text
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == n
+    assert "".join(lp.tokens) == r.choices[0].text  # an end-of-turn token shows as "", as in the text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(n)]
     for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
         assert value <= 0 and token in top and 3 <= len(top) <= 4
-    stream = client.completions.create(model="", prompt="Once upon", max_tokens=5, logprobs=0, stream=True)
+    stream = client.completions.create(
+        model="", prompt="Once upon", max_tokens=5, logprobs=0, stream=True, extra_body={"ignore_eos": True}
+    )
     tokens = [t for c in stream if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens or []]
     assert len(tokens) == 5
 

@@ -84,13 +84,18 @@ def test_json_object_always_parses(client: openai.OpenAI) -> None:
             messages=[{"role": "user", "content": "Describe a cat as JSON."}],
             seed=seed,
             temperature=0.7,
-            max_tokens=200,
+            max_tokens=150,
             response_format={"type": "json_object"},
         )
 
-    for r in _parallel(one, range(8)):
-        if r.choices[0].finish_reason == "stop":
-            assert isinstance(json.loads(r.choices[0].message.content or ""), dict)
+    finished = 0
+    for r in _parallel(one, range(6)):
+        text = r.choices[0].message.content or ""
+        assert text.startswith("{")
+        if r.choices[0].finish_reason == "stop":  # "length" cuts the object short, as with OpenAI
+            assert isinstance(json.loads(text), dict)
+            finished += 1
+    assert finished
 
 
 def test_json_schema_streamed(client: openai.OpenAI) -> None:
@@ -128,7 +133,7 @@ def test_tool_choice_required_always_calls(client: openai.OpenAI) -> None:
             parallel_tool_calls=False,
         )
 
-    for r in _parallel(one, range(6)):
+    for r in _parallel(one, range(4)):
         assert r.choices[0].finish_reason == "tool_calls"
         assert len(r.choices[0].message.tool_calls or []) == 1
         _check_calls(r.choices[0].message)

@@ -406,7 +406,8 @@ class LlamaEngine:
         if top is not None:
             lp, best = top
             tops = [(t, model.piece(t, True), v) for t, v in best]
-            lps = [TokenLogprob(tok, model.piece(tok, True), float(lp[tok]), tops)]
+            shown = b"" if tok in model.eog_tokens else model.piece(tok, tok in req.preserved_tokens)
+            lps = [TokenLogprob(tok, shown, float(lp[tok]), tops)]  # the chosen token as the text shows it
         finish = None
         error = None
         if req.constraint is not None and tok not in model.eog_tokens and not req.constraint.accept(tok):
