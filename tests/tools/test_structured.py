@@ -251,3 +251,33 @@ def test_reasoning_content_and_enable_thinking(client: openai.OpenAI) -> None:
     )
     deltas = [c.choices[0].delta for c in stream if c.choices]
     assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas)
+
+
+def test_openai_parse_helper_with_pydantic(client: openai.OpenAI) -> None:
+    from enum import Enum
+
+    from pydantic import BaseModel, Field
+
+    class Color(str, Enum):
+        red = "red"
+        blue = "blue"
+
+    class Pet(BaseModel):
+        name: str = Field(max_length=20)
+        legs: int = Field(ge=0, le=8)
+
+    class Owner(BaseModel):
+        name: str = Field(max_length=20)
+        favourite: Color
+        pets: list[Pet] = Field(max_length=2)
+        nickname: str | None = Field(max_length=12)
+
+    parse = getattr(client.chat.completions, "parse", None) or client.beta.chat.completions.parse
+    r = parse(
+        model="",
+        messages=[{"role": "user", "content": "An owner with a pet."}],
+        response_format=Owner,
+        max_tokens=150,
+        seed=4,
+    )
+    assert isinstance(r.choices[0].message.parsed, Owner)
