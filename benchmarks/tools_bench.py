@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from haloserve.bench.preflight import _cpu_model as _cpu
 from haloserve.testing.remote import RemoteServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,16 +54,6 @@ SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 MESSAGES = [{"role": "user", "content": "Write a recipe for pancakes as JSON with six steps."}]
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def one(client: Any, constrained: bool, seed: int, budget: int) -> tuple[float, int]:

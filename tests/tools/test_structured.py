@@ -54,42 +54,29 @@ SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 ASK = [{"role": "user", "content": "What is the weather in Paris, and what is 2 + 3?"}]
 
 
-def _parallel(fn: Any, seeds: range) -> list[Any]:
+def _many(client: openai.OpenAI, n: int, **kwargs: Any) -> list[Any]:
+    """``n`` chat completions in parallel with seeds 0..n-1 (temperature 1 unless given)."""
+    kwargs.setdefault("temperature", 1.0)
     with ThreadPoolExecutor(4) as pool:
-        return list(pool.map(fn, seeds))
+        return list(
+            pool.map(lambda seed: client.chat.completions.create(model="", seed=seed, **kwargs), range(n))
+        )
 
 
 def test_json_schema_strict_always_validates(client: openai.OpenAI) -> None:
     fmt: Any = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
-
-    def one(seed: int) -> Any:
-        return client.chat.completions.create(
-            model="",
-            messages=[{"role": "user", "content": "Invent a person."}],
-            seed=seed,
-            temperature=1.0,
-            max_tokens=120,
-            response_format=fmt,
-        )
-
-    for r in _parallel(one, range(12)):
+    invent = [{"role": "user", "content": "Invent a person."}]
+    for r in _many(client, 12, messages=invent, max_tokens=120, response_format=fmt):
         assert r.choices[0].finish_reason == "stop"
         jsonschema.validate(json.loads(r.choices[0].message.content or ""), PERSON)
 
 
 def test_json_object_always_parses(client: openai.OpenAI) -> None:
-    def one(seed: int) -> Any:
-        return client.chat.completions.create(
-            model="",
-            messages=[{"role": "user", "content": "Describe a cat as JSON."}],
-            seed=seed,
-            temperature=0.7,
-            max_tokens=150,
-            response_format={"type": "json_object"},
-        )
-
+    cat = [{"role": "user", "content": "Describe a cat as JSON."}]
     finished = 0
-    for r in _parallel(one, range(6)):
+    for r in _many(
+        client, 6, messages=cat, temperature=0.7, max_tokens=150, response_format={"type": "json_object"}
+    ):
         text = r.choices[0].message.content or ""
         assert text.startswith("{")
         if r.choices[0].finish_reason == "stop":  # "length" cuts the object short, as with OpenAI
@@ -121,19 +108,8 @@ def _check_calls(message: Any, only: str | None = None) -> None:
 
 
 def test_tool_choice_required_always_calls(client: openai.OpenAI) -> None:
-    def one(seed: int) -> Any:
-        return client.chat.completions.create(
-            model="",
-            messages=ASK,
-            tools=TOOLS,
-            tool_choice="required",
-            seed=seed,
-            temperature=1.0,
-            max_tokens=160,
-            parallel_tool_calls=False,
-        )
-
-    for r in _parallel(one, range(4)):
+    kwargs: Any = {"tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False}
+    for r in _many(client, 4, messages=ASK, max_tokens=160, **kwargs):
         assert r.choices[0].finish_reason == "tool_calls"
         assert len(r.choices[0].message.tool_calls or []) == 1
         _check_calls(r.choices[0].message)
@@ -141,19 +117,7 @@ def test_tool_choice_required_always_calls(client: openai.OpenAI) -> None:
 
 def test_named_tool_choice_always_calls_that_function(client: openai.OpenAI) -> None:
     choice: Any = {"type": "function", "function": {"name": "add"}}
-
-    def one(seed: int) -> Any:
-        return client.chat.completions.create(
-            model="",
-            messages=ASK,
-            tools=TOOLS,
-            tool_choice=choice,
-            seed=seed,
-            temperature=1.0,
-            max_tokens=80,
-        )
-
-    for r in _parallel(one, range(8)):
+    for r in _many(client, 8, messages=ASK, tools=TOOLS, tool_choice=choice, max_tokens=80):
         assert r.choices[0].finish_reason == "stop"  # OpenAI: a forced named function ends with "stop"
         _check_calls(r.choices[0].message, "add")
 
