@@ -84,6 +84,10 @@ def test_non_streaming_disconnect_frees_its_slot(server: RemoteServer) -> None:
     while httpx.get(server.url + "/health").json()["slots_processing"] != 0:
         assert time.monotonic() < deadline, "slot still busy after the client went away"
         time.sleep(0.05)
+    # The handler itself must finish too (not wait forever for output that will never come).
+    while metric(server, 'halo_requests_total{endpoint="completions",status="499"}') < 1:
+        assert time.monotonic() < deadline, "the request's handler never finished"
+        time.sleep(0.05)
 
 
 def test_long_prompt_is_prefilled_in_chunks_while_others_decode() -> None:
