@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 
 import httpx
@@ -15,10 +14,7 @@ pytestmark = pytest.mark.model
 
 
 def metric(server: RemoteServer, name: str) -> float:
-    text = httpx.get(server.url + "/metrics").text
-    m = re.search(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.M)
-    assert m, f"{name} not in /metrics"
-    return float(m.group(1))
+    return server.metric(name)
 
 
 def test_sixteen_concurrent_streams_share_decode_steps(server: RemoteServer) -> None:
