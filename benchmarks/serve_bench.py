@@ -34,6 +34,7 @@ import httpx
 from haloserve.bench.runner import Runner
 from haloserve.bundled import bundled_model_path
 from haloserve.config.bench import BenchSettings
+from haloserve.engine.llamacpp import cpu_has_amx
 from haloserve.testing.remote import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -48,6 +49,9 @@ CTX = SLOTS * 512
 def server_commands(model: Path, port: int, threads: int) -> dict[str, list[str]]:
     """The three servers, configured alike (16 slots of 512 tokens where the server has slots)."""
     t = str(threads)
+    # On AMX CPUs llama.cpp's repacked AMX kernels segfault (llama.cpp #20824): halo serve turns repacking
+    # off there by itself (--repack auto), llama-server must be told.
+    no_repack = ["--no-repack"] if cpu_has_amx() else []
     return {
         "halo serve": [
             str(ROOT / ".venv/bin/halo"),
@@ -80,6 +84,7 @@ def server_commands(model: Path, port: int, threads: int) -> dict[str, list[str]
             "-tb",
             t,
             "--log-disable",
+            *no_repack,
         ],
         "llama-cpp-python": [
             str(WORK / "lcp-venv/bin/python"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 
 import httpx
@@ -15,10 +14,7 @@ pytestmark = pytest.mark.model
 
 
 def metric(server: RemoteServer, name: str) -> float:
-    text = httpx.get(server.url + "/metrics").text
-    m = re.search(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.M)
-    assert m, f"{name} not in /metrics"
-    return float(m.group(1))
+    return server.metric(name)
 
 
 def test_sixteen_concurrent_streams_share_decode_steps(server: RemoteServer) -> None:
@@ -83,6 +79,10 @@ def test_non_streaming_disconnect_frees_its_slot(server: RemoteServer) -> None:
     deadline = time.monotonic() + 10
     while httpx.get(server.url + "/health").json()["slots_processing"] != 0:
         assert time.monotonic() < deadline, "slot still busy after the client went away"
+        time.sleep(0.05)
+    # The handler itself must finish too (not wait forever for output that will never come).
+    while metric(server, 'halo_requests_total{endpoint="completions",status="499"}') < 1:
+        assert time.monotonic() < deadline, "the request's handler never finished"
         time.sleep(0.05)
 
 

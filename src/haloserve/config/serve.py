@@ -108,6 +108,12 @@ class ServeSettings(HaloSettings):
         "Memory-map the model file (set false on ROCm UMA: mmap loading is very slow there).",
         env=("LLAMA_ARG_MMAP",),
     )
+    repack: Literal["auto", "on", "off"] = option(
+        "auto",
+        "Repack weights into CPU-optimised layouts (llama.cpp's extra buffer types). auto: on, except on"
+        " CPUs with AMX, where llama.cpp's AMX kernels crash (llama.cpp #20824).",
+        env=("LLAMA_ARG_REPACK",),
+    )
     threads: int = option(
         default_factory=default_threads,
         description="CPU threads for generation.",

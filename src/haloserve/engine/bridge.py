@@ -16,6 +16,14 @@ from typing import Any
 from haloserve.engine.base import Output
 
 
+class StreamCancelled(Exception):
+    """Raised to a reader of a stream that was cancelled: the rest of its outputs will never come."""
+
+
+# Put in a cancelled stream's queue so that a reader waiting for the next output wakes up at once.
+_CANCELLED = Output(finish_reason="cancelled", error="cancelled")
+
+
 class RequestStream:
     """Async iterator over one request's outputs; :meth:`cancel` tells the engine to stop it."""
 
@@ -36,6 +44,9 @@ class RequestStream:
         if self._done:
             raise StopAsyncIteration
         out = await self._queue.get()
+        if out is _CANCELLED:
+            self._done = True
+            raise StreamCancelled
         if out.finish_reason is not None:
             self._done = True
         return out
@@ -50,10 +61,12 @@ class RequestStream:
         return self._done
 
     def cancel(self) -> None:
-        """Stop the request (idempotent): its slot is freed at the engine's next step."""
+        """Stop the request (idempotent, event-loop thread): its slot is freed at the engine's next step,
+        and a reader waiting for output gets :class:`StreamCancelled`."""
         if not self._done and not self.cancelled:
             self.cancelled = True
             self._cancel_cb(self)
+            self._queue.put_nowait(_CANCELLED)
 
     async def aclose(self) -> None:
         """Cancel, as closing an async generator would."""

@@ -136,7 +136,9 @@ class LlamaEngine:
         from haloserve.engine.llamacpp import Batch, ContextParams, LlamaContext, LlamaModel
 
         s = self.settings
-        self._model = LlamaModel(self.model_path, n_gpu_layers=s.n_gpu_layers, use_mmap=s.mmap)
+        self._model = LlamaModel(
+            self.model_path, n_gpu_layers=s.n_gpu_layers, use_mmap=s.mmap, repack=s.repack
+        )
         n_ctx = s.ctx_size or self._model.n_ctx_train
         n_batch = max(s.batch_size, s.parallel + 16)
         self._ctx = LlamaContext(

@@ -93,27 +93,38 @@ def init_backend() -> _LogRouter:
         return _router
 
 
-def _cpu_has_amx() -> bool:
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU has Intel AMX (whose llama.cpp kernels segfault on some models: llama.cpp #20824)."""
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return " amx_tile" in f.read()
+        text = cpuinfo.read_text(errors="replace")
     except OSError:
         return False
+    return any(line.startswith("flags") and " amx_int8" in line for line in text.splitlines())
+
+
+def _set_load_mode(params: Any, use_mmap: bool) -> None:
+    # llama.cpp replaced the use_mmap flag with a load_mode enum; ctypes silently accepts unknown
+    # attributes, so set whichever field this build's struct really has.
+    fields = {name for name, *_ in type(params)._fields_}
+    if "load_mode" in fields:
+        params.load_mode = lc.LLAMA_LOAD_MODE_MMAP if use_mmap else lc.LLAMA_LOAD_MODE_NONE
+    elif "use_mmap" in fields:
+        params.use_mmap = use_mmap
 
 
 class LlamaModel:
     """A loaded GGUF model and its vocabulary."""
 
-    def __init__(self, path: Path, *, n_gpu_layers: int = -1, use_mmap: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, n_gpu_layers: int = -1, use_mmap: bool = True, repack: str = "auto"
+    ) -> None:
         init_backend()
         if not path.is_file():
             raise CommandError(f"model file not found: {path}")
         params = lc.llama_model_default_params()
         params.n_gpu_layers = 2**31 - 1 if n_gpu_layers < 0 else n_gpu_layers
-        params.use_mmap = use_mmap
-        # ggml's AMX matmul (an "extra" buffer type) segfaults in llama_decode on AMX CPUs (seen on
-        # Sapphire Rapids with llama-cpp-python 0.3.36); skip extra buffer types there only.
-        params.use_extra_bufts = not _cpu_has_amx()
+        _set_load_mode(params, use_mmap)
+        params.use_extra_bufts = repack == "on" or (repack == "auto" and not cpu_has_amx())
         self.path = path
         self.ptr = lc.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from haloserve.engine.base import GenerationRequest, Output
-from haloserve.engine.bridge import RequestStream
+from haloserve.engine.bridge import RequestStream, StreamCancelled
 from haloserve.errors import EngineError, HaloError
 from haloserve.protocol import sse
 from haloserve.protocol.openai import ChatCompletionRequest, CompletionRequest
@@ -180,6 +180,8 @@ async def _respond(
             if reply is not None:
                 body = reply.finish(body, text, out, len(echo))
             return JSONResponse(body)
+    except StreamCancelled:
+        pass  # the client left: answered with 499 below
     except BaseException:
         stream.cancel()
         if not timing.done:
@@ -189,8 +191,9 @@ async def _respond(
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-    if stream.cancelled:  # the client left while we waited for the first token
-        state.metrics.request_done(endpoint, 499)
+    if stream.cancelled:  # the client left while we waited for the first token (or for all of them)
+        if not timing.done:
+            state.metrics.request_done(endpoint, 499)
         return Response(status_code=499)
     return StreamingResponse(
         _sse(stream, first, shape, endpoint, include_usage, echo, timing, greq, reply),
@@ -241,6 +244,8 @@ async def _sse(
         _log_done(greq, out, timing)
     except HaloError as exc:
         yield sse_error(exc)
+    except StreamCancelled:
+        pass  # the client left
     finally:
         stream.cancel()
         if not timing.done:

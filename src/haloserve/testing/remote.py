@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -91,6 +92,19 @@ class RemoteServer:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+    def metric(self, name: str, default: float | None = None) -> float:
+        """The value of one sample on ``/metrics`` (``name`` may include its labels).
+
+        A sample that is not there yet is ``default``, or an AssertionError without one.
+        """
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        m = re.search(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.M)
+        if not m:
+            if default is not None:
+                return default
+            raise AssertionError(f"{name} not in /metrics")
+        return float(m.group(1))
 
     def client(self, **kw: Any) -> Any:
         """An official ``openai.OpenAI`` client for this server."""
