@@ -161,10 +161,14 @@ def main() -> None:
                 toks.append(n)
             res["alone_c"].append(statistics.median(p[0] for p in pairs))
             res["alone_f"].append(statistics.median(p[1] for p in pairs))
-            rows = batch(client, [True] * 8, seed, args.budget)
-            res["b8_c"].append(statistics.median(r[1] for r in rows))
-            n8 = int(statistics.median(r[2] for r in rows))
-            res["b8_f"].append(statistics.median(r[1] for r in batch(client, [False] * 8, seed, n8)))
+            b8: list[tuple[float, float]] = []
+            for k in range(2):  # alternate here too
+                rows = batch(client, [True] * 8, seed + 10 * k, args.budget)
+                n8 = int(statistics.median(r[2] for r in rows))
+                free = batch(client, [False] * 8, seed + 10 * k, n8)
+                b8.append((statistics.median(r[1] for r in rows), statistics.median(r[1] for r in free)))
+            res["b8_c"].append(statistics.median(p[0] for p in b8))
+            res["b8_f"].append(statistics.median(p[1] for p in b8))
             rows = batch(client, [True] + [False] * 7, seed, n8)
             res["mix_c"].append(rows[0][1])
             res["mix_f"].append(statistics.median(r[1] for r in rows[1:]))
