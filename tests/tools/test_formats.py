@@ -32,6 +32,14 @@ RECORDED = [
         "No tools needed: 2 < 3 and <tool is not a tag.",
         [],
     ),
+    (
+        "hermes",  # Qwen3-Coder
+        "I'll add them.\n<tool_call>\n<function=add>\n<parameter=a>\n1\n</parameter>\n<parameter=b>\n2\n"
+        "</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=get_weather>\n<parameter=city>\n"
+        "Paris\n</parameter>\n</function>\n</tool_call>",
+        "I'll add them.\n",
+        [ADD, WEATHER],
+    ),
     ("llama3_json", '{"name": "get_weather", "parameters": {"city": "Paris"}}', "", [WEATHER]),
     (
         "llama3_json",

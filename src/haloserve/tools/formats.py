@@ -5,7 +5,8 @@ Each format parses the text from its start marker on and returns the calls that 
 so the same code serves whole responses and streams cut at any byte. Formats:
 
 - ``hermes`` (Hermes, Qwen 2.5/3, many fine-tunes):
-  ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
+  ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, or Qwen3-Coder's
+  ``<tool_call><function=NAME><parameter=P>value</parameter></function></tool_call>``
 - ``llama3_json`` (Llama 3.1-3.3): a JSON object ``{"name": ..., "parameters": {...}}``, optionally after
   ``<|python_tag|>``, several separated by ``;``
 - ``mistral``: ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`` or ``[TOOL_CALLS]name[ARGS]{...}``
@@ -99,8 +100,28 @@ def _json_rule(schema: dict[str, Any]) -> str:
     return "%json " + json.dumps({**schema, "x-guidance": layout}, ensure_ascii=False)
 
 
+_XML_FUNCTION = re.compile(r"<function=([^>\s]+)>(.*?)(?:</function>|$)", re.DOTALL)
+_XML_PARAM = re.compile(r"<parameter=([^>\s]+)>\n?(.*?)\n?</parameter>", re.DOTALL)
+
+
+def _xml_call(body: str) -> Call | None:
+    """Qwen3-Coder's ``<function=NAME><parameter=P>value</parameter></function>`` body."""
+    m = _XML_FUNCTION.search(body)
+    if m is None:
+        return None
+    args: dict[str, Any] = {}
+    for p in _XML_PARAM.finditer(m.group(2)):
+        value = p.group(2)
+        try:  # numbers, booleans, objects and arrays are written as JSON; anything else is a string
+            parsed = json.loads(value)
+            args[p.group(1)] = value if isinstance(parsed, str) else parsed
+        except ValueError:
+            args[p.group(1)] = value
+    return Call(m.group(1), json.dumps(args, ensure_ascii=False))
+
+
 class Hermes(ToolFormat):
-    """``<tool_call>{json}</tool_call>``, one block per call."""
+    """``<tool_call>{json}</tool_call>``, one block per call (or Qwen3-Coder's XML body in the block)."""
 
     name = "hermes"
     marker = "<tool_call>"
@@ -113,7 +134,7 @@ class Hermes(ToolFormat):
         end = 0
         for m in self._block.finditer(region):
             got = _decode_at(m.group(1), 0)
-            call = _call_from(got[0]) if got else None
+            call = _call_from(got[0]) if got else _xml_call(m.group(1))
             if call:
                 calls.append(call)
             end = m.end()
