@@ -42,7 +42,7 @@ def _build_tokenizer(model: Any) -> Any:
     tokens: list[bytes] = []
     for t in range(model.n_vocab):
         piece = model.piece(t, special=True)
-        if lc.llama_token_get_attr(vocab, t) & lc.LLAMA_TOKEN_ATTR_CONTROL:
+        if lc.llama_vocab_get_attr(vocab, t) & lc.LLAMA_TOKEN_ATTR_CONTROL:
             piece = b"\xff" + piece  # llguidance's marker: only matched by <|name|> / <[id]> in grammars
         tokens.append(piece)
     fptr = ctypes.cast(lc.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
@@ -63,7 +63,7 @@ def single_token(model: Any, text: str) -> int | None:
 def _is_control(model: Any, token: int) -> bool:
     import llama_cpp as lc
 
-    return bool(lc.llama_token_get_attr(model.vocab, token) & lc.LLAMA_TOKEN_ATTR_CONTROL)
+    return bool(lc.llama_vocab_get_attr(model.vocab, token) & lc.LLAMA_TOKEN_ATTR_CONTROL)
 
 
 def resolve_literals(grammar: str, model: Any) -> str:
