@@ -165,7 +165,7 @@ def _overflow(
     biggest = max(here, key=lambda p: p.per_node[name])
     loc = ("models", biggest.index)
     at = f"{where}:{line_of(lines, loc)}"
-    if len(here) == 1:
+    if len(here) == 1 or biggest.per_node[name] > mem.budget.usable_bytes:
         p = biggest
         tried = f"ctx {p.plan.memory.layout.n_ctx:,}, {p.model.parallel} slot(s), KV {p.model.cache_type_k}"
         hint = "; ".join(_suggestions(p.model, p.plan)) or "a smaller quantisation"

@@ -226,7 +226,7 @@ def ray_node(spec: DeploySpec, p: Placement, node: Node, head: bool) -> Service:
     """The Ray head (which launches ``vllm serve``) or a Ray worker of a tensor-parallel split."""
     model = p.model
     script = f"{model.name}-ray-{'head' if head else 'worker'}.sh"
-    role = "Ray head; runs vllm serve once every worker joined" if head else "Ray worker"
+    role = "Ray head, which runs vllm serve once every worker joined," if head else "Ray worker"
     return Service(
         f"{model.name}-ray-{'head' if head else 'worker'}",
         node.name,
