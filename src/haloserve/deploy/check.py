@@ -162,18 +162,33 @@ def shellcheck_binary() -> str | None:
     return shutil.which("shellcheck") or (str(beside) if beside.exists() else None)
 
 
-def check_script(path: Path) -> tuple[list[str], list[str]]:
-    """(problems, skipped) of a shell script: ``bash -n``, then ``shellcheck`` when available."""
+def shellcheck(paths: list[Path]) -> dict[str, list[str]] | None:
+    """``shellcheck`` findings per script path, in one run (``None`` when shellcheck is not installed)."""
+    binary = shellcheck_binary()
+    if binary is None:
+        return None
+    found: dict[str, list[str]] = {str(p): [] for p in paths}
+    if not paths:
+        return found
+    lint = subprocess.run([binary, "-f", "gcc", *map(str, paths)], capture_output=True, text=True, check=False)
+    for line in lint.stdout.splitlines():
+        path, _, rest = line.partition(":")
+        if path in found:
+            found[path].append(rest.split(": ", 1)[-1] if ": " in rest else rest)
+    return found
+
+
+def check_script(path: Path, lint: dict[str, list[str]] | None = None) -> tuple[list[str], list[str]]:
+    """(problems, skipped) of a shell script: ``bash -n``, then ``shellcheck`` findings when available."""
     out, skipped = [], []
     syntax = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
     if syntax.returncode:
         out.append(f"bash -n: {syntax.stderr.strip()}")
-    binary = shellcheck_binary()
-    if binary is None:
+    lint = lint if lint is not None else shellcheck([path])
+    if lint is None:
         skipped.append("shellcheck not installed")
     else:
-        lint = subprocess.run([binary, "-f", "gcc", str(path)], capture_output=True, text=True, check=False)
-        out += [line.split(": ", 1)[-1] for line in lint.stdout.splitlines() if line.strip()]
+        out += lint.get(str(path), [])
     text = path.read_text(encoding="utf-8")
     if re.search(r"^[^#]*sudo echo [^|]*>", text, re.M):
         out.append("`sudo echo ... > file` fails for a non-root user: use `| sudo tee`")
@@ -217,8 +232,9 @@ def _kind(rel: str) -> str | None:
     return None
 
 
-def check_file(root: Path, rel: str) -> FileCheck | None:
-    """Check one file under ``root`` (``None`` for files with nothing to check)."""
+def check_file(root: Path, rel: str, lint: dict[str, list[str]] | None = None) -> FileCheck | None:
+    """Check one file under ``root`` (``None`` for files with nothing to check); ``lint`` holds
+    shellcheck findings already collected for many scripts at once."""
     kind = _kind(rel)
     if kind is None:
         return None
@@ -231,15 +247,16 @@ def check_file(root: Path, rel: str) -> FileCheck | None:
     }
     if kind in simple:
         return FileCheck(rel, kind, tuple(simple[kind](text)))
-    problems, skipped = check_dockerfile(text, path.name) if kind == "dockerfile" else check_script(path)
+    if kind == "dockerfile":
+        problems, skipped = check_dockerfile(text, path.name)
+    else:
+        problems, skipped = check_script(path, lint)
     return FileCheck(rel, kind, tuple(problems), tuple(skipped))
 
 
 def check_dir(root: Path) -> list[FileCheck]:
     """Check every known file under ``root`` (sorted by path)."""
-    results = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        found = check_file(root, path.relative_to(root).as_posix())
-        if found is not None:
-            results.append(found)
-    return results
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    lint = shellcheck([root / rel for rel in files if _kind(rel) == "script"])
+    results = [check_file(root, rel, lint) for rel in files]
+    return [r for r in results if r is not None]
