@@ -18,7 +18,9 @@ from .conftest import write
 Rendered = dict[str, dict[str, RenderedFile]]
 
 
-def test_init_writes_a_spec_that_renders_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_init_writes_a_spec_that_renders_and_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = tmp_path / "cluster.yaml"
     assert main(["deploy", "init", "--nodes", "4", "-o", str(spec)]) == 0
     assert spec.read_text() == example_spec(4, "cluster.yaml")
@@ -80,21 +82,24 @@ def test_render_refuses_a_foreign_directory_and_removes_stale_files(
     assert not (out / "nodes/halo4/docker-compose.yml").exists()
 
 
+COMPOSE1, COMPOSE4 = "nodes/halo1/docker-compose.yml", "nodes/halo4/docker-compose.yml"
+LLAMA = "docker/llamacpp-rocm.Dockerfile"
 BREAKS = [
-    ("nodes/halo3/docker-compose.yml", 'LLAMA_ARG_MMAP: "false"', 'LLAMA_ARG_MMAP: "true"', "LLAMA_ARG_MMAP=false"),
-    ("nodes/halo1/docker-compose.yml", "    ipc: host\n", "", "needs ipc: host"),
+    ("nodes/halo3/docker-compose.yml", 'MMAP: "false"', 'MMAP: "true"', "LLAMA_ARG_MMAP=false"),
+    (COMPOSE1, "    ipc: host\n", "", "needs ipc: host"),
     (
-        "nodes/halo1/docker-compose.yml",
+        COMPOSE1,
         '      HSA_XNACK: "1"',
         '      HSA_OVERRIDE_GFX_VERSION: "11.0.0"\n      HSA_XNACK: "1"',
         "HSA_OVERRIDE_GFX_VERSION on ROCm 7.0",
     ),
-    ("nodes/halo1/docker-compose.yml", "restart: unless-stopped", "restart: [always]", "schema: services/"),
-    ("nodes/halo1/docker-compose.yml", '"8080:8080"', '"8000:8080"', "host port 8000 is also published"),
-    ("docker/llamacpp-rocm.Dockerfile", "-DGGML_HIP_ROCWMMA_FATTN=ON", "", "missing -DGGML_HIP_ROCWMMA_FATTN=ON"),
-    ("docker/llamacpp-rocm.Dockerfile", "ARG GPU_TARGETS=gfx1151", "ARG GPU_TARGETS=gfx1150", "gfx1150 is Strix Point"),
-    ("docker/llamacpp-rocm.Dockerfile", "-DGGML_RPC=ON", "-DGGHL_MPI=ON", "no MPI backend"),
-    ("nodes/halo4/scripts/qwen3-235b-rpc-worker.sh", 'if [ -z "${bin}" ]; then', "if [ -z ${bin ]; then", "bash -n"),
+    (COMPOSE1, "restart: unless-stopped", "restart: [always]", "schema: services/"),
+    (COMPOSE1, '"8080:8080"', '"8000:8080"', "host port 8000 is also published"),
+    (COMPOSE4, '"$$(command', '"$(command', "write $$ for a literal dollar"),
+    (LLAMA, "-DGGML_HIP_ROCWMMA_FATTN=ON", "", "missing -DGGML_HIP_ROCWMMA_FATTN=ON"),
+    (LLAMA, "ARG GPU_TARGETS=gfx1151", "ARG GPU_TARGETS=gfx1150", "gfx1150 is Strix Point"),
+    (LLAMA, "-DGGML_RPC=ON", "-DGGHL_MPI=ON", "no MPI backend"),
+    ("nodes/halo4/scripts/qwen3-235b-rpc-worker.sh", '-z "${bin}"', "-z ${bin", "bash -n"),
     ("nodes/halo1/host-setup.sh", "sudo usermod", "sudo echo 1 > /sys/x; sudo usermod", "| sudo tee"),
     ("nodes/halo1/gateway.yaml", "queue_size: 256\n", "", "missing key queue_size"),
     ("nodes/halo1/60-halo-rdma.yaml", "mtu: 9000", "mtu: 1500", "RoCE needs 9000"),

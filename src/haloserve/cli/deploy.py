@@ -79,7 +79,7 @@ def _render(args: argparse.Namespace) -> int:
     con = console()
     con.print(fit_table(fit))
     for warning in fit.warnings:
-        con.print(f"! {warning}", markup=False)
+        con.print(f"! {warning}", markup=False, soft_wrap=True)
     con.print(f"wrote {len(files)} files to {out}" + (f" (removed {len(removed)} stale)" if removed else ""))
     con.print(f"next: read {out / 'README.md'}", markup=False)
     return 0

@@ -125,6 +125,9 @@ def check_compose(text: str) -> list[str]:
             if host in published:
                 out.append(f"{name}: host port {host} is also published by {published[host]}")
             published[host] = name
+    code = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
+    if re.search(r"(?<!\$)\$(?![{$A-Za-z_])", code.replace("$$", "")):
+        out.append("a lone $ that Compose cannot interpolate: write $$ for a literal dollar sign")
     return out + _forbidden(text)
 
 
@@ -170,7 +173,8 @@ def shellcheck(paths: list[Path]) -> dict[str, list[str]] | None:
     found: dict[str, list[str]] = {str(p): [] for p in paths}
     if not paths:
         return found
-    lint = subprocess.run([binary, "-f", "gcc", *map(str, paths)], capture_output=True, text=True, check=False)
+    cmd = [binary, "-f", "gcc", *map(str, paths)]
+    lint = subprocess.run(cmd, capture_output=True, text=True, check=False)
     for line in lint.stdout.splitlines():
         path, _, rest = line.partition(":")
         if path in found:

@@ -17,7 +17,8 @@ from haloserve.deploy.gateway_config import CONFIG_PATH
 from haloserve.deploy.rocm import EnvVar, gpu_targets, rocm_env
 from haloserve.deploy.spec import DeploySpec, Model, Node
 
-RPC_BIN = 'exec "$(command -v ggml-rpc-server || command -v rpc-server)"'
+# "$$" is Compose's escape for a literal "$" (it interpolates "$..." itself)
+RPC_BIN = 'exec "$$(command -v ggml-rpc-server || command -v rpc-server)"'
 ENV_NOTES = {
     "LLAMA_ARG_MODEL": "set MODEL_FILE in .env to switch models",
     "LLAMA_ARG_CTX_SIZE": "total context, split across the slots (from the plan)",
