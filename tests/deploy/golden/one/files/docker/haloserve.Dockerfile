@@ -3,6 +3,8 @@
 #
 # HALOSERVE_PACKAGE is what pip installs: the package name, a wheel copied next to this file
 # (COPY it first), or a VCS URL. llama-cpp-python is rebuilt for the GPU (HIP, gfx1151).
+# Package versions follow the pinned base image and the refs above (hadolint: no per-package pins).
+# hadolint global ignore=DL3008,DL3013,DL3059
 ARG ROCM_VERSION=7.0
 FROM rocm/dev-ubuntu-24.04:${ROCM_VERSION}-complete
 ARG GPU_TARGETS=gfx1151

@@ -3,6 +3,8 @@
 #
 # GPU_TARGETS is gfx1151 (Strix Halo; gfx1150 is a different chip whose kernels do not run here). Only
 # ROCm 6.4.x needs gfx1100 kernels plus HSA_OVERRIDE_GFX_VERSION=11.0.0; ROCm 7.x runs gfx1151 natively.
+# Package versions follow the pinned base image and the refs above (hadolint: no per-package pins).
+# hadolint global ignore=DL3008,DL3013,DL3059
 ARG ROCM_VERSION=7.0
 FROM rocm/dev-ubuntu-24.04:${ROCM_VERSION}-complete AS build
 ARG LLAMA_CPP_REF=master
@@ -54,5 +56,5 @@ ENV GPU_MAX_HW_QUEUES=2
 # Settings come from LLAMA_ARG_* variables (see docker-compose.yml); no entrypoint script needed.
 EXPOSE 8080 50052
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15m --retries=3 \
-  CMD curl -fsS "http://127.0.0.1:${LLAMA_ARG_PORT:-8080}/health" || exit 1
+  CMD ["sh", "-c", "curl -fsS http://127.0.0.1:${LLAMA_ARG_PORT:-8080}/health || exit 1"]
 ENTRYPOINT ["llama-server"]

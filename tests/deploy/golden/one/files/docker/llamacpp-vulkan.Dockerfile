@@ -1,5 +1,7 @@
 # llama.cpp with Vulkan (Mesa RADV) for Strix Halo, rendered by `halo deploy render`. No ROCm needed.
 # Build: docker build -f llamacpp-vulkan.Dockerfile -t halo-llamacpp-vulkan:latest .
+# Package versions follow the pinned base image and the refs above (hadolint: no per-package pins).
+# hadolint global ignore=DL3008,DL3013,DL3059
 FROM ubuntu:24.04 AS build
 ARG LLAMA_CPP_REF=master
 ARG GGML_NATIVE=ON
@@ -31,5 +33,5 @@ ENV PATH=/opt/llama/bin:$PATH \
     AMD_VULKAN_ICD=RADV
 EXPOSE 8080 50052
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15m --retries=3 \
-  CMD curl -fsS "http://127.0.0.1:${LLAMA_ARG_PORT:-8080}/health" || exit 1
+  CMD ["sh", "-c", "curl -fsS http://127.0.0.1:${LLAMA_ARG_PORT:-8080}/health || exit 1"]
 ENTRYPOINT ["llama-server"]

@@ -1,6 +1,8 @@
 # ROCm test image: rocminfo, rocm-smi and a small HIP matmul checked against the CPU.
 # Build: docker build -f rocm-test.Dockerfile -t halo-rocm-test:latest .
 # Run:   docker compose --profile test run --rm rocm-test
+# Package versions follow the pinned base image and the refs above (hadolint: no per-package pins).
+# hadolint global ignore=DL3008,DL3013,DL3059
 ARG ROCM_VERSION=7.0
 FROM rocm/dev-ubuntu-24.04:${ROCM_VERSION}-complete
 ARG GPU_TARGETS=gfx1151

@@ -4,6 +4,8 @@
 # Stage 1 builds PyTorch-dependent vLLM kernels for one GPU target only (PYTORCH_ROCM_ARCH), which keeps
 # both the build time and the image small; stage 2 copies the virtualenv onto the ROCm runtime.
 # Note: `pip install vllm[rocm]` is not a published extra; vLLM for ROCm is built from source.
+# Package versions follow the pinned base image and the refs above (hadolint: no per-package pins).
+# hadolint global ignore=DL3008,DL3013,DL3059
 ARG ROCM_VERSION=7.0
 FROM rocm/dev-ubuntu-24.04:${ROCM_VERSION}-complete AS build
 ARG VLLM_REF=main
@@ -44,5 +46,5 @@ ENV ROCBLAS_USE_HIPBLASLT=1
 ENV GPU_MAX_HW_QUEUES=2
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15m --retries=3 \
-  CMD curl -fsS http://127.0.0.1:8000/health || exit 1
+  CMD ["curl", "-fsS", "http://127.0.0.1:8000/health"]
 CMD ["vllm", "--help"]
