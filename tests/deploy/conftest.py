@@ -46,7 +46,21 @@ def rendered() -> dict[str, dict[str, RenderedFile]]:
     out = {name: render_text(example_spec(n)) for name, n in EXAMPLES.items()}
     out["four-rocm641"] = render_text(example_spec(4).replace('rocm_version: "7.0"', 'rocm_version: "6.4.1"'))
     out["one-vulkan"] = render_text(example_spec(1).replace("backend: rocm", "backend: vulkan"))
+    out["mixed"] = render_text(MIXED)
     return out
+
+
+# Two engines of one node sharing its .env, vLLM as a plain replica, a gateway, no RDMA.
+MIXED = """
+nodes:
+  - {name: a, address: 10.1.0.1, ram: 128, labels: {zone: left}}
+  - {name: b, address: 10.1.0.2, ram: 64}
+models:
+  - {name: coder, source: qwen3-coder-30b-a3b, file: coder.gguf, nodes: [a, b], ctx: 65536, parallel: 2}
+  - {name: small, source: qwen3-4b, file: small.gguf, engine: halo, nodes: [a], port: 8081}
+  - {name: qwen3-8b, source: qwen3-8b, engine: vllm, quant: BF16, nodes: [b], port: 8001, ctx: 16384}
+gateway: {node: a, policy: least}
+"""
 
 
 def write(files: dict[str, RenderedFile], root: Path) -> Path:

@@ -20,7 +20,6 @@ from haloserve.deploy.spec import DeploySpec, Model, Node
 # "$$" is Compose's escape for a literal "$" (it interpolates "$..." itself)
 RPC_BIN = 'exec "$$(command -v ggml-rpc-server || command -v rpc-server)"'
 ENV_NOTES = {
-    "LLAMA_ARG_MODEL": "set MODEL_FILE in .env to switch models",
     "LLAMA_ARG_CTX_SIZE": "total context, split across the slots (from the plan)",
     "LLAMA_ARG_N_PARALLEL": "slots decoding together",
     "LLAMA_ARG_CACHE_TYPE_K": "KV cache type of K",
@@ -140,8 +139,7 @@ def llama_env(spec: DeploySpec, p: Placement, prefix: str | None, rpc: list[str]
     if model.engine == "halo":
         values = {k: v for k, v in values.items() if k in HALO_ENV}
     notes = dict(ENV_NOTES)
-    if prefix is None:
-        notes["LLAMA_ARG_MODEL"] = ""
+    notes["LLAMA_ARG_MODEL"] = "" if prefix is None else f"set {prefix}MODEL_FILE in .env to switch models"
     return [EnvVar(k, v, notes.get(k, "")) for k, v in values.items()] + gpu_env(spec)
 
 

@@ -39,6 +39,7 @@ def _size(value: object) -> object:
 
 
 Size = Annotated[int, BeforeValidator(_size), Field(ge=0)]
+Label = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -87,7 +88,7 @@ class Node(Strict):
         default=None, gt=0, description="an explicit ttm.pages_limit (default: computed)"
     )
     rdma: Rdma | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[Label, Label] = Field(default_factory=dict, description="Swarm node labels (constraints)")
     video_gid: int = Field(default=44, ge=0, description="`getent group video` on this host")
     render_gid: int = Field(default=992, ge=0, description="`getent group render` on this host")
     models_dir: str = Field(default="/srv/models", description="where the GGUF files live on this host")
