@@ -111,7 +111,7 @@ def test_shell_scripts_pass_bash_n_and_shellcheck(rendered: Rendered, tmp_path: 
 
 def test_shellcheck_catches_a_broken_script(tmp_path: Path) -> None:
     script = tmp_path / "bad.sh"
-    script.write_text('#!/usr/bin/env bash\nexport X==a\necho $UNSET_VAR\n')
+    script.write_text("#!/usr/bin/env bash\nexport X==a\necho $UNSET_VAR\n")
     binary = shellcheck_binary()
     assert binary
     assert subprocess.run([binary, str(script)], capture_output=True, check=False).returncode != 0

@@ -88,7 +88,7 @@ def test_hsa_override_only_where_the_rocm_version_needs_it(rendered: Rendered) -
                     gpu = "/dev/kfd" in svc.get("devices", [])
                     expected = "11.0.0" if name == "four-rocm641" and gpu else None
                     assert env.get("HSA_OVERRIDE_GFX_VERSION") == expected, (name, path)
-    assert "GPU_TARGETS: \"gfx1151\"" in rendered["one"]["nodes/halo1/docker-compose.yml"].text
+    assert 'GPU_TARGETS: "gfx1151"' in rendered["one"]["nodes/halo1/docker-compose.yml"].text
 
 
 def test_ttm_pages_use_4_kib_pages(rendered: Rendered) -> None:

@@ -111,6 +111,8 @@ def _plan(spec: DeploySpec, i: int, memory: dict[str, NodeMemory]) -> tuple[Plac
         budgets = [memory[name].budget for name in (model.nodes if model.split == "none" else group)]
         smallest = min(budgets, key=lambda b: b.usable_bytes)
         ref = model.hf or (resolved.ref if resolved.kind != "gguf" else None)
+        if model.engine == "vllm" and ref is None:
+            raise _PlanProblem(("models", i, "source"), "vLLM loads a Hugging Face model: set hf: (its id)")
         plan = plan_model(resolved.spec, resolved.weights, smallest, _inputs(model, len(group), ref))
     except ConfigError as exc:
         raise _PlanProblem(("models", i, "source"), exc.message) from None

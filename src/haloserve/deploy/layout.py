@@ -69,16 +69,7 @@ def _tp_context(spec: DeploySpec, p: Placement, node: Node) -> dict[str, object]
         "node": node,
         "head": head,
         "size": len(p.model.nodes),
-        "vllm_args": [
-            *p.plan.vllm_args,
-            "--served-model-name",
-            p.model.name,
-            "--host",
-            "0.0.0.0",
-            "--port",
-            str(p.model.port),
-            *p.model.extra_args,
-        ],
+        "vllm_args": svc.vllm_command(p),
         "env": svc.gpu_env(spec),
     }
 
@@ -162,7 +153,22 @@ def build_layout(spec: DeploySpec, fit: FitReport) -> Layout:
         plans[gw_node.name].gateway = gateway_config(spec.gateway, backends)
         stack.insert(0, svc.gateway(spec, gw_node, swarm=True))
         stack_gateway = gateway_config(spec.gateway, swarm_backends)
-    return Layout(spec, fit, list(plans.values()), stack, stack_gateway, fit.warnings)
+    return Layout(spec, fit, list(plans.values()), stack, stack_gateway, [*fit.warnings, *_halo_gaps(fit)])
+
+
+def _halo_gaps(fit: FitReport) -> list[str]:
+    """Plan settings `halo serve` has no option for (llama-server-only knobs are fine to drop)."""
+    harmless = {"LLAMA_ARG_FIT", "LLAMA_ARG_CACHE_RAM", "LLAMA_ARG_MODEL"}
+    out = []
+    for p in fit.placements:
+        if p.model.engine == "halo":
+            missing = sorted(set(p.plan.llama_env) - svc.HALO_ENV - harmless)
+            if missing:
+                out.append(
+                    f"{p.model.name}: halo serve has no option for {', '.join(missing)}; use engine llamacpp "
+                    "or a context within the model's trained length"
+                )
+    return out
 
 
 def _dotenv(spec: DeploySpec, np_: NodePlan, fit: FitReport) -> None:

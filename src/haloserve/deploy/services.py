@@ -9,6 +9,7 @@ twice.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from haloserve.config.serve import ServeSettings
@@ -109,6 +110,19 @@ def _sampling_flags(model: Model) -> list[str]:
     return [x for flag, v in pairs if v is not None for x in (flag, f"{v:g}")]
 
 
+def vllm_command(p: Placement) -> list[str]:
+    """``vllm serve`` with the plan's arguments, the served name, the port and default sampling."""
+    model = p.model
+    args = [*p.plan.vllm_args, "--served-model-name", model.name]
+    args += ["--host", "0.0.0.0", "--port", str(model.port)]
+    s = model.sampling
+    defaults = {"temperature": s.temp, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p}
+    defaults = {k: v for k, v in defaults.items() if v is not None}
+    if defaults:
+        args += ["--override-generation-config", json.dumps(defaults, separators=(",", ":"))]
+    return [*args, *model.extra_args]
+
+
 HALO_ENV = {name for f in ServeSettings.model_fields for name in ServeSettings.env_names(f)}
 
 
@@ -152,21 +166,12 @@ def engine(
     name = model.name
     models = "${MODELS_DIR}" if prefix is not None else node.models_dir
     if model.engine == "vllm":
-        args = [
-            *p.plan.vllm_args,
-            "--served-model-name",
-            model.name,
-            "--host",
-            "0.0.0.0",
-            "--port",
-            str(model.port),
-        ]
         return Service(
             name,
             node.name,
             imgs["vllm"],
             [f"{model.name}: vLLM on {node.name} ({p.resolved.spec.name})"],
-            command=[*args, *model.extra_args],
+            command=vllm_command(p),
             env=[
                 EnvVar("HF_HOME", "/models/huggingface", "weights download into the models volume"),
                 *gpu_env(spec),

@@ -80,7 +80,9 @@ class Node(Strict):
     """One Strix Halo machine."""
 
     name: str = Field(pattern=NODE_PATTERN, description="the node's hostname (Swarm pins services by it)")
-    address: str = Field(description="address clients and the gateway reach the node at")
+    address: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9.:-]*$", description="IP or DNS name clients and the gateway use"
+    )
     ram: Size = Field(description="installed RAM (GiB, or with a unit)")
     carveout: Size = Field(default=GiB // 2, description="BIOS UMA frame buffer; keep it small (Auto/512 MB)")
     os_reserve: Size = Field(default=8 * GiB, description="RAM kept for Linux and host-side buffers")
@@ -91,7 +93,9 @@ class Node(Strict):
     labels: dict[Label, Label] = Field(default_factory=dict, description="Swarm node labels (constraints)")
     video_gid: int = Field(default=44, ge=0, description="`getent group video` on this host")
     render_gid: int = Field(default=992, ge=0, description="`getent group render` on this host")
-    models_dir: str = Field(default="/srv/models", description="where the GGUF files live on this host")
+    models_dir: str = Field(
+        default="/srv/models", pattern=r"^/[^\s]*$", description="where the GGUF files live on this host"
+    )
 
 
 class Sampling(Strict):
@@ -115,7 +119,9 @@ class Model(Strict):
     )
     quant: str | None = Field(default=None, description="weights quantisation when source is not a GGUF file")
     file: str | None = Field(
-        default=None, description="GGUF file name inside the node's models_dir (llamacpp, halo)"
+        default=None,
+        pattern=r"^[^/\s$][^\s$]*\.gguf$",
+        description="GGUF file inside the node's models_dir, a relative path (llamacpp, halo)",
     )
     hf: str | None = Field(default=None, description="Hugging Face id vLLM loads (default: the catalog's)")
     engine: Engine = "llamacpp"
@@ -131,6 +137,14 @@ class Model(Strict):
     rpc_port: Port = 50052
     weight: int = Field(default=1, ge=1, description="gateway weight of each replica")
     sampling: Sampling = Sampling()
+
+    @field_validator("file")
+    @classmethod
+    def _inside_models_dir(cls, v: str | None) -> str | None:
+        if v is not None and ".." in v.split("/"):
+            raise ValueError("file must stay inside models_dir (no ..)")
+        return v
+
     extra_args: list[str] = Field(default_factory=list, description="appended to the engine's command")
 
 
@@ -152,6 +166,12 @@ class Images(Strict):
     """Image names and the sources they build from."""
 
     registry: str = Field(default="", description="prefix pushed to and pulled from, e.g. registry.lan:5000/")
+
+    @field_validator("registry")
+    @classmethod
+    def _slash(cls, v: str) -> str:
+        return v if not v or v.endswith("/") else v + "/"
+
     tag: str = "latest"
     llama_cpp_ref: str = Field(
         default="master", description="llama.cpp git branch or tag (pin a release: b6xxx)"
