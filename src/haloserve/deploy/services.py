@@ -30,7 +30,7 @@ ENV_NOTES = {
     "LLAMA_ARG_CACHE_RAM": "MiB of prompt cache in system RAM, sized to what Linux has left",
     "LLAMA_ARG_MMAP": "mmap loading is very slow on ROCm UMA (llama.cpp issue 15018)",
     "LLAMA_ARG_JINJA": "the model's chat template (tool calling)",
-    "LLAMA_ARG_RPC": "rpc-server workers on the private RDMA network (no authentication: keep it private)",
+    "LLAMA_ARG_RPC": "--rpc: rpc-server workers on the private RDMA network (no authentication)",
     "LLAMA_ARG_TENSOR_SPLIT": "even layer split: local GPU first, then each worker",
     "LLAMA_ARG_ROPE_SCALING_TYPE": "context per slot is past the trained context: YaRN",
 }

@@ -31,7 +31,7 @@ export LLAMA_ARG_MMAP=false
 # the model's chat template (tool calling)
 export LLAMA_ARG_JINJA=true
 export LLAMA_ARG_ENDPOINT_METRICS=true
-# rpc-server workers on the private RDMA network (no authentication: keep it private)
+# --rpc: rpc-server workers on the private RDMA network (no authentication)
 export LLAMA_ARG_RPC=10.0.1.4:50052
 # GPU page-fault retry, needed for unified memory on the APU
 export HSA_XNACK=1
