@@ -119,3 +119,17 @@ def test_check_catches_a_hand_edit(
     result = check_file(root, rel)
     assert result is not None and not result.ok
     assert any(message in p for p in result.problems), result.problems
+
+
+def test_gateway_yaml_loads_in_halo_gateway(rendered: Rendered, tmp_path: Path) -> None:
+    """The rendered gateway.yaml is what `halo gateway --config` reads (runs once the gateway is merged)."""
+    gateway = pytest.importorskip("haloserve.config.gateway", reason="halo gateway is not in this tree yet")
+    from haloserve.config import load_settings
+
+    for rel in ("nodes/halo1/gateway.yaml", "swarm/gateway.yaml"):
+        path = tmp_path / rel.replace("/", "-")
+        path.write_text(rendered["four"][rel].text)
+        settings = load_settings(gateway.GatewaySettings, file=path, env={})
+        assert settings.port == 8000 and settings.policy == "prefix"
+        assert len(settings.backends) == 6
+        assert settings.backends[0].models == ["qwen3-8b"] and settings.backends[0].max_concurrency == 4
