@@ -82,7 +82,8 @@ def test_render_refuses_a_foreign_directory_and_removes_stale_files(
     assert not (out / "nodes/halo4/docker-compose.yml").exists()
 
 
-COMPOSE1, COMPOSE4 = "nodes/halo1/docker-compose.yml", "nodes/halo4/docker-compose.yml"
+COMPOSE1, COMPOSE3 = "nodes/halo1/docker-compose.yml", "nodes/halo3/docker-compose.yml"
+COMPOSE4 = "nodes/halo4/docker-compose.yml"
 LLAMA = "docker/llamacpp-rocm.Dockerfile"
 BREAKS = [
     ("nodes/halo3/docker-compose.yml", 'MMAP: "false"', 'MMAP: "true"', "LLAMA_ARG_MMAP=false"),
@@ -133,3 +134,17 @@ def test_gateway_yaml_loads_in_halo_gateway(rendered: Rendered, tmp_path: Path) 
         assert settings.port == 8000 and settings.policy == "prefix"
         assert len(settings.backends) == 6
         assert settings.backends[0].models == ["qwen3-8b"] and settings.backends[0].max_concurrency == 4
+
+
+def test_check_finds_compose_variables_missing_from_dotenv(rendered: Rendered, tmp_path: Path) -> None:
+    root = write(rendered["four"], tmp_path / "four")
+    assert check_file(root, COMPOSE3).ok  # type: ignore[union-attr]
+    dotenv = root / "nodes/halo3/.env"
+    dotenv.write_text(dotenv.read_text().replace("QWEN3_8B_MODEL_ALIAS=", "MODEL_ALIAS="))
+    result = check_file(root, COMPOSE3)
+    assert result is not None and result.problems == ("${QWEN3_8B_MODEL_ALIAS} is not set in .env",)
+    dotenv.unlink()
+    result = check_file(root, COMPOSE3)
+    assert result is not None and "${VIDEO_GID} has no default and there is no .env" in " ".join(
+        result.problems
+    )

@@ -236,6 +236,22 @@ def _kind(rel: str) -> str | None:
     return None
 
 
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?][^}]*)?\}")
+
+
+def check_variables(text: str, dotenv: str | None) -> list[str]:
+    """``${VAR}`` references Compose cannot resolve: missing from the ``.env`` beside the file (a stack
+    file has none: ``docker stack deploy`` reads only the shell's environment)."""
+    code = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
+    used = {m.group(1) for m in _VAR.finditer(code.replace("$$", "")) if not m.group(2)}
+    if dotenv is None:
+        return [f"${{{v}}} has no default and there is no .env beside this file" for v in sorted(used)]
+    defined = {
+        ln.split("=", 1)[0].strip() for ln in dotenv.splitlines() if "=" in ln and not ln.startswith("#")
+    }
+    return [f"${{{v}}} is not set in .env" for v in sorted(used - defined)]
+
+
 def check_file(root: Path, rel: str, lint: dict[str, list[str]] | None = None) -> FileCheck | None:
     """Check one file under ``root`` (``None`` for files with nothing to check); ``lint`` holds
     shellcheck findings already collected for many scripts at once."""
@@ -250,7 +266,13 @@ def check_file(root: Path, rel: str, lint: dict[str, list[str]] | None = None) -
         "netplan": check_netplan,
     }
     if kind in simple:
-        return FileCheck(rel, kind, tuple(simple[kind](text)))
+        problems = simple[kind](text)
+        if kind == "compose":
+            dotenv = path.parent / ".env"
+            problems += check_variables(
+                text, dotenv.read_text(encoding="utf-8") if dotenv.is_file() else None
+            )
+        return FileCheck(rel, kind, tuple(problems))
     if kind == "dockerfile":
         problems, skipped = check_dockerfile(text, path.name)
     else:
