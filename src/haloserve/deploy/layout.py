@@ -10,6 +10,8 @@ from haloserve.deploy.fit import FitReport, NodeMemory, Placement
 from haloserve.deploy.gateway_config import Backend, gateway_config
 from haloserve.deploy.spec import DeploySpec, Model, Node
 
+HOST_ONLY = "the same server as its compose service, for a host without Docker"
+
 
 @dataclass
 class Script:
@@ -18,6 +20,7 @@ class Script:
     name: str
     template: str
     context: dict[str, object]
+    about: str = "launch script, also run by the compose service"
 
 
 @dataclass
@@ -119,14 +122,22 @@ def build_layout(spec: DeploySpec, fit: FitReport) -> Layout:
             )
             plans[head.name].services.append(main)
             plans[head.name].scripts.append(
-                Script(f"{model.name}-llama-server.sh", "rpc-main.sh.j2", _rpc_context(spec, p, head, True))
+                Script(
+                    f"{model.name}-llama-server.sh",
+                    "rpc-main.sh.j2",
+                    _rpc_context(spec, p, head, True),
+                    HOST_ONLY,
+                )
             )
             for name in model.nodes[1:]:
                 node = spec.node(name)
                 plans[name].services.append(svc.rpc_worker(spec, p, node))
                 plans[name].scripts.append(
                     Script(
-                        f"{model.name}-rpc-worker.sh", "rpc-worker.sh.j2", _rpc_context(spec, p, node, False)
+                        f"{model.name}-rpc-worker.sh",
+                        "rpc-worker.sh.j2",
+                        _rpc_context(spec, p, node, False),
+                        HOST_ONLY,
                     )
                 )
             backends.append(_backend(model, head.address))

@@ -136,7 +136,7 @@ class _Renderer:
             self.add(
                 f"{base}/scripts/{script.name}",
                 script.template,
-                "launch script (also run by compose)",
+                script.about,
                 **script.context,
             )
 
