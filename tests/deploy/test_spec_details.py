@@ -69,3 +69,67 @@ def test_halo_serve_gaps_are_warned() -> None:
     doc = load_spec_text(text)
     layout = build_layout(doc.spec, check_fit(doc.spec))
     assert any("halo serve has no option for LLAMA_ARG_ROPE_SCALE" in w for w in layout.warnings)
+
+
+THREE = """
+nodes:
+  - {name: a, address: 10.1.0.1, ram: 128}
+  - {name: b, address: 10.1.0.2, ram: 128}
+  - {name: c, address: 10.1.0.3, ram: 96}
+models:
+  - {name: big, source: qwen3-32b, quant: Q8_0, file: big.gguf, nodes: [a], ctx: 65536}
+  - name: small
+    source: qwen3-8b
+    file: small.gguf
+    port: 8081
+    replicas: 2
+"""
+
+
+def test_replicas_go_where_the_most_memory_is_left() -> None:
+    fit = check_fit(load_spec_text(THREE).spec)
+    small = next(p for p in fit.placements if p.model.name == "small")
+    assert small.model.nodes == ["b", "c"]  # a holds the 32B model: 71 GiB left, c 88 GiB, b 120 GiB
+    assert [p.model.name for p in fit.placements] == ["big", "small"]  # spec order is kept
+    files = render_files(load_spec_text(THREE).spec, fit)
+    assert "small" in yaml.safe_load(files["nodes/c/docker-compose.yml"].text)["services"]
+    assert "small" not in yaml.safe_load(files["nodes/a/docker-compose.yml"].text)["services"]
+
+
+def test_replicas_skip_nodes_whose_port_is_taken() -> None:
+    text = THREE.replace("    port: 8081\n", "    port: 8080\n").replace(
+        "replicas: 2", "replicas: 2\n    nodes: [a, b]"
+    )
+    with pytest.raises(SpecError) as err:
+        check_fit(load_spec_text(text, "s.yaml").spec, "s.yaml", load_spec_text(text, "s.yaml").lines)
+    message = err.value.message
+    assert message.startswith(f"s.yaml:{text.splitlines().index('    replicas: 2') + 1}: models[1]: ")
+    assert "2 replica(s) of 'small' need" in message and "a: port 8080 taken; b " in message
+
+
+def test_replicas_that_do_not_fit_anywhere() -> None:
+    text = THREE.replace("source: qwen3-8b", "source: qwen3-32b\n    quant: Q8_0\n    ctx: 163840")
+    with pytest.raises(SpecError) as err:
+        check_fit(load_spec_text(text.replace("replicas: 2", "replicas: 3")).spec)
+    assert "3 replica(s) of 'small' need 72.96 GiB each but only 2 of 3 candidate node(s) have room" in str(
+        err.value.message
+    )
+    assert "(a 71.04 GiB free; b 120.00 GiB free; c 88.00 GiB free)" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("    replicas: 2\n", "", "models[1]: give nodes: (where it runs) or replicas:"),
+        ("replicas: 2", "replicas: 4", "models[1].replicas: 4 replicas but 3 candidate node(s)"),
+        (
+            "replicas: 2",
+            "replicas: 2\n    split: rpc\n    nodes: [a, b]",
+            "split model runs once over its nodes",
+        ),
+    ],
+)
+def test_replica_rules(old: str, new: str, message: str) -> None:
+    with pytest.raises(SpecError) as err:
+        load_spec_text(THREE.replace(old, new), "s.yaml")
+    assert message in err.value.message

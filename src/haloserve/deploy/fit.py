@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from haloserve.deploy.loader import Loc, SpecError, line_of
+from haloserve.deploy.loader import Loc, SpecError, dotted, line_of, node_ports, port_clashes
 from haloserve.deploy.spec import DeploySpec, Model, Node
 from haloserve.errors import ConfigError
 from haloserve.planner import (
@@ -103,8 +103,7 @@ def _suggestions(model: Model, plan: Plan) -> list[str]:
     return out
 
 
-def _plan(spec: DeploySpec, i: int, memory: dict[str, NodeMemory]) -> tuple[Placement, list[str]]:
-    model = spec.models[i]
+def _plan(model: Model, i: int, memory: dict[str, NodeMemory]) -> tuple[Placement, list[str]]:
     try:
         resolved = resolve_model(model.source, model.quant)
         group = model.nodes if model.split != "none" else model.nodes[:1]
@@ -139,24 +138,67 @@ class _PlanProblem(Exception):
 
 
 def check_fit(spec: DeploySpec, where: str = "<spec>", lines: dict[Loc, int] | None = None) -> FitReport:
-    """Plan every model of ``spec``; raise :class:`SpecError` (``where:line``) when one does not fit."""
+    """Plan every model of ``spec``; raise :class:`SpecError` (``where:line``) when one does not fit.
+
+    Models placed by ``nodes:`` are planned first; models given as ``replicas:`` then go, in spec order,
+    to the candidate nodes with the most GPU memory left (and their port free).
+    """
     lines = lines or {}
     memory = {node.name: node_memory(node) for node in spec.nodes}
-    placements: list[Placement] = []
+    placed: dict[int, Placement] = {}
     warnings: list[str] = []
-    for i in range(len(spec.models)):
+    explicit = [i for i, m in enumerate(spec.models) if m.replicas is None]
+    for i in explicit + [i for i, m in enumerate(spec.models) if m.replicas is not None]:
         try:
-            placement, notes = _plan(spec, i, memory)
+            model = spec.models[i]
+            if model.replicas is not None:
+                model = _choose_nodes(spec, i, memory, placed)
+            placement, notes = _plan(model, i, memory)
         except _PlanProblem as exc:
             raise SpecError(f"{where}:{line_of(lines, exc.loc)}: models[{i}]: {exc.message}") from None
-        placements.append(placement)
+        placed[i] = placement
         warnings.extend(notes)
         for name, need in placement.per_node.items():
             memory[name].used[placement.model.name] = need
+    placements = [placed[i] for i in sorted(placed)]
+    clash = next(port_clashes(spec.model_copy(update={"models": [p.model for p in placements]})), None)
+    if clash is not None:
+        raise SpecError(f"{where}:{line_of(lines, clash.loc)}: {dotted(clash.loc)}: {clash.message}")
     for name, mem in memory.items():
         if mem.used_bytes > mem.budget.usable_bytes:
             raise _overflow(name, mem, placements, where, lines)
     return FitReport(placements, memory, list(dict.fromkeys(warnings)))
+
+
+def _choose_nodes(
+    spec: DeploySpec, i: int, memory: dict[str, NodeMemory], placed: dict[int, Placement]
+) -> Model:
+    """``spec.models[i]`` with ``nodes`` set to the ``replicas`` candidates with the most room left."""
+    model = spec.models[i]
+    assert model.replicas is not None
+    candidates = model.nodes or [n.name for n in spec.nodes]
+    taken = node_ports(spec.model_copy(update={"models": [p.model for p in placed.values()]}))
+    room: list[tuple[int, str]] = []
+    free_now: list[str] = []
+    need = 0
+    for name in candidates:
+        if any(port == model.port for port, _, _ in taken.get(name, [])):
+            free_now.append(f"{name}: port {model.port} taken")
+            continue
+        trial, _ = _plan(model.model_copy(update={"nodes": [name]}), i, memory)
+        need = trial.per_node[name]
+        free = memory[name].budget.usable_bytes - memory[name].used_bytes
+        free_now.append(f"{name} {fmt_bytes(free)} free")
+        if need <= free:
+            room.append((free - need, name))
+    if len(room) < model.replicas:
+        raise _PlanProblem(
+            ("models", i, "replicas"),
+            f"{model.replicas} replica(s) of {model.name!r} need {fmt_bytes(need)} each but only {len(room)} "
+            f"of {len(candidates)} candidate node(s) have room ({'; '.join(free_now)})",
+        )
+    chosen = {name for _, name in sorted(room, key=lambda r: -r[0])[: model.replicas]}
+    return model.model_copy(update={"nodes": [n for n in candidates if n in chosen]})
 
 
 def _overflow(

@@ -177,6 +177,15 @@ def cross_check(spec: DeploySpec) -> Iterator[Problem]:
 
 def _engine_problems(spec: DeploySpec, i: int) -> Iterator[Problem]:
     model = spec.models[i]
+    if model.split != "none" and model.replicas is not None:
+        yield Problem(("models", i, "replicas"), "a split model runs once over its nodes: drop replicas")
+    if model.split == "none" and not model.nodes and model.replicas is None:
+        yield Problem(("models", i), "give nodes: (where it runs) or replicas: (how many, placed by fit)")
+    candidates = len(model.nodes or spec.nodes)
+    if model.replicas is not None and model.replicas > candidates:
+        yield Problem(
+            ("models", i, "replicas"), f"{model.replicas} replicas but {candidates} candidate node(s)"
+        )
     if model.split != "none" and len(model.nodes) < 2:
         yield Problem(("models", i, "split"), f"split {model.split} needs at least 2 nodes")
     if model.split == "rpc" and model.engine != "llamacpp":
@@ -202,6 +211,8 @@ def node_ports(spec: DeploySpec) -> dict[str, list[tuple[int, str, Loc]]]:
     """Host ports each node publishes: (port, what, where in the spec)."""
     used: dict[str, list[tuple[int, str, Loc]]] = {n.name: [] for n in spec.nodes}
     for i, model in enumerate(spec.models):
+        if model.replicas is not None:  # placed by the fit check, which checks ports then
+            continue
         placed = model.nodes if model.split == "none" else model.nodes[:1]
         for name in placed:
             used.setdefault(name, []).append((model.port, f"model {model.name}", ("models", i, "port")))

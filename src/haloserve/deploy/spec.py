@@ -125,7 +125,13 @@ class Model(Strict):
     )
     hf: str | None = Field(default=None, description="Hugging Face id vLLM loads (default: the catalog's)")
     engine: Engine = "llamacpp"
-    nodes: list[str] = Field(min_length=1, description="one replica per node, or the group a split spans")
+    nodes: list[str] = Field(
+        default_factory=list,
+        description="one replica per node (candidates when replicas is set), or the group a split spans",
+    )
+    replicas: int | None = Field(
+        default=None, ge=1, description="this many replicas, placed on the nodes with the most room left"
+    )
     split: Split = Field(
         default="none", description="rpc (llama.cpp) or tensor-parallel (vLLM + Ray) over nodes"
     )
