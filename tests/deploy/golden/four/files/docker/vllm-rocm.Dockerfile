@@ -27,7 +27,7 @@ RUN pip install --no-cache-dir -r requirements/rocm.txt \
  && pip install --no-cache-dir "ray[default]" \
  && pip install --no-cache-dir --no-build-isolation . \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
- && find /opt/venv -name '*.so' -exec strip --strip-unneeded {} + 2>/dev/null || true
+ && { find /opt/venv -name '*.so' -exec strip --strip-unneeded {} + 2>/dev/null || true; }
 
 FROM rocm/dev-ubuntu-24.04:${ROCM_VERSION}-complete
 RUN apt-get update \

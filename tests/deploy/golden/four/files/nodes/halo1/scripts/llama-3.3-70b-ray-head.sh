@@ -20,6 +20,7 @@ export ROCBLAS_USE_HIPBLASLT=1
 export GPU_MAX_HW_QUEUES=2
 export HF_HOME="${HF_HOME:-/models/huggingface}"
 
+# the Ray dashboard listens on :8265 of every interface: keep it behind your firewall
 ray start --head --node-ip-address="${VLLM_HOST_IP}" --port=6379 --dashboard-host=0.0.0.0 --num-gpus=1
 
 # wait until every worker has joined (each runs llama-3.3-70b-ray-worker.sh)
