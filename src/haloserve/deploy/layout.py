@@ -73,7 +73,7 @@ def _tp_context(spec: DeploySpec, p: Placement, node: Node) -> dict[str, object]
         "head": head,
         "size": len(p.model.nodes),
         "vllm_args": svc.vllm_command(p),
-        "env": svc.gpu_env(spec),
+        "env": svc.gpu_env(spec, llama=False),
     }
 
 

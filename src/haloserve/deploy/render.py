@@ -61,6 +61,7 @@ class _Renderer:
             "images": self.images,
             "gpu_targets": gpu_targets(spec.rocm_version),
             "rocm_env": rocm_env(spec.rocm_version),
+            "vllm_env": rocm_env(spec.rocm_version, llama=False),
             "gpu_env": svc.gpu_env(spec),
             "config_path": CONFIG_PATH,
         }

@@ -47,8 +47,9 @@ def gpu_targets(version: str) -> str:
     return "gfx1100" if needs_override(version) else GFX
 
 
-def rocm_env(version: str) -> list[EnvVar]:
-    """The ROCm runtime variables of every GPU service (seed 001's set, minus the 7.x override)."""
+def rocm_env(version: str, llama: bool = True) -> list[EnvVar]:
+    """The ROCm runtime variables of every GPU service (seed 001's set, minus the 7.x override);
+    ``llama=False`` leaves out llama.cpp's own variable (vLLM images and services)."""
     out = []
     if needs_override(version):
         out.append(
@@ -61,14 +62,18 @@ def rocm_env(version: str) -> list[EnvVar]:
         )
     out += [
         EnvVar("HSA_XNACK", "1", "GPU page-fault retry, needed for unified memory on the APU"),
-        EnvVar(
-            "GGML_CUDA_ENABLE_UNIFIED_MEMORY",
-            "1",
-            "llama.cpp allocates with hipMallocManaged (zero-copy UMA)",
-        ),
         EnvVar("ROCBLAS_USE_HIPBLASLT", "1", "hipBLASLt GEMMs: faster prompt processing"),
         EnvVar("GPU_MAX_HW_QUEUES", "2", "fewer hardware queues: less contention for one inference process"),
     ]
+    if llama:
+        out.insert(
+            len(out) - 2,
+            EnvVar(
+                "GGML_CUDA_ENABLE_UNIFIED_MEMORY",
+                "1",
+                "llama.cpp allocates with hipMallocManaged (zero-copy UMA)",
+            ),
+        )
     return out
 
 

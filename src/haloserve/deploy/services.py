@@ -93,10 +93,10 @@ def images(spec: DeploySpec) -> dict[str, Image]:
     }
 
 
-def gpu_env(spec: DeploySpec) -> list[EnvVar]:
-    """ROCm variables for the ROCm backend; RADV for Vulkan."""
+def gpu_env(spec: DeploySpec, llama: bool = True) -> list[EnvVar]:
+    """ROCm variables for the ROCm backend (``llama=False``: without llama.cpp's own); RADV for Vulkan."""
     if spec.backend == "rocm":
-        return rocm_env(spec.rocm_version)
+        return rocm_env(spec.rocm_version, llama)
     return [EnvVar("AMD_VULKAN_ICD", "RADV", "Mesa's RADV driver (faster than AMDVLK for llama.cpp)")]
 
 
@@ -174,7 +174,7 @@ def engine(
             command=vllm_command(p),
             env=[
                 EnvVar("HF_HOME", "/models/huggingface", "weights download into the models volume"),
-                *gpu_env(spec),
+                *gpu_env(spec, llama=False),
             ],
             ports=[f"{model.port}:{model.port}"],
             volumes=[f"{models}:/models"],
@@ -242,7 +242,7 @@ def ray_node(spec: DeploySpec, p: Placement, node: Node, head: bool) -> Service:
         entrypoint=["/bin/bash", f"/halo/scripts/{script}"],
         env=[
             EnvVar("HF_HOME", "/models/huggingface", "weights download into the models volume"),
-            *gpu_env(spec),
+            *gpu_env(spec, llama=False),
         ],
         volumes=["${MODELS_DIR}:/models", "./scripts:/halo/scripts:ro"],
         rdma=True,

@@ -38,8 +38,6 @@ ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 # GPU page-fault retry, needed for unified memory on the APU
 ENV HSA_XNACK=1
-# llama.cpp allocates with hipMallocManaged (zero-copy UMA)
-ENV GGML_CUDA_ENABLE_UNIFIED_MEMORY=1
 # hipBLASLt GEMMs: faster prompt processing
 ENV ROCBLAS_USE_HIPBLASLT=1
 # fewer hardware queues: less contention for one inference process

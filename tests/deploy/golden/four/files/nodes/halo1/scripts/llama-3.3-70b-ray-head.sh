@@ -12,8 +12,6 @@ export VLLM_HOST_IP=10.0.1.1
 
 # GPU page-fault retry, needed for unified memory on the APU
 export HSA_XNACK=1
-# llama.cpp allocates with hipMallocManaged (zero-copy UMA)
-export GGML_CUDA_ENABLE_UNIFIED_MEMORY=1
 # hipBLASLt GEMMs: faster prompt processing
 export ROCBLAS_USE_HIPBLASLT=1
 # fewer hardware queues: less contention for one inference process
