@@ -48,8 +48,15 @@ def test_init_to_stdout_and_bad_node_count(capsys: pytest.CaptureFixture[str]) -
 
 @pytest.mark.parametrize("nodes", [2, 3, 5])
 def test_every_init_size_renders(nodes: int) -> None:
+    from haloserve.deploy import render_files
+    from haloserve.deploy.check import check_compose
+
     doc = load_spec_text(example_spec(nodes))
-    assert check_fit(doc.spec).placements
+    files = render_files(doc.spec)
+    composes = [f for p, f in files.items() if p.endswith(("docker-compose.yml", "stack.yml"))]
+    assert len(composes) == nodes + 1
+    for f in composes:
+        assert check_compose(f.text) == [], f.path
 
 
 def test_fit_uses_the_planners_numbers() -> None:
