@@ -106,9 +106,9 @@ def _suggestions(model: Model, plan: Plan) -> list[str]:
 def _plan(model: Model, i: int, memory: dict[str, NodeMemory]) -> tuple[Placement, list[str]]:
     try:
         resolved = resolve_model(model.source, model.quant)
-        group = model.nodes if model.split != "none" else model.nodes[:1]
-        budgets = [memory[name].budget for name in (model.nodes if model.split == "none" else group)]
-        smallest = min(budgets, key=lambda b: b.usable_bytes)
+        group = model.nodes if model.split != "none" else model.nodes[:1]  # what one instance spans
+        # the planner assumes equal nodes: plan on the smallest budget among the model's nodes
+        smallest = min((memory[name].budget for name in model.nodes), key=lambda b: b.usable_bytes)
         ref = model.hf or (resolved.ref if resolved.kind != "gguf" else None)
         if model.engine == "vllm" and ref is None:
             raise _PlanProblem(("models", i, "source"), "vLLM loads a Hugging Face model: set hf: (its id)")
