@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "plan": "haloserve.cli.plan",
     "doctor": "haloserve.cli.doctor",
     "bench": "haloserve.cli.bench",
+    "deploy": "haloserve.cli.deploy",
 }
 
 
