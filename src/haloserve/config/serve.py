@@ -135,6 +135,17 @@ class ServeSettings(HaloSettings):
         aliases=("-n",),
         ge=-1,
     )
+    # Tools, structured output and reasoning
+    tool_parser: Literal["auto", "hermes", "llama3_json", "mistral", "harmony"] = option(
+        "auto",
+        "Tool-call format of the model's output (auto: detected from the chat template, hermes if unclear).",
+    )
+    reasoning_format: Literal["auto", "deepseek", "none"] = option(
+        "auto",
+        "Reasoning (a leading think block): auto/deepseek return it as reasoning_content; none keeps it "
+        "inline in content.",
+        env=("LLAMA_ARG_THINK",),
+    )
     # Queue
     max_queue: int = option(
         1024,

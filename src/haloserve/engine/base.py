@@ -50,6 +50,48 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: Sequence[str] = ()
     arrival_time: float = 0.0
+    # Structured output: a grammar matcher that masks the logits of every step (see tools/constraint.py).
+    constraint: Constraint | None = None
+    # None: no logprobs; n >= 0: the sampled token's logprob plus the n most likely alternatives.
+    logprobs: int | None = None
+    # Special tokens rendered as text (tool-call and reasoning markers the parsers look for).
+    preserved_tokens: frozenset[int] = frozenset()
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    """The log-probability of one sampled token and of the most likely alternatives (raw logits)."""
+
+    token: int
+    piece: bytes
+    logprob: float
+    top: list[tuple[int, bytes, float]] = field(default_factory=list)
+
+
+class Constraint(Protocol):
+    """A per-request grammar: which tokens may come next, fed each sampled token."""
+
+    def compute_mask(self) -> None:
+        """Compute the allowed-token mask for the next step (may run in a worker thread)."""
+        ...
+
+    def apply(self, logits: Any) -> None:
+        """Set the logits (a float32 numpy view over the vocabulary) of disallowed tokens to -inf."""
+        ...
+
+    def accept(self, token: int) -> bool:
+        """Advance past ``token``; False when it violates the grammar."""
+        ...
+
+    @property
+    def done(self) -> bool:
+        """True when the grammar is complete and nothing but end-of-generation may follow."""
+        ...
+
+    @property
+    def error(self) -> str:
+        """Why the matcher failed ('' when it has not)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -63,6 +105,7 @@ class Output:
     completion_tokens: int = 0
     cached_tokens: int = 0
     error: str | None = None
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(slots=True)
@@ -78,6 +121,8 @@ class EngineInfo:
     kv_cache_bytes: int = 0
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # What the engine can do beyond plain sampling: "grammar" (constraints), "logprobs".
+    features: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -94,6 +139,8 @@ class EngineStats:
     max_seqs_in_step: int = 0
     requests_finished: int = 0
     requests_failed: int = 0
+    grammar_mask_seconds: float = 0.0  # time spent computing token masks (overlapping llama_decode)
+    grammar_wait_seconds: float = 0.0  # time the engine thread waited for masks after llama_decode
 
 
 @runtime_checkable

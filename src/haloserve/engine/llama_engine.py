@@ -5,6 +5,10 @@ waiting requests into free slots, reusing the longest cached prompt prefix, (3) 
 token for every decoding sequence followed by prompt chunks, (4) calls ``llama_decode`` once, and
 (5) samples, detokenises and checks stop conditions for every sequence that produced logits, handing
 the outputs to the event loop in one call.
+
+Grammar-constrained sequences need a token mask before they can sample. The masks of a step are computed
+in a worker thread while ``llama_decode`` runs (both release the GIL), so a constrained sequence costs
+the batch only the time its mask takes beyond the decode, which the engine counts in its stats.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from haloserve.config.serve import ServeSettings
-from haloserve.engine.base import EngineInfo, EngineStats, GenerationRequest, Output
+from haloserve.engine.base import EngineInfo, EngineStats, GenerationRequest, Output, TokenLogprob
 from haloserve.engine.bridge import RequestStream, deliver
+from haloserve.engine.logits import logprobs_of
 from haloserve.engine.slots import Slot, choose_slot, plan_prefill
 from haloserve.engine.textstream import TextStream
 from haloserve.errors import QueueFullError, ServiceUnavailableError
@@ -57,7 +63,14 @@ class Job:
         self.pending: int | None = None  # sampled token not yet in the KV cache
         self.t_admit = 0.0
 
-    def output(self, text: str, token: int | None, finish: Any = None, error: str | None = None) -> Output:
+    def output(
+        self,
+        text: str,
+        token: int | None,
+        finish: Any = None,
+        error: str | None = None,
+        logprobs: list[TokenLogprob] | None = None,
+    ) -> Output:
         """An output event carrying the usage so far."""
         return Output(
             text=text,
@@ -67,6 +80,7 @@ class Job:
             completion_tokens=self.generated,
             cached_tokens=self.cached,
             error=error,
+            logprobs=logprobs,
         )
 
 
@@ -90,6 +104,7 @@ class LlamaEngine:
         self._n_submitted = 0
         self._n_taken = 0
         self._stats = EngineStats()
+        self._masker: ThreadPoolExecutor | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -156,7 +171,9 @@ class LlamaEngine:
             kv_cache_bytes=ctx.kv_cache_bytes,
             description=self._model.description,
             extra={"n_batch": ctx.n_batch, "n_ubatch": ctx.n_ubatch, "threads": ctx.n_threads},
+            features=frozenset({"grammar", "logprobs"}),
         )
+        self._masker = ThreadPoolExecutor(1, thread_name_prefix="halo-grammar")
         self._thread = threading.Thread(target=self._run, name="halo-engine", daemon=True)
         self._thread.start()
         self._ready = True
@@ -170,6 +187,8 @@ class LlamaEngine:
             if self._thread.is_alive():  # pragma: no cover - a decode longer than the timeout
                 log.warning("engine thread did not stop within %.1fs", timeout)
                 return
+        if self._masker is not None:
+            self._masker.shutdown(wait=True)
         if self._ctx is not None:
             self._ctx.close()
         if self._model is not None:
@@ -311,7 +330,12 @@ class LlamaEngine:
                 at[job] = idx
         if batch.n == 0:
             return
+        masks = self._start_masks([j for j in at if j.req.constraint is not None])
         rc = self._ctx.decode(batch)
+        if masks is not None:
+            t0 = time.perf_counter()
+            st.grammar_mask_seconds += masks.result()
+            st.grammar_wait_seconds += time.perf_counter() - t0
         st.steps += 1
         if rc != 0:
             self._decode_failed(rc, decoding + [c.job for c in chunks], out)
@@ -339,6 +363,24 @@ class LlamaEngine:
                 if slot is not None:
                     self._reset_slot(slot)
 
+    def _start_masks(self, jobs: list[Job]) -> Future[float] | None:
+        """Compute the token masks of ``jobs`` in the worker thread, overlapping ``llama_decode``."""
+        if not jobs:
+            return None
+        constraints = [j.req.constraint for j in jobs]
+
+        def run() -> float:
+            t0 = time.perf_counter()
+            for c in constraints:
+                c.compute_mask()  # type: ignore[union-attr]
+            return time.perf_counter() - t0
+
+        if self._masker is None:  # no worker (never started): compute here, before the decode
+            done: Future[float] = Future()
+            done.set_result(run())
+            return done
+        return self._masker.submit(run)
+
     def _decode_failed(self, rc: int, jobs: list[Job], out: list[tuple[RequestStream, Output]]) -> None:
         log.error("llama_decode returned %d; failing %d request(s) of this step", rc, len(jobs))
         for job in jobs:
@@ -350,28 +392,49 @@ class LlamaEngine:
                 self._reset_slot(slot)
 
     def _sample(self, job: Job, idx: int, out: list[tuple[RequestStream, Output]]) -> None:
-        model, slot = self._model, job.slot
+        model, slot, req = self._model, job.slot, job.req
         assert slot is not None and self._info is not None
+        top = None
+        if req.constraint is not None or req.logprobs is not None:
+            logits = self._ctx.logits(idx)
+            if req.logprobs is not None:
+                top = logprobs_of(logits, req.logprobs)
+            if req.constraint is not None:
+                req.constraint.apply(logits)
         tok = job.sampler.sample(self._ctx.ptr, idx, job.generated)
         job.generated += 1
         self._stats.generated_tokens += 1
+        lps = None
+        if top is not None:
+            lp, best = top
+            tops = [(t, model.piece(t, True), v) for t, v in best]
+            shown = b"" if tok in model.eog_tokens else model.piece(tok, tok in req.preserved_tokens)
+            lps = [TokenLogprob(tok, shown, float(lp[tok]), tops)]  # the chosen token as the text shows it
         finish = None
-        if tok in model.eog_tokens:
+        error = None
+        if req.constraint is not None and tok not in model.eog_tokens and not req.constraint.accept(tok):
+            finish, error = "error", f"grammar matcher failed: {req.constraint.error}"
+        if finish is not None:
+            text = ""
+        elif tok in model.eog_tokens:
             text = job.text.flush()
             finish = "stop"
         else:
-            text = job.text.push(model.piece(tok))
-            if job.text.stopped:
+            text = job.text.push(model.piece(tok, tok in req.preserved_tokens))
+            if req.constraint is not None and req.constraint.done:
+                text += job.text.flush()
+                finish = "stop"
+            elif job.text.stopped:
                 finish = "stop"
             elif job.generated >= job.req.max_tokens or len(slot.tokens) + 1 >= self._info.n_ctx_slot:
                 text += job.text.flush()
                 finish = "length"
         if finish is None:
             job.pending = tok
-            if text:
-                out.append((job.stream, job.output(text, tok)))
+            if text or lps:
+                out.append((job.stream, job.output(text, tok, logprobs=lps)))
             return
         job.pending = None
-        out.append((job.stream, job.output(text, tok, finish)))
+        out.append((job.stream, job.output(text, tok, finish, error, lps)))
         self._stats.requests_finished += 1
         self._release(job)

@@ -294,6 +294,11 @@ class LlamaContext:
         """Run the model on ``batch``; 0 on success (llama.cpp's return code otherwise)."""
         return int(lc.llama_decode(self.ptr, batch.struct))
 
+    def logits(self, idx: int) -> np.ndarray:
+        """The logits row at batch index ``idx`` of the last decode, as a writable float32 view."""
+        ptr = lc.llama_get_logits_ith(self.ptr, idx)
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
+
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         """Drop positions [p0, p1) of ``seq`` from the KV cache (-1 means open-ended)."""
         return bool(lc.llama_memory_seq_rm(self.memory, seq, p0, p1))

@@ -51,18 +51,6 @@ def check_unsupported(req: SamplingFields) -> None:
             raise InvalidRequestError("only best_of=1 is supported", param="best_of")
         if req.suffix:
             raise InvalidRequestError("suffix (fill-in-the-middle) is not supported", param="suffix")
-        if req.logprobs:
-            raise InvalidRequestError("logprobs are not supported yet", param="logprobs")
-    if isinstance(req, ChatCompletionRequest):
-        if req.logprobs or req.top_logprobs:
-            raise InvalidRequestError("logprobs are not supported yet", param="logprobs")
-        if req.tools and req.tool_choice != "none":
-            raise InvalidRequestError("tools are not supported yet", param="tools")
-        fmt = (req.response_format or {}).get("type", "text")
-        if fmt != "text":
-            raise InvalidRequestError(
-                f"response_format {fmt!r} is not supported yet", param="response_format"
-            )
 
 
 def fit_max_tokens(prompt_len: int, requested: int | None, n_ctx_slot: int) -> int:
@@ -89,15 +77,26 @@ def chat_messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
             msg["tool_call_id"] = m.tool_call_id
         if m.tool_calls:
             msg["tool_calls"] = [tc.model_dump() for tc in m.tool_calls]
+        if m.reasoning_content:
+            msg["reasoning_content"] = m.reasoning_content
         out.append(msg)
     return out
 
 
-def chat_prompt(req: ChatCompletionRequest, engine: Engine, template: ChatTemplate) -> list[int]:
-    """Render the chat template and tokenise it (BOS added unless the template already starts with it)."""
+def chat_prompt(
+    req: ChatCompletionRequest,
+    engine: Engine,
+    template: ChatTemplate,
+    messages: list[dict[str, Any]] | None = None,
+    tools: list[dict[str, Any]] | None = None,
+) -> tuple[list[int], str]:
+    """Render the chat template and tokenise it (BOS added unless the template already starts with it).
+
+    Returns the tokens and the prompt text."""
     text = template.render(
-        chat_messages(req),
+        chat_messages(req) if messages is None else messages,
         add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
+        tools=tools,
         extra=req.chat_template_kwargs,
     )
     if req.continue_final_message and req.messages[-1].role == "assistant":
@@ -107,7 +106,7 @@ def chat_prompt(req: ChatCompletionRequest, engine: Engine, template: ChatTempla
             text = text[: idx + len(tail)]
     tok = engine.tokenizer
     add_bos = not (tok.bos_text and text.startswith(tok.bos_text))
-    return tok.tokenize(text, add_special=add_bos, parse_special=True)
+    return tok.tokenize(text, add_special=add_bos, parse_special=True), text
 
 
 def completion_prompt(req: CompletionRequest, engine: Engine) -> tuple[list[int], str]:

@@ -49,6 +49,16 @@ class _EngineCollector(Collector):
             ),
             ("halo_engine_generated_tokens", "Tokens sampled by the engine.", st.generated_tokens),
             ("halo_engine_requests_failed", "Requests failed inside the engine.", st.requests_failed),
+            (
+                "halo_grammar_mask_seconds",
+                "Time spent computing grammar token masks (overlaps llama_decode).",
+                st.grammar_mask_seconds,
+            ),
+            (
+                "halo_grammar_wait_seconds",
+                "Time the engine waited for grammar token masks after llama_decode.",
+                st.grammar_wait_seconds,
+            ),
         ]
         for name, doc, value in counters:
             yield CounterMetricFamily(name, doc, value=value)

@@ -19,6 +19,7 @@ from haloserve.protocol import sse
 from haloserve.protocol.openai import ChatCompletionRequest, CompletionRequest
 from haloserve.server.app import ServerState, check_api_key
 from haloserve.server.convert import (
+    chat_messages,
     chat_prompt,
     check_unsupported,
     completion_prompt,
@@ -26,6 +27,8 @@ from haloserve.server.convert import (
 )
 from haloserve.server.errors import sse_error
 from haloserve.server.responses import ResponseShape
+from haloserve.tools import serving
+from haloserve.tools.request import plan_chat
 
 log = logging.getLogger("haloserve.server")
 router = APIRouter()
@@ -48,12 +51,33 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     state = _prepare(request, body)
     assert state.template is not None
     rid = request.scope["state"]["request_id"]
-    prompt = chat_prompt(body, state.engine, state.template)
+    settings = state.settings
+    plan = plan_chat(
+        body,
+        chat_messages(body),
+        state.template.source,
+        tool_parser=settings.tool_parser,
+        reasoning_format=settings.reasoning_format,
+    )
+    prompt, text = chat_prompt(body, state.engine, state.template, plan.messages, plan.tools)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    greq = generation_request(rid, body, prompt, max_tokens, state.engine, state.settings)
+    greq = generation_request(rid, body, prompt, max_tokens, state.engine, settings)
+    n_logprobs = serving.chat_logprobs_count(body)
+    await serving.attach(
+        greq,
+        state.engine,
+        grammar=plan.grammar,
+        param=plan.grammar_param,
+        logprobs=n_logprobs,
+        preserved=plan.preserved,
+    )
+    reply = None
+    if plan.tool_format is not None or plan.reasoning or n_logprobs is not None:
+        opened = plan.reasoning == "think" and text.rstrip().endswith("<think>")
+        reply = serving.Reply(plan, chat=True, logprobs=n_logprobs is not None, opened_think=opened)
     shape = ResponseShape(id=f"chatcmpl-{rid}", model=state.model_id, chat=True)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _respond(request, state, greq, shape, "chat", bool(body.stream), include_usage, "")
+    return await _respond(request, state, greq, shape, "chat", bool(body.stream), include_usage, "", reply)
 
 
 @router.post("/v1/completions", summary="Text completion (OpenAI)")
@@ -63,10 +87,15 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     rid = request.scope["state"]["request_id"]
     prompt, prompt_text = completion_prompt(body, state.engine)
     greq = generation_request(rid, body, prompt, body.max_tokens, state.engine, state.settings)
+    n_logprobs = serving.completion_logprobs_count(body)
+    await serving.attach(greq, state.engine, grammar=None, param="", logprobs=n_logprobs, preserved=[])
+    reply = serving.Reply(None, chat=False, logprobs=True) if n_logprobs is not None else None
     shape = ResponseShape(id=f"cmpl-{rid}", model=state.model_id, chat=False)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     echo = prompt_text if body.echo else ""
-    return await _respond(request, state, greq, shape, "completions", bool(body.stream), include_usage, echo)
+    return await _respond(
+        request, state, greq, shape, "completions", bool(body.stream), include_usage, echo, reply
+    )
 
 
 class _Timing:
@@ -120,6 +149,7 @@ async def _respond(
     streaming: bool,
     include_usage: bool,
     echo: str,
+    reply: serving.Reply | None = None,
 ) -> Response:
     timing = _Timing(state, greq.arrival_time)
     stream = state.engine.generate(greq)  # raises 429 / 503 before anything is sent
@@ -132,16 +162,24 @@ async def _respond(
             raise EngineError(first.error or "engine error")
         if not streaming:
             parts, out = [echo, first.text], first
+            if reply is not None:
+                reply.collect(first)
             while out.finish_reason is None:
                 out = await anext(stream)
                 timing.saw(out)
                 parts.append(out.text)
+                if reply is not None:
+                    reply.collect(out)
             if out.finish_reason == "error":
                 timing.finished(endpoint, out, 500)
                 raise EngineError(out.error or "engine error")
             timing.finished(endpoint, out, 200)
             _log_done(greq, out, timing)
-            return JSONResponse(shape.full("".join(parts), out))
+            text = "".join(parts)
+            body = shape.full(text, out)
+            if reply is not None:
+                body = reply.finish(body, text, out, len(echo))
+            return JSONResponse(body)
     except StreamCancelled:
         pass  # the client left: answered with 499 below
     except BaseException:
@@ -158,7 +196,7 @@ async def _respond(
             state.metrics.request_done(endpoint, 499)
         return Response(status_code=499)
     return StreamingResponse(
-        _sse(stream, first, shape, endpoint, include_usage, echo, timing, greq),
+        _sse(stream, first, shape, endpoint, include_usage, echo, timing, greq, reply),
         media_type="text/event-stream",
         headers=_SSE_HEADERS,
     )
@@ -173,6 +211,7 @@ async def _sse(
     echo: str,
     timing: _Timing,
     greq: GenerationRequest,
+    reply: serving.Reply | None = None,
 ) -> AsyncIterator[bytes]:
     writer = shape.chunk_writer(include_usage)
     out = first
@@ -186,10 +225,15 @@ async def _sse(
                 timing.finished(endpoint, out, 500)
                 yield sse_error(EngineError(out.error or "engine error"))
                 return
-            if out.finish_reason is not None:
+            if reply is not None:
+                for event in reply.chunks(writer, out):
+                    yield event
+                if out.finish_reason is not None:
+                    break
+            elif out.finish_reason is not None:
                 yield writer.text(out.text, out.finish_reason)
                 break
-            if out.text:
+            elif out.text:
                 yield writer.text(out.text)
             out = await anext(stream)
             timing.saw(out)

@@ -50,7 +50,7 @@ class ResponseShape:
         if self.chat:
             choice: dict[str, Any] = {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": {"role": "assistant", "content": text, "refusal": None},
                 "logprobs": None,
                 "finish_reason": final.finish_reason,
             }
@@ -100,13 +100,19 @@ class ChunkWriter:
             '{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}'
         )
 
-    def text(self, text: str, finish: str | None = None) -> bytes:
+    def text(self, text: str, finish: str | None = None, logprobs: Any = None) -> bytes:
         """A chunk carrying ``text`` (and the finish reason on the last one)."""
         fin = "null" if finish is None else f'"{finish}"'
+        lp = "null" if logprobs is None else _dumps(logprobs)
         if self._shape.chat:
             delta = "{}" if not text else f'{{"content":{_dumps(text)}}}'
-            return self._event(f'{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{fin}}}')
-        return self._event(f'{{"index":0,"text":{_dumps(text)},"logprobs":null,"finish_reason":{fin}}}')
+            return self._event(f'{{"index":0,"delta":{delta},"logprobs":{lp},"finish_reason":{fin}}}')
+        return self._event(f'{{"index":0,"text":{_dumps(text)},"logprobs":{lp},"finish_reason":{fin}}}')
+
+    def choice(self, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
+        """A chat chunk with any ``delta`` (reasoning, tool calls) and optional logprobs."""
+        body = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return self._event(_dumps(body))
 
     def usage(self, final: Output) -> bytes:
         """The extra last chunk of ``stream_options.include_usage``: no choices, the usage."""

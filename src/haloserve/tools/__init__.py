@@ -1,0 +1,1 @@
+"""Tool calling, structured output, logprobs and reasoning for ``halo serve``."""

@@ -1,0 +1,149 @@
+"""Grammar constraints with llguidance: a token mask per step from a JSON schema or a Lark grammar.
+
+The llguidance tokenizer is built once per model from the llama.cpp vocabulary (about a second for a
+150k vocabulary, so it is built lazily, off the event loop, on the first constrained request). A
+:class:`GrammarConstraint` wraps one ``LLMatcher``: the engine asks it for the next mask (in a worker
+thread while ``llama_decode`` runs), applies the mask to the logits row, samples, then feeds it the token.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import re
+import threading
+from typing import Any
+
+import numpy as np
+
+from haloserve.errors import InvalidRequestError
+
+NEG_INF = np.float32(-np.inf)
+_lock = threading.Lock()
+_tokenizers: dict[int, Any] = {}
+
+
+def llg_tokenizer(model: Any) -> Any:
+    """The llguidance tokenizer of a loaded :class:`~haloserve.engine.llamacpp.LlamaModel` (cached)."""
+    key = id(model)
+    with _lock:
+        tok = _tokenizers.get(key)
+        if tok is None:
+            tok = _build_tokenizer(model)
+            _tokenizers[key] = tok
+        return tok
+
+
+def _build_tokenizer(model: Any) -> Any:
+    import llama_cpp as lc
+    from llguidance import LLTokenizer
+
+    vocab = model.vocab
+    tokens: list[bytes] = []
+    for t in range(model.n_vocab):
+        piece = model.piece(t, special=True)
+        if lc.llama_vocab_get_attr(vocab, t) & lc.LLAMA_TOKEN_ATTR_CONTROL:
+            piece = b"\xff" + piece  # llguidance's marker: only matched by <|name|> / <[id]> in grammars
+        tokens.append(piece)
+    fptr = ctypes.cast(lc.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
+    return LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
+        tokens=tokens, vocab_ptr=vocab, tokenize_fptr=fptr, eos_token=model.eos, slices=None
+    )
+
+
+_LITERAL = re.compile(r'\x00("(?:[^"\\]|\\.)*")\x00')
+
+
+def single_token(model: Any, text: str) -> int | None:
+    """The token id when ``text`` is exactly one token of the model (special tokens included)."""
+    ids = model.tokenize(text, add_special=False, parse_special=True)
+    return ids[0] if len(ids) == 1 else None
+
+
+def _is_control(model: Any, token: int) -> bool:
+    import llama_cpp as lc
+
+    return bool(lc.llama_vocab_get_attr(model.vocab, token) & lc.LLAMA_TOKEN_ATTR_CONTROL)
+
+
+def resolve_literals(grammar: str, model: Any) -> str:
+    """Replace :func:`~haloserve.tools.request.lit` placeholders: a control token becomes ``<[id]>``."""
+
+    def sub(m: re.Match[str]) -> str:
+        text = json.loads(m.group(1))
+        tok = single_token(model, text)
+        if tok is not None and _is_control(model, tok):
+            return f"<[{tok}]>"
+        return json.dumps(text)
+
+    return _LITERAL.sub(sub, grammar)
+
+
+def check_grammar(grammar: str, tokenizer: Any, param: str) -> None:
+    """400 naming the problem when llguidance rejects ``grammar`` (unsupported schema features included)."""
+    from llguidance import LLMatcher
+
+    is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
+    if is_error or messages:
+        detail = "; ".join(_first_line(m) for m in messages) or "invalid grammar"
+        raise InvalidRequestError(f"{param}: this schema cannot be enforced: {detail}", param=param)
+
+
+def _first_line(message: str) -> str:
+    line = message.removeprefix("WARNING: ").strip().splitlines()[0] if message.strip() else message
+    return re.sub(r"^at \d+\(\d+\): ", "", line).removeprefix("failed to compile JSON schema: ")
+
+
+class GrammarConstraint:
+    """One request's llguidance matcher, its mask buffer and the model's end-of-generation tokens."""
+
+    __slots__ = ("_eog", "_eos", "_mask", "_matcher", "_n_vocab")
+
+    def __init__(self, grammar: str, tokenizer: Any, *, n_vocab: int, eos: int, eog: frozenset[int]) -> None:
+        from llguidance import LLMatcher
+
+        self._matcher = LLMatcher(tokenizer, grammar, log_level=0)
+        if self._matcher.is_error():
+            raise InvalidRequestError(f"grammar rejected: {self._matcher.get_error()}")
+        self._n_vocab = n_vocab
+        self._mask = np.zeros((max(n_vocab, tokenizer.vocab_size) + 31) // 32, dtype=np.int32)
+        self._eos = eos
+        self._eog = np.fromiter(sorted(eog - {eos}), dtype=np.int64)
+
+    def compute_mask(self) -> None:
+        """Fill the mask for the next token (drops the GIL; safe in a worker thread)."""
+        m = self._mask
+        self._matcher.unsafe_compute_mask_ptr(m.ctypes.data, m.nbytes)
+
+    def allowed(self) -> np.ndarray:
+        """Boolean array over the vocabulary: which tokens the last computed mask allows."""
+        bits = np.unpackbits(self._mask.view(np.uint8), bitorder="little")[: self._n_vocab].astype(bool)
+        if self._eos >= 0 and bits[self._eos] and self._eog.size:
+            bits[self._eog] = True  # any end-of-generation token ends the turn when EOS may
+        return bits
+
+    def apply(self, logits: np.ndarray) -> None:
+        """Set disallowed tokens' logits to -inf, in place."""
+        np.putmask(logits, ~self.allowed(), NEG_INF)
+
+    def accept(self, token: int) -> bool:
+        """Advance the matcher past ``token``; False if it breaks the grammar."""
+        return bool(self._matcher.consume_token(token))
+
+    @property
+    def done(self) -> bool:
+        """True when the grammar cannot be extended any further."""
+        return bool(self._matcher.is_stopped())
+
+    @property
+    def error(self) -> str:
+        """The matcher's error ('' if none)."""
+        return str(self._matcher.get_error())
+
+
+def build_constraint(grammar: str, param: str, model: Any) -> GrammarConstraint:
+    """Compile ``grammar`` for ``model`` (blocking: run it off the event loop); 400 if unenforceable."""
+    tokenizer = llg_tokenizer(model)
+    lark = resolve_literals(grammar, model)
+    check_grammar(lark, tokenizer, param)
+    return GrammarConstraint(lark, tokenizer, n_vocab=model.n_vocab, eos=model.eos, eog=model.eog_tokens)
