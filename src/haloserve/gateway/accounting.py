@@ -55,7 +55,7 @@ class KeyCache:
             if required:
                 raise AuthenticationError("invalid API key")
             return None
-        return rec  # type: ignore[return-value]
+        return rec
 
 
 def check_model(rec: KeyRecord | None, model: str) -> None:
