@@ -26,12 +26,12 @@ from haloserve.errors import (
 )
 from haloserve.gateway.accounting import KeyCache, Quotas, UsageBuffer
 from haloserve.gateway.backends import Backend, BreakerConfig
-from haloserve.gateway.health import probe_loop
+from haloserve.gateway.health import probe_loop, probe_once
 from haloserve.gateway.metrics import GatewayMetrics
 from haloserve.gateway.policy import Balancer
 from haloserve.gateway.pool import Pool
 from haloserve.gateway.proxy import Outcome, error_response, proxy
-from haloserve.gateway.store import KeyRecord, Store
+from haloserve.gateway.store import Store
 
 log = logging.getLogger("haloserve.gateway")
 _STARTED = int(time.time())
@@ -191,8 +191,7 @@ class Gateway:
 
     def _finish(self, request: web.BaseRequest, out: Outcome, start: float) -> None:
         elapsed = time.perf_counter() - start
-        model: str | None = request.get("halo_model")
-        key: KeyRecord | None = request.get("halo_key")
+        model, key = out.model, out.key
         b = out.backend
         url = b.url if b is not None else "-"
         self.metrics.requests.labels(url, str(out.status)).inc()
@@ -289,7 +288,7 @@ class Gateway:
                 mtime = self._mtime()
                 if mtime != self._config_mtime:
                     self._config_mtime = mtime
-                    self.reload()
+                    await self.reload_now()
             except Exception:  # upkeep must survive a bad moment (disk full, locked db)
                 log.exception("gateway upkeep failed")
             self._flush_log()
@@ -329,7 +328,7 @@ class Gateway:
             return 0.0
 
     # Configuration
-    def _apply(self, s: GatewaySettings) -> None:
+    def _apply(self, s: GatewaySettings, prepared: dict[str, Backend] | None = None) -> None:
         self.breaker.eject_failures = s.eject_failures
         self.breaker.eject_time = s.eject_time
         self.breaker.slow_start = s.slow_start
@@ -339,7 +338,7 @@ class Gateway:
             pool.balancer = Balancer(s.policy, chunk=s.prefix_chunk, threshold=s.balance_threshold)
         pool.balancer.threshold = s.balance_threshold
         pool.queue_size, pool.queue_timeout, pool.workers = s.queue_size, s.queue_timeout, s.workers
-        added, removed = pool.update(s.backends)
+        added, removed = pool.update(s.backends, prepared)
         if self._probes_ready():
             for b in removed:
                 task = self._probes.pop(b.url, None)
@@ -351,8 +350,18 @@ class Gateway:
     def _probes_ready(self) -> bool:
         return getattr(self, "client", None) is not None and hasattr(self, "_probes")
 
-    def reload(self) -> bool:
-        """Re-read the config file (SIGHUP or a change on disk); a bad file keeps the running config."""
+    def reload(self) -> None:
+        """SIGHUP: schedule :meth:`reload_now`."""
+        self._tasks.append(asyncio.create_task(self._reload_task()))
+
+    async def _reload_task(self) -> None:
+        await self.reload_now()
+
+    async def reload_now(self) -> bool:
+        """Re-read the config file (SIGHUP or a change on disk); a bad file keeps the running config.
+
+        New backends are probed before the switch, so requests never see a pool without them.
+        """
         if self.config_path is None:
             return False
         try:
@@ -365,9 +374,23 @@ class Gateway:
         if changed:
             log.warning("reload: %s need a restart to change", ", ".join(changed))
             new = new.model_copy(update={f: getattr(self.settings, f) for f in fixed})
+        known = {b.url for b in self.pool.backends}
+        prepared: dict[str, Backend] = {}
+        for spec in new.backends:
+            if spec.url not in known:
+                try:
+                    prepared[spec.url] = Backend(spec, self.breaker, api_key=spec.resolved_api_key())
+                except HaloError as exc:
+                    log.error("config reload failed, keeping the running config: %s", exc.message)
+                    return False
+        if prepared:
+            probes = [
+                probe_once(self.client, b, new.health_timeout, discover=True) for b in prepared.values()
+            ]
+            await asyncio.gather(*probes)
         self.settings = new
         self.session_header = new.session_header
-        self._apply(new)
+        self._apply(new, prepared)
         log.info("config reloaded: %d backend(s), policy %s", len(new.backends), new.policy)
         return True
 

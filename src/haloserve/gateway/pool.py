@@ -38,10 +38,13 @@ class Pool:
         self.prefix_lookups = 0
         self.update(specs)
 
-    def update(self, specs: Iterable[BackendSpec]) -> tuple[list[Backend], list[Backend]]:
+    def update(
+        self, specs: Iterable[BackendSpec], prepared: dict[str, Backend] | None = None
+    ) -> tuple[list[Backend], list[Backend]]:
         """Apply a new backend list: keep known URLs (new spec), add new ones, drop the rest.
 
         In-flight requests on a dropped backend finish normally; they hold their own reference.
+        ``prepared`` holds new backends already probed (a reload probes before it switches).
         Returns (added, removed).
         """
         old = {b.url: b for b in self.backends}
@@ -50,7 +53,9 @@ class Pool:
         for spec in specs:
             b = old.pop(spec.url, None)
             if b is None:
-                b = Backend(spec, self.breaker, api_key=spec.resolved_api_key())
+                b = (prepared or {}).get(spec.url) or Backend(
+                    spec, self.breaker, api_key=spec.resolved_api_key()
+                )
                 added.append(b)
             else:
                 b.spec = spec
@@ -84,6 +89,11 @@ class Pool:
         now = time.monotonic()
         serving = [b for b in self.backends if b.serves(model)]
         if not serving:
+            if any(not b.models for b in self.backends):
+                raise ServiceUnavailableError(
+                    f"model {model!r} is not served by any backend known so far; some are not reachable yet",
+                    retry_after=1.0,
+                )
             raise ModelNotFoundError(f"The model `{model}` does not exist", param="model")
         live = [b for b in serving if b.url not in exclude and b.routable(now)]
         if not live:

@@ -28,6 +28,7 @@ from haloserve.errors import (
 from haloserve.gateway.accounting import check_model
 from haloserve.gateway.backends import Backend
 from haloserve.gateway.policy import RouteInfo
+from haloserve.gateway.store import KeyRecord
 from haloserve.gateway.stream import UsageScanner, body_usage, wants_usage
 
 if TYPE_CHECKING:
@@ -97,9 +98,11 @@ class _BeforeFirstByte(Exception):
 class Outcome:
     """What one request did, for logs, metrics and usage."""
 
-    __slots__ = ("attempts", "backend", "completion", "error", "prompt", "status", "ttfb")
+    __slots__ = ("attempts", "backend", "completion", "error", "key", "model", "prompt", "status", "ttfb")
 
     def __init__(self) -> None:
+        self.model: str | None = None
+        self.key: KeyRecord | None = None
         self.backend: Backend | None = None
         self.status = 0
         self.prompt = 0
@@ -112,7 +115,6 @@ class Outcome:
 async def proxy(gw: Gateway, request: web.BaseRequest, out: Outcome, start: float) -> web.StreamResponse:
     """Forward one OpenAI API POST; fills ``out``. Raises HaloError for the caller to render."""
     key = gw.keys.lookup(request.headers.get("Authorization"), required=gw.settings.require_keys)
-    out_key = key
     body = await read_body(request, gw.settings.max_body_bytes)
     try:
         obj = json.loads(body)
@@ -123,8 +125,7 @@ async def proxy(gw: Gateway, request: web.BaseRequest, out: Outcome, start: floa
     model = obj.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequestError("'model' is required", param="model")
-    request["halo_model"] = model
-    request["halo_key"] = out_key
+    out.model, out.key = model, key
     check_model(key, model)
     if key is not None:
         gw.quotas.admit(key)
