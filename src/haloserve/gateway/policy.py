@@ -7,8 +7,8 @@ and the request's routing facts, and returns one candidate.
 character chunks whose chained hashes are remembered per backend, so the longest known prefix of a
 new prompt names the backend whose KV cache holds it. Load overrides the cache when the preferred
 backend has ``balance_threshold`` more requests in flight than the least busy one. A prompt with no
-known prefix goes where a rendezvous hash of its first chunk points (the same backend in every worker
-process), or to the least busy backend when that one is busy. A session id (header or ``user``)
+known prefix goes to the least busy backend, and among equals to the one with the least cached so
+far, so new conversations spread out. A session id (header or ``user``)
 pins a conversation to the backend that served it last while that backend is available.
 """
 
@@ -93,6 +93,7 @@ class PrefixIndex:
 
     capacity: int = 200_000
     entries: OrderedDict[int, str] = field(default_factory=OrderedDict)
+    sizes: dict[str, int] = field(default_factory=dict)
 
     def longest(self, chunks: list[int]) -> tuple[str | None, int]:
         """The backend holding the longest known prefix and its length in chunks."""
@@ -104,12 +105,22 @@ class PrefixIndex:
 
     def insert(self, chunks: list[int], url: str) -> None:
         """Remember that ``url`` now caches these chunks."""
-        entries = self.entries
+        entries, sizes = self.entries, self.sizes
         for h in chunks:
+            old = entries.get(h)
+            if old != url:
+                if old is not None:
+                    sizes[old] -= 1
+                sizes[url] = sizes.get(url, 0) + 1
             entries[h] = url
             entries.move_to_end(h)
         while len(entries) > self.capacity:
-            entries.popitem(last=False)
+            _, gone = entries.popitem(last=False)
+            sizes[gone] -= 1
+
+    def size(self, url: str) -> int:
+        """Chunks currently attributed to ``url`` (its share of the remembered cache)."""
+        return self.sizes.get(url, 0)
 
 
 class Balancer:
@@ -200,9 +211,11 @@ def _prefix(b: Balancer, cands: Sequence[Candidate], info: RouteInfo, now: float
                     choice, hit = i, True
                 break
     if choice is None:
-        choice = rendezvous(f"{info.model}\x00{info.prompt[: b.chunk]}", cands, now)
-        if b._overloaded(cands, choice, now):
-            choice = least(cands, now, b.rng)
+        # A new prefix goes where the least is cached among the least busy (SGLang's rule), so
+        # distinct conversations spread over the backends instead of evicting each other.
+        low = min(c.load(now) for c in cands)
+        idle = [i for i, c in enumerate(cands) if c.load(now) == low]
+        choice = min(idle, key=lambda i: (b.index.size(cands[i].url), b.rng.random()))
     b.index.insert(chunks, cands[choice].url)
     return Decision(choice, prefix_hit=hit)
 
