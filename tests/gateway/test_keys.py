@@ -82,6 +82,10 @@ def test_keys_quotas_and_models_through_the_gateway(
         pytest.fail("a revoked key kept working")
 
 
+def _call_into(client: openai.OpenAI, result: list[object]) -> None:
+    result.append(client.chat.completions.create(model="m1", messages=MSG, max_tokens=4))
+
+
 def test_usage_survives_restart_and_sigterm_drains(
     make_upstream: MakeUpstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -98,11 +102,7 @@ def test_usage_survives_restart_and_sigterm_drains(
             client.chat.completions.create(model="m1", messages=MSG, max_tokens=4)
             # a request still running when SIGTERM arrives finishes (drain), and is counted
             result: list[object] = []
-            t = threading.Thread(
-                target=lambda: result.append(
-                    client.chat.completions.create(model="m1", messages=MSG, max_tokens=4)
-                )
-            )
+            t = threading.Thread(target=_call_into, args=(client, result))
             t.start()
             deadline = time.monotonic() + 5
             while up.stats.in_flight == 0 and time.monotonic() < deadline:
