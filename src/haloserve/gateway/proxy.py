@@ -264,6 +264,10 @@ async def _stream(
             first = scanner.feed(chunk)
     except _RETRYABLE as exc:
         raise _BeforeFirstByte(f"{b.url} failed before its first byte: {type(exc).__name__}") from exc
+    if not first:
+        first = scanner.flush()
+        if not first:
+            raise _BeforeFirstByte(f"{b.url} ended its stream before sending anything")
     resp = web.StreamResponse(status=200, headers=_SSE_HEADERS)
     await resp.prepare(request)
     out.status = 200
