@@ -143,6 +143,13 @@ class UpstreamError(HaloError):
     code = "upstream_error"
 
 
+class UpstreamTimeoutError(UpstreamError):
+    """A backend behind the gateway did not answer in time (504)."""
+
+    status = 504
+    code = "upstream_timeout"
+
+
 class ConfigError(HaloError):
     """Bad settings: a flag, an environment variable or a config file (CLI exit code 2)."""
 

@@ -21,6 +21,10 @@ COMMANDS: dict[str, str] = {
     "plan": "haloserve.cli.plan",
     "doctor": "haloserve.cli.doctor",
     "bench": "haloserve.cli.bench",
+    "gateway": "haloserve.cli.gateway",
+    "keys": "haloserve.cli.keys",
+    "usage": "haloserve.cli.usage",
+    "deploy": "haloserve.cli.deploy",
 }
 
 

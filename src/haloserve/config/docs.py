@@ -12,7 +12,10 @@ from enum import Enum
 
 from haloserve.config.base import HaloSettings, field_extra, flag_name
 
-SETTINGS = {"serve": "haloserve.config.serve:ServeSettings"}
+SETTINGS = {
+    "serve": "haloserve.config.serve:ServeSettings",
+    "gateway": "haloserve.config.gateway:GatewaySettings",
+}
 
 
 def options_table(cls: type[HaloSettings]) -> str:

@@ -1,0 +1,401 @@
+"""The gateway of one worker process: routes, lifecycle, background upkeep and config reload."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from haloserve.config import load_settings
+from haloserve.config.gateway import GatewaySettings
+from haloserve.errors import (
+    ConfigError,
+    HaloError,
+    ModelNotFoundError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
+from haloserve.gateway.accounting import KeyCache, Quotas, UsageBuffer
+from haloserve.gateway.backends import Backend, BreakerConfig
+from haloserve.gateway.health import probe_loop, probe_once
+from haloserve.gateway.metrics import GatewayMetrics
+from haloserve.gateway.policy import Balancer
+from haloserve.gateway.pool import Pool
+from haloserve.gateway.proxy import Outcome, error_response, proxy
+from haloserve.gateway.store import Store
+
+log = logging.getLogger("haloserve.gateway")
+_STARTED = int(time.time())
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(obj).encode(), status=status, content_type="application/json")
+
+
+class Gateway:
+    """One worker: ``await gw.start()``, serve until ``await gw.drain()``; state is per instance."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        config_path: Path | None = None,
+        flags: dict[str, Any] | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.flags = dict(flags or {})
+        self.reuse_port = reuse_port
+        self.breaker = BreakerConfig()
+        self.pool = Pool([], Balancer(settings.policy))
+        self._apply(settings)
+        self.store = Store(settings.keys_db)
+        self.keys = KeyCache()
+        self.quotas = Quotas(workers=settings.workers)
+        self.usage = UsageBuffer()
+        self.metrics = GatewayMetrics(lambda: self.pool)
+        self.session_header = settings.session_header
+        self.client: aiohttp.ClientSession = None  # type: ignore[assignment]
+        self.draining = False
+        self.active = 0
+        self.port = settings.port
+        self._probes: dict[str, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: web.Server | None = None
+        self._tcp: asyncio.AbstractServer | None = None
+        self._log_lines: list[str] = []
+        self._keys_version: tuple[int, float] | None = None
+        self._config_mtime = self._mtime()
+        self._models_cache: tuple[float, frozenset[str]] = (0.0, frozenset())
+
+    # Lifecycle
+    async def start(self) -> Gateway:
+        """Load keys, probe backends once, listen."""
+        s = self.settings
+        timeout = aiohttp.ClientTimeout(total=s.request_timeout, connect=s.connect_timeout)
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=75, enable_cleanup_closed=True)
+        self.client = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        )
+        await self.refresh_keys()
+        for b in self.pool.backends:
+            self._start_probe(b)
+        # Give the first probes a moment so the gateway starts knowing its models.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._first_probes(), s.health_timeout + 0.5)
+        loop = asyncio.get_running_loop()
+        self._server = web.Server(self.handle, handler_cancellation=True, access_log=None)
+        self._tcp = await loop.create_server(
+            self._server, s.host, s.port, backlog=4096, reuse_port=self.reuse_port or None
+        )
+        self.port = int(self._tcp.sockets[0].getsockname()[1])
+        self._tasks.append(asyncio.create_task(self._upkeep()))
+        return self
+
+    async def _first_probes(self) -> None:
+        while not all(b.healthy or b.failures for b in self.pool.backends):
+            await asyncio.sleep(0.02)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``shutdown_timeout``), flush, close."""
+        self.draining = True
+        if self._tcp is not None:
+            self._tcp.close()
+        limit = self.settings.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while self.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.active:
+            log.warning("drain: %d request(s) still running after %.0fs; cancelling", self.active, limit)
+        await self.close()
+
+    async def close(self) -> None:
+        """Cancel background work, close connections, write pending usage and logs."""
+        for task in [*self._tasks, *self._probes.values()]:
+            task.cancel()
+        for task in [*self._tasks, *self._probes.values()]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks, self._probes = [], {}
+        if self._server is not None:
+            await self._server.shutdown(1.0)
+        if self._tcp is not None:
+            self._tcp.close()
+            await self._tcp.wait_closed()
+        self._server = self._tcp = None
+        if self.client is not None:
+            await self.client.close()
+        await self.flush_usage()
+        self._flush_log()
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of this worker."""
+        return f"http://{self.settings.host}:{self.port}"
+
+    # Requests
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Dispatch one request."""
+        method, path = request.method, request.path
+        if method == "POST" and path.startswith("/v1/"):
+            return await self._api(request)
+        try:
+            if method == "GET" or method == "HEAD":
+                if path in ("/health", "/ready"):
+                    return self._health(path == "/ready")
+                if path == "/metrics" and self.settings.metrics:
+                    return web.Response(
+                        body=generate_latest(self.metrics.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST},
+                    )
+                if path == "/v1/models" or path.startswith("/v1/models/"):
+                    return self._models(request, path[len("/v1/models/") :] if path != "/v1/models" else None)
+            raise NotFoundError(f"{method} {path}: not found")
+        except HaloError as exc:
+            return error_response(exc)
+
+    async def _api(self, request: web.BaseRequest) -> web.StreamResponse:
+        start = time.perf_counter()
+        out = Outcome()
+        self.active += 1
+        try:
+            if self.draining:
+                raise ServiceUnavailableError("the gateway is shutting down", retry_after=1.0)
+            return await proxy(self, request, out, start)
+        except HaloError as exc:
+            out.status, out.error = exc.status, True
+            resp = error_response(exc)
+            if self.draining:
+                resp.headers["Connection"] = "close"
+            return resp
+        except asyncio.CancelledError:
+            out.status = 499  # nginx's code for a client that closed the connection
+            raise
+        except Exception:
+            log.exception("unexpected error on %s", request.path)
+            out.status, out.error = 500, True
+            return error_response(HaloError("internal gateway error"))
+        finally:
+            self.active -= 1
+            self._finish(request, out, start)
+
+    def _finish(self, request: web.BaseRequest, out: Outcome, start: float) -> None:
+        elapsed = time.perf_counter() - start
+        model, key = out.model, out.key
+        b = out.backend
+        url = b.url if b is not None else "-"
+        self.metrics.requests.labels(url, str(out.status)).inc()
+        if b is not None:
+            self.metrics.latency.labels(url).observe(elapsed)
+        if model is not None and (b is not None or model in self.known_models()):
+            tokens = out.prompt + out.completion
+            self.usage.add(key, model, out.prompt, out.completion, error=out.error)
+            if key is not None and tokens:
+                self.quotas.add_tokens(key, tokens)
+        if self.settings.access_log:
+            entry = {
+                "ts": round(time.time(), 3),
+                "method": request.method,
+                "path": request.path,
+                "status": out.status,
+                "model": model,
+                "backend": url,
+                "key": key.id if key is not None else None,
+                "attempts": out.attempts,
+                "ms": round(elapsed * 1000, 2),
+                "ttfb_ms": round(out.ttfb * 1000, 2) if out.ttfb else None,
+                "prompt_tokens": out.prompt,
+                "completion_tokens": out.completion,
+            }
+            self._log_lines.append(json.dumps(entry, separators=(",", ":")))
+
+    def known_models(self) -> frozenset[str]:
+        """Every model some backend serves (cached for a second)."""
+        now = time.monotonic()
+        if now - self._models_cache[0] > 1.0:
+            self._models_cache = (now, frozenset(self.pool.models()))
+        return self._models_cache[1]
+
+    def on_failure(self, b: Backend, *, fatal: bool) -> None:
+        """A request on ``b`` failed: count it; log an ejection."""
+        self.metrics.errors.labels(b.url).inc()
+        if b.failed(fatal=fatal):
+            log.warning("backend %s ejected after %d failure(s)", b.url, b.failures)
+
+    def _health(self, ready: bool) -> web.Response:
+        backends = [
+            {
+                "url": b.url,
+                "healthy": b.healthy,
+                "circuit": b.state,
+                "in_flight": b.in_flight,
+                "limit": b.limit,
+                "models": sorted(b.models),
+            }
+            for b in self.pool.backends
+        ]
+        ok = self.pool.ready() and not self.draining
+        body = {
+            "status": "ok" if ok else ("draining" if self.draining else "no healthy backend"),
+            "healthy_backends": sum(1 for b in self.pool.backends if b.healthy),
+            "queue_depth": self.pool.queue_depth(),
+            "backends": backends,
+        }
+        return _json(body, 200 if ok or not ready else 503)
+
+    def _models(self, request: web.BaseRequest, one: str | None) -> web.Response:
+        key = self.keys.lookup(request.headers.get("Authorization"), required=self.settings.require_keys)
+        models = self.pool.models()
+        if key is not None and key.models:
+            models = [m for m in models if m in key.models]
+        cards = [{"id": m, "object": "model", "created": _STARTED, "owned_by": "haloserve"} for m in models]
+        if one is None:
+            return _json({"object": "list", "data": cards})
+        for card in cards:
+            if card["id"] == one:
+                return _json(card)
+        raise ModelNotFoundError(f"The model `{one}` does not exist", param="model")
+
+    # Background upkeep
+    def _start_probe(self, b: Backend) -> None:
+        s = self.settings
+        self._probes[b.url] = asyncio.create_task(
+            probe_loop(self.client, b, s.health_interval, s.health_timeout, self._probed)
+        )
+
+    def _probed(self, b: Backend, ejected: bool) -> None:
+        if ejected:
+            self.metrics.errors.labels(b.url).inc()
+        if b.healthy and self.pool.queue_depth():
+            self.pool.wake()
+
+    async def _upkeep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.flush_usage()
+                await self.refresh_keys()
+                mtime = self._mtime()
+                if mtime != self._config_mtime:
+                    self._config_mtime = mtime
+                    await self.reload_now()
+            except Exception:  # upkeep must survive a bad moment (disk full, locked db)
+                log.exception("gateway upkeep failed")
+            self._flush_log()
+
+    async def flush_usage(self) -> None:
+        """Write pending usage counters to the store (in a thread; put back on failure)."""
+        deltas = self.usage.take()
+        if not deltas:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.add_usage, deltas)
+        except Exception:
+            self.usage.put_back(deltas)
+            raise
+
+    async def refresh_keys(self) -> None:
+        """Reload the key cache when the keys table changed."""
+        loop = asyncio.get_running_loop()
+        version = await loop.run_in_executor(None, self.store.version)
+        if version != self._keys_version:
+            records = await loop.run_in_executor(None, self.store.active_hashes)
+            self.keys.replace(records)
+            self._keys_version = version
+
+    def _flush_log(self) -> None:
+        if self._log_lines:
+            lines, self._log_lines = self._log_lines, []
+            sys.stderr.write("\n".join(lines) + "\n")
+            sys.stderr.flush()
+
+    def _mtime(self) -> float:
+        if self.config_path is None:
+            return 0.0
+        try:
+            return self.config_path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    # Configuration
+    def _apply(self, s: GatewaySettings, prepared: dict[str, Backend] | None = None) -> None:
+        self.breaker.eject_failures = s.eject_failures
+        self.breaker.eject_time = s.eject_time
+        self.breaker.slow_start = s.slow_start
+        pool = self.pool
+        pool.breaker = self.breaker
+        if pool.balancer.name != s.policy or pool.balancer.chunk != s.prefix_chunk:
+            pool.balancer = Balancer(s.policy, chunk=s.prefix_chunk, threshold=s.balance_threshold)
+        pool.balancer.threshold = s.balance_threshold
+        pool.queue_size, pool.queue_timeout, pool.workers = s.queue_size, s.queue_timeout, s.workers
+        added, removed = pool.update(s.backends, prepared)
+        if self._probes_ready():
+            for b in removed:
+                task = self._probes.pop(b.url, None)
+                if task is not None:
+                    task.cancel()
+            for b in added:
+                self._start_probe(b)
+
+    def _probes_ready(self) -> bool:
+        return getattr(self, "client", None) is not None and hasattr(self, "_probes")
+
+    def reload(self) -> None:
+        """SIGHUP: schedule :meth:`reload_now`."""
+        self._tasks.append(asyncio.create_task(self._reload_task()))
+
+    async def _reload_task(self) -> None:
+        await self.reload_now()
+
+    async def reload_now(self) -> bool:
+        """Re-read the config file (SIGHUP or a change on disk); a bad file keeps the running config.
+
+        New backends are probed before the switch, so requests never see a pool without them.
+        """
+        if self.config_path is None:
+            return False
+        try:
+            new = load_settings(GatewaySettings, flags=self.flags, file=self.config_path)
+        except HaloError as exc:
+            log.error("config reload failed, keeping the running config: %s", exc.message)
+            return False
+        fixed = ("host", "port", "workers", "keys_db")
+        changed = [f for f in fixed if getattr(new, f) != getattr(self.settings, f)]
+        if changed:
+            log.warning("reload: %s need a restart to change", ", ".join(changed))
+            new = new.model_copy(update={f: getattr(self.settings, f) for f in fixed})
+        known = {b.url for b in self.pool.backends}
+        prepared: dict[str, Backend] = {}
+        for spec in new.backends:
+            if spec.url not in known:
+                try:
+                    prepared[spec.url] = Backend(spec, self.breaker, api_key=spec.resolved_api_key())
+                except HaloError as exc:
+                    log.error("config reload failed, keeping the running config: %s", exc.message)
+                    return False
+        if prepared:
+            probes = [
+                probe_once(self.client, b, new.health_timeout, discover=True) for b in prepared.values()
+            ]
+            await asyncio.gather(*probes)
+        self.settings = new
+        self.session_header = new.session_header
+        self._apply(new, prepared)
+        log.info("config reloaded: %d backend(s), policy %s", len(new.backends), new.policy)
+        return True
+
+
+def check_settings(settings: GatewaySettings) -> None:
+    """Refuse to start without backends."""
+    if not settings.backends:
+        raise ConfigError("no backends: give --backend URL (repeatable) or 'backends:' in --config")

@@ -1,0 +1,125 @@
+"""Active health probes, model discovery and concurrency learning, one task per backend.
+
+- health: ``GET /health`` (a 404 there, as from Ollama, falls back to ``/v1/models``);
+- models: ``GET /v1/models`` unless the backend's models are configured;
+- concurrency, unless configured: ``total_slots`` of ``GET /props`` (llama-server and ``halo serve``),
+  else the number of entries of ``GET /slots`` (llama-server), else ``halo_slots_total`` in
+  ``GET /metrics`` (``halo serve``); a backend that tells none of them is not limited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from haloserve.gateway.backends import Backend
+
+log = logging.getLogger("haloserve.gateway")
+_SLOTS_TOTAL = re.compile(rb"^halo_slots_total(?:\{[^}]*\})?\s+([0-9.]+)", re.M)
+_REDISCOVER_EVERY = 6  # probes between refreshes of the model list and slot count
+
+
+def _headers(b: Backend) -> dict[str, str]:
+    return {"Authorization": f"Bearer {b.api_key}"} if b.api_key else {}
+
+
+async def _get(session: aiohttp.ClientSession, b: Backend, path: str, timeout: float) -> tuple[int, bytes]:
+    async with session.get(
+        b.url + path, headers=_headers(b), timeout=aiohttp.ClientTimeout(total=timeout)
+    ) as resp:
+        return resp.status, await resp.read()
+
+
+async def check_health(session: aiohttp.ClientSession, b: Backend, timeout: float) -> bool:
+    """True when the backend answers its health check with 200."""
+    status, _ = await _get(session, b, "/health", timeout)
+    if status == 404:
+        status, _ = await _get(session, b, "/v1/models", timeout)
+    return status == 200
+
+
+async def discover_models(session: aiohttp.ClientSession, b: Backend, timeout: float) -> frozenset[str]:
+    """Model ids from ``/v1/models``."""
+    import json
+
+    status, body = await _get(session, b, "/v1/models", timeout)
+    if status != 200:
+        return b.models
+    data: Any = json.loads(body)
+    items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return b.models
+    return frozenset(str(m["id"]) for m in items if isinstance(m, dict) and "id" in m)
+
+
+async def learn_limit(session: aiohttp.ClientSession, b: Backend, timeout: float) -> int:
+    """Slots the backend says it has (0 when it says nothing)."""
+    import json
+
+    for path in ("/props", "/slots"):
+        try:
+            status, body = await _get(session, b, path, timeout)
+            if status != 200:
+                continue
+            data: Any = json.loads(body)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("total_slots"), int):
+            return int(data["total_slots"])
+        if isinstance(data, list) and data:
+            return len(data)
+    try:
+        status, body = await _get(session, b, "/metrics", timeout)
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return 0
+    m = _SLOTS_TOTAL.search(body) if status == 200 else None
+    return int(float(m.group(1))) if m else 0
+
+
+async def probe_once(
+    session: aiohttp.ClientSession, b: Backend, timeout: float, *, discover: bool
+) -> tuple[bool, bool]:
+    """One probe (and discovery when asked). Returns (healthy, newly ejected)."""
+    try:
+        ok = await check_health(session, b, timeout)
+        if ok and (discover or not b.models):
+            if not b.spec.models:
+                b.models = await discover_models(session, b, timeout)
+            if not b.spec.max_concurrency:
+                b.learned_limit = await learn_limit(session, b, timeout)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        log.debug("probe of %s failed: %s", b.url, exc)
+        ok = False
+    if ok:
+        was = b.healthy
+        b.probe_ok()
+        if not was:
+            log.info("backend %s healthy: models %s, limit %s", b.url, sorted(b.models), b.limit or "none")
+        return True, False
+    was_healthy = b.healthy
+    ejected = b.probe_failed()
+    if was_healthy:
+        log.warning("backend %s failed its health probe; ejected", b.url)
+    return False, ejected
+
+
+async def probe_loop(
+    session: aiohttp.ClientSession,
+    b: Backend,
+    interval: float,
+    timeout: float,
+    on_change: Callable[[Backend, bool], None],
+) -> None:
+    """Probe ``b`` every ``interval`` seconds until cancelled; ``on_change(b, ejected)`` after each."""
+    n = 0
+    while True:
+        healthy, ejected = await probe_once(session, b, timeout, discover=n % _REDISCOVER_EVERY == 0)
+        on_change(b, ejected)
+        n += 1
+        # Unhealthy backends are re-probed sooner so a restarted node returns quickly.
+        await asyncio.sleep(interval if healthy else min(interval, 1.0))

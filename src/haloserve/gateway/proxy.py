@@ -1,0 +1,299 @@
+"""The hot path: one API request from arrival to its last byte, with failover and accounting.
+
+Kept lean on purpose: the body is parsed once with ``json.loads`` and only ``model``, ``stream``,
+``stream_options``, ``user`` and (for the prefix policy) the prompt text are read; the body goes
+upstream as the original bytes unless the gateway must ask for the usage chunk. Failures before
+the first byte reached the client (connection refused or reset, a backend killed mid-request, 5xx
+or 429 answers) are retried on other backends; a failure after it ends the stream with one SSE
+error event in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.payload import BytesPayload
+
+from haloserve.errors import (
+    HaloError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from haloserve.gateway.accounting import check_model
+from haloserve.gateway.backends import Backend
+from haloserve.gateway.policy import RouteInfo
+from haloserve.gateway.store import KeyRecord
+from haloserve.gateway.stream import UsageScanner, body_usage, wants_usage
+
+if TYPE_CHECKING:
+    from haloserve.gateway.app import Gateway
+
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+_FAILURE_STATUS = frozenset({500, 502, 503, 504})
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_RETRYABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+
+
+def error_response(exc: HaloError) -> web.Response:
+    """An OpenAI-shaped error body with the error's status and headers."""
+    return web.Response(
+        body=json.dumps(exc.to_dict()).encode(),
+        status=exc.status,
+        content_type="application/json",
+        headers=exc.headers or None,
+    )
+
+
+def sse_error_event(exc: HaloError) -> bytes:
+    """The one event that ends a stream which failed after it started."""
+    return b"data: " + json.dumps(exc.to_dict()).encode() + b"\n\n"
+
+
+def prompt_text(obj: dict[str, Any]) -> str:
+    """The prompt as one string (roles and text parts of messages, or the prompt), for prefix routing."""
+    messages = obj.get("messages")
+    if isinstance(messages, list):
+        parts: list[str] = []
+        for m in messages:
+            if not isinstance(m, dict):
+                continue
+            parts.append(str(m.get("role", "")))
+            content = m.get("content")
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                parts += [str(p.get("text", "")) for p in content if isinstance(p, dict)]
+        return "\x1e".join(parts)
+    prompt = obj.get("prompt", obj.get("input"))
+    return prompt if isinstance(prompt, str) else json.dumps(prompt) if prompt is not None else ""
+
+
+async def read_body(request: web.BaseRequest, limit: int) -> bytes:
+    """The request body, 413 beyond ``limit`` bytes (checked before reading when the length is known)."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLargeError(f"request body of {length} bytes is over the {limit}-byte limit")
+    if length is not None:
+        return await request.content.readexactly(length) if length else b""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"request body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _BeforeFirstByte(Exception):
+    """A stream failed before anything reached the client: safe to retry elsewhere."""
+
+
+class Outcome:
+    """What one request did, for logs, metrics and usage."""
+
+    __slots__ = ("attempts", "backend", "completion", "error", "key", "model", "prompt", "status", "ttfb")
+
+    def __init__(self) -> None:
+        self.model: str | None = None
+        self.key: KeyRecord | None = None
+        self.backend: Backend | None = None
+        self.status = 0
+        self.prompt = 0
+        self.completion = 0
+        self.attempts = 0
+        self.ttfb = 0.0
+        self.error = False
+
+
+async def proxy(gw: Gateway, request: web.BaseRequest, out: Outcome, start: float) -> web.StreamResponse:
+    """Forward one OpenAI API POST; fills ``out``. Raises HaloError for the caller to render."""
+    key = gw.keys.lookup(request.headers.get("Authorization"), required=gw.settings.require_keys)
+    body = await read_body(request, gw.settings.max_body_bytes)
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        raise InvalidRequestError("malformed JSON body") from None
+    if not isinstance(obj, dict):
+        raise InvalidRequestError("the body must be a JSON object")
+    model = obj.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("'model' is required", param="model")
+    out.model, out.key = model, key
+    check_model(key, model)
+    if key is not None:
+        gw.quotas.admit(key)
+    stream = obj.get("stream") is True
+    strip = False
+    if stream and not wants_usage(obj):
+        opts = obj.get("stream_options")
+        obj["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+        body = json.dumps(obj, separators=(",", ":")).encode()
+        strip = True
+    info = RouteInfo(model=model)
+    if gw.pool.balancer.needs_prompt:
+        info.prompt = prompt_text(obj)
+    session = request.headers.get(gw.session_header) or obj.get("user")
+    info.session = session if isinstance(session, str) and session else None
+    return await _attempts(gw, request, out, start, body, model, info, stream, strip)
+
+
+async def _attempts(
+    gw: Gateway,
+    request: web.BaseRequest,
+    out: Outcome,
+    start: float,
+    body: bytes,
+    model: str,
+    info: RouteInfo,
+    stream: bool,
+    strip: bool,
+) -> web.StreamResponse:
+    pool = gw.pool
+    exclude: set[str] = set()
+    max_attempts = 1 + gw.settings.retries
+    last: HaloError | None = None
+    headers = {"Content-Type": "application/json"}
+    rid = request.headers.get("X-Request-Id")
+    if rid:
+        headers["X-Request-Id"] = rid
+    while out.attempts < max_attempts:
+        try:
+            b, waited = await pool.acquire(model, info, exclude)
+        except HaloError:
+            if last is not None:
+                raise last from None
+            raise
+        if waited:
+            gw.metrics.queue_wait.observe(waited)
+        out.attempts += 1
+        out.backend = b
+        try:
+            h = headers
+            if b.api_key:
+                h = {**headers, "Authorization": "Bearer " + b.api_key}
+            try:
+                # A ready-made payload skips aiohttp's payload-type registry lookup (measurable per request)
+                upstream = await gw.client.post(b.url + request.path, data=BytesPayload(body), headers=h)
+            except _RETRYABLE as exc:
+                last = _failed(gw, b, exclude, f"cannot reach {b.url}: {type(exc).__name__}", fatal=True)
+                continue
+            except asyncio.TimeoutError:
+                upstream_timeout(gw, b)
+            async with upstream:
+                if upstream.status in _RETRY_STATUS and out.attempts < max_attempts:
+                    await upstream.read()
+                    if upstream.status in _FAILURE_STATUS:
+                        last = _failed(gw, b, exclude, f"{b.url} answered {upstream.status}")
+                    else:
+                        exclude.add(b.url)
+                        last = UpstreamError(f"{b.url} answered {upstream.status}")
+                    continue
+                ctype = upstream.headers.get("Content-Type", "application/json")
+                is_sse = ctype.startswith("text/event-stream")
+                if not (stream and is_sse and upstream.status == 200):
+                    try:
+                        data = await upstream.read()
+                    except _RETRYABLE as exc:
+                        last = _failed(gw, b, exclude, f"{b.url} failed mid-response: {type(exc).__name__}")
+                        continue
+                    except asyncio.TimeoutError:
+                        upstream_timeout(gw, b)
+                    out.status = upstream.status
+                    _record(b, upstream.status)
+                    if upstream.status == 200:
+                        out.prompt, out.completion = body_usage(data)
+                    return web.Response(body=data, status=upstream.status, headers={"Content-Type": ctype})
+                try:
+                    return await _stream(gw, request, upstream, b, out, start, strip)
+                except _BeforeFirstByte as exc:
+                    last = _failed(gw, b, exclude, str(exc))
+                    continue
+        finally:
+            pool.release(b)
+        if gw.settings.retries:
+            gw.metrics.retries.inc()
+    assert last is not None
+    raise last
+
+
+def upstream_timeout(gw: Gateway, b: Backend) -> None:
+    """A backend took longer than --request-timeout: count a failure, answer 504 (never retried)."""
+    gw.on_failure(b, fatal=False)
+    raise UpstreamTimeoutError(f"backend {b.url} did not answer within {gw.settings.request_timeout:g}s")
+
+
+def _failed(gw: Gateway, b: Backend, exclude: set[str], message: str, *, fatal: bool = False) -> HaloError:
+    gw.on_failure(b, fatal=fatal)
+    exclude.add(b.url)
+    return UpstreamError(message)
+
+
+def _record(b: Backend, status: int) -> None:
+    if status in _FAILURE_STATUS:
+        b.failed()
+    else:
+        b.succeeded()
+
+
+async def _stream(
+    gw: Gateway,
+    request: web.BaseRequest,
+    upstream: aiohttp.ClientResponse,
+    b: Backend,
+    out: Outcome,
+    start: float,
+    strip: bool,
+) -> web.StreamResponse:
+    """Relay an SSE stream. The client's response starts only once the first upstream bytes arrived."""
+    scanner = UsageScanner(strip)
+    content = upstream.content
+    first = b""
+    try:
+        while not first:
+            chunk = await content.readany()
+            if not chunk:
+                break
+            first = scanner.feed(chunk)
+    except _RETRYABLE as exc:
+        raise _BeforeFirstByte(f"{b.url} failed before its first byte: {type(exc).__name__}") from exc
+    if not first:
+        first = scanner.flush()
+        if not first:
+            raise _BeforeFirstByte(f"{b.url} ended its stream before sending anything")
+    resp = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+    await resp.prepare(request)
+    out.status = 200
+    out.ttfb = time.perf_counter() - start
+    gw.metrics.ttft.labels(b.url).observe(out.ttfb)
+    try:
+        if first:
+            await resp.write(first)
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                break
+            data = scanner.feed(chunk)
+            if data:
+                await resp.write(data)
+        tail = scanner.flush()
+        if tail:
+            await resp.write(tail)
+        b.succeeded()
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+        if isinstance(exc, aiohttp.ClientConnectionError) and request.transport is None:
+            raise  # the client went away, not the backend
+        gw.on_failure(b, fatal=False)
+        out.error = True
+        err = UpstreamError(f"backend {b.url} failed mid-stream: {type(exc).__name__}")
+        await resp.write(sse_error_event(err))
+    out.prompt, out.completion = scanner.prompt, scanner.completion
+    await resp.write_eof()
+    return resp
