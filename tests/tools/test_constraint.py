@@ -36,7 +36,8 @@ def _walk(c: Any, model: LlamaModel, limit: int = 64) -> str:
         c.apply(logits)
         allowed = np.flatnonzero(logits == 0)
         assert allowed.size, "the mask allows nothing"
-        tok = int(allowed[np.argmax([len(model.piece(int(t), True)) for t in allowed])])
+        pieces = [model.piece(int(t), True) for t in allowed]
+        tok = int(allowed[max(range(len(pieces)), key=lambda i: (bool(pieces[i].strip()), len(pieces[i])))])
         if tok in model.eog_tokens:
             break
         assert c.accept(tok)
@@ -111,3 +112,29 @@ def test_native_tool_template_renders_calls_and_results() -> None:
     assert '<tools>\n{"type": "function", "function": {"name": "add"' in text
     assert '<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call>' in text  # not a JSON string
     assert "<tool_response>\n3\n</tool_response>" in text
+
+
+def test_strict_tool_in_auto_mode_leaves_text_free_then_enforces_the_call(model: LlamaModel) -> None:
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "strict": True,
+            "parameters": {
+                "type": "object",
+                "properties": {"a": {"type": "integer", "minimum": 7, "maximum": 7}},
+                "required": ["a"],
+            },
+        },
+    }
+    req = ChatCompletionRequest.model_validate(
+        {"messages": [{"role": "user", "content": "7?"}], "tools": [tool]}
+    )
+    plan = plan_chat(req, chat_messages(req), "{{ tools }}<tool_call>")
+    assert plan.grammar is not None and plan.tool_format is not None
+    c = build_constraint(plan.grammar, "tools", model)
+    for tok in model.tokenize("Sure, any text at all. <tool_call>", add_special=False):
+        c.compute_mask()
+        assert c.accept(tok)
+    call, closed, _ = _walk(c, model).partition("</tool_call>")  # free text may follow the call
+    assert closed and json.loads(call) == {"name": "add", "arguments": {"a": 7}}

@@ -245,3 +245,13 @@ def test_openai_parse_helper_with_pydantic(client: openai.OpenAI) -> None:
         seed=4,
     )
     assert isinstance(r.choices[0].message.parsed, Owner)
+
+
+def test_auto_mode_with_a_strict_tool_answers_or_calls_validly(client: openai.OpenAI) -> None:
+    for r in _many(client, 4, messages=ASK, tools=TOOLS, max_tokens=60):
+        choice = r.choices[0]
+        assert choice.finish_reason in ("stop", "length", "tool_calls")
+        if choice.message.tool_calls:
+            _check_calls(choice.message)
+        else:
+            assert choice.message.content

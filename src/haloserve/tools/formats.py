@@ -94,6 +94,11 @@ class ToolFormat:
         """A Lark grammar (llguidance dialect) that forces at least one call matching ``calls_schema``."""
         raise NotImplementedError
 
+    def lazy_grammar(self, calls_schema: dict[str, Any], lit: Callable[[str], str]) -> str | None:
+        """A grammar leaving text free until a call starts, then enforcing it (``strict`` tools in
+        ``auto`` mode); None when the format has none."""
+        return None
+
 
 def _json_rule(schema: dict[str, Any]) -> str:
     layout = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -155,6 +160,16 @@ class Hermes(ToolFormat):
             f"start: call{rep}\n"
             f'call: {lit("<tool_call>")} "\\n" body "\\n" {lit("</tool_call>")}\n'
             f"body: {_json_rule(calls_schema)}\n"
+        )
+
+    def lazy_grammar(self, calls_schema: dict[str, Any], lit: Callable[[str], str]) -> str | None:
+        """Free text; from ``<tool_call>`` on (a lazy trigger), a valid call and ``</tool_call>``."""
+        return (
+            "%llguidance {}\n"
+            "start: call* TEXT\n"
+            "TEXT: /(.|\\n)*/\n"
+            'trigger[lazy]: TEXT "<tool_call>"\n'
+            f'call: trigger /[ \\n]*/ {_json_rule(calls_schema)} /[ \\n]*/ "</tool_call>"\n'
         )
 
 

@@ -224,6 +224,10 @@ def plan_chat(
             plan.grammar = fmt.grammar(calls_schema(tools, named), parallel, lit)
             plan.grammar_param = "tools"
             plan.named = mode == "named"
+        elif mode == "auto" and any(t["function"].get("strict") for t in tools):
+            lazy = fmt.lazy_grammar(calls_schema(tools), lit)
+            if lazy is not None and req.response_format is None:
+                plan.grammar, plan.grammar_param = lazy, "tools"
     schema = response_format_schema(req.response_format)
     if schema is not None and plan.grammar is None:
         plan.grammar = "start: %json " + json.dumps(with_layout(schema), ensure_ascii=False) + "\n"
