@@ -79,7 +79,13 @@ def _run(fmt: str, chunks: list[str]) -> tuple[str, list[Call]]:
         events.extend(stream.feed(chunk))
     events.extend(stream.finish())
     content = "".join(e.text for e in events if e.kind == "content")
-    return content, [e.call for e in events if e.call is not None]
+    calls: list[Call] = []
+    for e in events:  # streamed calls: a call_start then argument fragments
+        if e.kind == "args":
+            calls[-1] = Call(calls[-1].name, calls[-1].arguments + e.text)
+        elif e.call is not None:
+            calls.append(e.call)
+    return content, calls
 
 
 def _split(text: str, cuts: list[int]) -> list[str]:
@@ -164,9 +170,9 @@ def test_assembler_streams_tool_calls_the_openai_way() -> None:
     assert calls[0]["index"] == 0 and calls[0]["type"] == "function"
     assert calls[0]["id"].startswith("call_")
     assert calls[0]["function"] == {"name": "get_weather", "arguments": ""}
-    assert set(calls[1]) == {"index", "function"} and json.loads(calls[1]["function"]["arguments"]) == {
-        "city": "Paris"
-    }
+    assert all(set(c) == {"index", "function"} and c["index"] == 0 for c in calls[1:])
+    arguments = "".join(c["function"]["arguments"] for c in calls[1:])
+    assert len(calls) > 2 and json.loads(arguments) == {"city": "Paris"}  # fragments as they are written
     assert "".join(p.get("reasoning_content", "") for p in parts) == "weather?"
     assert asm.finish_reason("stop") == "tool_calls"
     msg = asm.message()
@@ -214,3 +220,14 @@ def test_harmony_channels_and_calls(
     assert [(c["function"]["name"], c["function"]["arguments"]) for c in msg.get("tool_calls", [])] == [
         (c.name, c.arguments) for c in calls
     ]
+
+
+def test_arguments_stream_while_the_call_is_written() -> None:
+    stream = ToolCallStream(FORMATS["hermes"]())
+    text = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": "}"}}\n</tool_call>'
+    kinds = [(e.kind, e.text) for i in range(0, len(text), 4) for e in stream.feed(text[i : i + 4])]
+    kinds += [(e.kind, e.text) for e in stream.finish()]
+    assert kinds[0] == ("call_start", "")
+    fragments = [t for k, t in kinds if k == "args"]
+    assert len(fragments) > 3 and "".join(fragments) == '{"a": 1, "b": "}"}'
+    assert all(k in ("call_start", "args") for k, _ in kinds)

@@ -110,6 +110,10 @@ class ChatAssembler:
         if e.kind == "content":
             self.content.append(e.text)
             return {"content": e.text}
+        if e.kind == "args":
+            index = len(self.calls) - 1
+            self.calls[index]["function"]["arguments"] += e.text
+            return {"tool_calls": [{"index": index, "function": {"arguments": e.text}}]}
         assert e.call is not None
         index = len(self.calls)
         cid = call_id()
@@ -122,6 +126,8 @@ class ChatAssembler:
             "type": "function",
             "function": {"name": e.call.name, "arguments": ""},
         }
+        if e.kind == "call_start":
+            return {"tool_calls": [head]}
         return {"tool_calls": [head], "__args__": (index, e.call.arguments)}
 
     def finish_reason(self, engine_reason: str | None) -> str | None:

@@ -99,6 +99,37 @@ class ToolFormat:
         ``auto`` mode); None when the format has none."""
         return None
 
+    def open_call(self, region: str) -> tuple[str, str] | None:
+        """Name and raw argument text so far of a call still being written, if the format can tell
+        (then its arguments stream as they come); None otherwise."""
+        return None
+
+
+def json_value_prefix(raw: str) -> tuple[str, bool] | None:
+    """The part of ``raw`` that belongs to the JSON object or array it starts with, and whether that
+    value is complete; None if ``raw`` does not start with ``{`` or ``[``."""
+    text = raw.lstrip()
+    if not text or text[0] not in "{[":
+        return None
+    depth, in_str, esc = 0, False, False
+    for i, ch in enumerate(text):
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return text[: i + 1], True
+    return text, False
+
 
 def _json_rule(schema: dict[str, Any]) -> str:
     layout = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -125,6 +156,25 @@ def _xml_call(body: str) -> Call | None:
     return Call(m.group(1), json.dumps(args, ensure_ascii=False))
 
 
+_HERMES_HEAD = re.compile(r'<tool_call>\s*\{\s*"name"\s*:\s*"([^"\\]+)"\s*,\s*"arguments"\s*:\s*')
+
+
+def _hermes_call(block: str, inner: str) -> Call | None:
+    """A call from a ``<tool_call>`` block; the arguments keep the model's own text when it wrote the
+    usual ``{"name": ..., "arguments": {...}}`` (so streamed fragments add up to exactly them)."""
+    m = _HERMES_HEAD.match(block)
+    if m:
+        got = json_value_prefix(block[m.end() :])
+        if got is not None and got[1]:
+            try:
+                if isinstance(json.loads(got[0]), dict):
+                    return Call(m.group(1), got[0])
+            except ValueError:
+                pass
+    decoded = _decode_at(inner, 0)
+    return _call_from(decoded[0]) if decoded else _xml_call(inner)
+
+
 class Hermes(ToolFormat):
     """``<tool_call>{json}</tool_call>``, one block per call (or Qwen3-Coder's XML body in the block)."""
 
@@ -138,20 +188,26 @@ class Hermes(ToolFormat):
         calls: list[Call] = []
         end = 0
         for m in self._block.finditer(region):
-            got = _decode_at(m.group(1), 0)
-            call = _call_from(got[0]) if got else _xml_call(m.group(1))
+            call = _hermes_call(m.group(0), m.group(1))
             if call:
                 calls.append(call)
             end = m.end()
         if final:
             rest = region[end:]
             idx = rest.find(self.marker)
-            if idx >= 0:
-                got = _decode_at(rest, idx + len(self.marker))
-                call = _call_from(got[0]) if got else None
+            if idx >= 0 and _decode_at(rest, idx + len(self.marker)) is not None:
+                call = _hermes_call(rest[idx:], rest[idx + len(self.marker) :])
                 if call:
                     calls.append(call)
         return calls
+
+    def open_call(self, region: str) -> tuple[str, str] | None:
+        """The last ``<tool_call>`` block while it is open and starts ``{"name": ..., "arguments": ``."""
+        start = region.rfind(self.marker)
+        if start < 0 or "</tool_call>" in region[start:]:
+            return None
+        m = _HERMES_HEAD.match(region, start)
+        return (m.group(1), region[m.end() :]) if m else None
 
     def grammar(self, calls_schema: dict[str, Any], parallel: bool, lit: Callable[[str], str]) -> str:
         """``<tool_call>\\n{json}\\n</tool_call>`` once, or repeated when parallel calls are allowed."""

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from haloserve.tools.formats import Call, ToolFormat, partial_suffix
+from haloserve.tools.formats import Call, ToolFormat, json_value_prefix, partial_suffix
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A piece of the reply: ``kind`` is ``content``, ``reasoning`` or ``call``."""
+    """A piece of the reply: ``content``, ``reasoning``, a whole ``call``, or a streamed call's
+    ``call_start`` (name) and ``args`` (argument text fragment)."""
 
     kind: str
     text: str = ""
@@ -70,15 +71,18 @@ class ReasoningSplitter:
 
 
 class ToolCallStream:
-    """Content until the format's start marker, then each complete call as it becomes complete."""
+    """Content until the format's start marker, then calls: ``call_start`` and ``args`` fragments while
+    a call is written (formats that can tell), or one ``call`` event once a call is complete."""
 
-    __slots__ = ("_buf", "_emitted", "_fmt", "_region")
+    __slots__ = ("_buf", "_emitted", "_fmt", "_region", "_sent", "_streaming")
 
     def __init__(self, fmt: ToolFormat) -> None:
         self._fmt = fmt
         self._buf = ""
         self._region: str | None = None
         self._emitted = 0
+        self._streaming: int | None = None  # index of the call whose arguments are being streamed
+        self._sent = ""  # its argument text sent so far
 
     def feed(self, text: str) -> list[Event]:
         """Events made available by ``text``."""
@@ -114,9 +118,28 @@ class ToolCallStream:
     def _calls(self, final: bool) -> list[Event]:
         assert self._region is not None
         calls = self._fmt.parse(self._region, final)
-        new = calls[self._emitted :]
-        self._emitted = len(calls)
-        return [Event("call", call=c) for c in new]
+        out: list[Event] = []
+        for k in range(self._emitted, len(calls)):
+            if k == self._streaming:  # finish the streamed call with what it still lacks
+                rest = calls[k].arguments
+                if rest.startswith(self._sent):
+                    rest = rest[len(self._sent) :]
+                if rest:
+                    out.append(Event("args", rest))
+                self._streaming, self._sent = None, ""
+            else:
+                out.append(Event("call", call=calls[k]))
+        self._emitted = max(self._emitted, len(calls))
+        opened = None if final else self._fmt.open_call(self._region)
+        value = json_value_prefix(opened[1]) if opened else None
+        if opened and value is not None and not value[1]:
+            if self._streaming is None:
+                self._streaming, self._sent = self._emitted, ""
+                out.append(Event("call_start", call=Call(opened[0], "")))
+            if len(value[0]) > len(self._sent) and value[0].startswith(self._sent):
+                out.append(Event("args", value[0][len(self._sent) :]))
+                self._sent = value[0]
+        return out
 
 
 _HARMONY_ENDS = ("<|end|>", "<|call|>", "<|return|>")
