@@ -23,12 +23,12 @@ def test_metrics_equal_the_fake_servers_known_timing() -> None:
         assert (m.total_output_tokens, m.total_input_tokens) == (8 * n, 8 * 16)
         assert (m.output_tokens_source, m.input_tokens_source) == ("usage", "usage")
         # generous bounds: a loaded CI machine is late, never early
-        assert ttft - 1 <= m.ttft_ms.median <= ttft + 20
+        assert ttft - 1 <= m.ttft_ms.median <= ttft + 50
         assert itl - 1 <= m.tpot_ms.median <= itl + 3
         assert itl - 2 <= m.itl_ms.median <= itl + 3
         assert m.itl_ms.count == 8 * (n - 1)
         e2e = ttft + (n - 1) * itl
-        assert e2e - 2 <= m.e2el_ms.median <= e2e + 40
+        assert e2e - 2 <= m.e2el_ms.median <= e2e + 70
         assert m.request_throughput == pytest.approx(8 / m.duration_s)
         assert m.output_throughput == pytest.approx(8 * n / m.duration_s)
         assert m.peak_concurrency == int(lv.value or 0)
