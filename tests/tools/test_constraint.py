@@ -115,18 +115,9 @@ def test_native_tool_template_renders_calls_and_results() -> None:
 
 
 def test_strict_tool_in_auto_mode_leaves_text_free_then_enforces_the_call(model: LlamaModel) -> None:
-    tool = {
-        "type": "function",
-        "function": {
-            "name": "add",
-            "strict": True,
-            "parameters": {
-                "type": "object",
-                "properties": {"a": {"type": "integer", "minimum": 7, "maximum": 7}},
-                "required": ["a"],
-            },
-        },
-    }
+    a7 = {"a": {"type": "integer", "minimum": 7, "maximum": 7}}
+    seven = {"type": "object", "properties": a7, "required": ["a"]}
+    tool = {"type": "function", "function": {"name": "add", "strict": True, "parameters": seven}}
     req = ChatCompletionRequest.model_validate(
         {"messages": [{"role": "user", "content": "7?"}], "tools": [tool]}
     )
