@@ -193,6 +193,7 @@ async def _attempts(
                     last = _failed(gw, b, exclude, f"{b.url} dropped the request: {type(exc).__name__}")
                 else:
                     stale.add(b.url)
+                    max_attempts += 1  # this retry does not use up the --retries budget
                     last = UpstreamError(f"{b.url} dropped the request: {type(exc).__name__}")
                 continue
             except asyncio.TimeoutError:
