@@ -29,7 +29,7 @@ def test_keys_cli_create_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixtu
     code, out = halo(capsys, "keys", "--keys-db", db, "create", "team-a", "--rpm", "5", "--models", "m1,m2")
     secret = out.strip()
     assert code == 0 and secret.startswith("halo-") and len(secret) > 30
-    code, out = halo(capsys, "keys", "--keys-db", db, "--json", "list")
+    code, out = halo(capsys, "keys", "list", "--keys-db", db, "--json")  # options after the action too
     (rec,) = json.loads(out)
     assert rec["name"] == "team-a" and rec["rpm"] == 5 and rec["models"] == ["m1", "m2"]
     assert secret not in (tmp_path / "k.db").read_bytes().decode("latin1"), "only the hash is stored"

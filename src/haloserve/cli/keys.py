@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lst.add_argument("--all", action="store_true", help="Include revoked keys.")
     revoke = sub.add_parser("revoke", help="Revoke a key by id or name (takes effect within a second).")
     revoke.add_argument("key", help="Key id (key_...) or name.")
+    for p in (create, lst, revoke):  # the shared options also work after the action
+        add_settings_arguments(p, KeysSettings)
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output.")
 
 
 def _when(ts: float | None) -> str:

@@ -83,7 +83,9 @@ class Gateway:
         """Load keys, probe backends once, listen."""
         s = self.settings
         timeout = aiohttp.ClientTimeout(total=s.request_timeout, connect=s.connect_timeout)
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=75, enable_cleanup_closed=True)
+        # Idle upstream connections are dropped before uvicorn's 5 s keep-alive timeout closes them
+        # from the other side, which keeps requests off half-closed connections.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0, enable_cleanup_closed=True)
         self.client = aiohttp.ClientSession(
             connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
         )

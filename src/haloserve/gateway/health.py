@@ -118,8 +118,12 @@ async def probe_loop(
     """Probe ``b`` every ``interval`` seconds until cancelled; ``on_change(b, ejected)`` after each."""
     n = 0
     while True:
-        healthy, ejected = await probe_once(session, b, timeout, discover=n % _REDISCOVER_EVERY == 0)
-        on_change(b, ejected)
+        try:
+            healthy, ejected = await probe_once(session, b, timeout, discover=n % _REDISCOVER_EVERY == 0)
+            on_change(b, ejected)
+        except Exception:  # a probe must never stop probing (odd replies are logged, not fatal)
+            log.exception("probe of %s failed unexpectedly", b.url)
+            healthy = False
         n += 1
         # Unhealthy backends are re-probed sooner so a restarted node returns quickly.
         await asyncio.sleep(interval if healthy else min(interval, 1.0))

@@ -158,6 +158,7 @@ async def _attempts(
 ) -> web.StreamResponse:
     pool = gw.pool
     exclude: set[str] = set()
+    stale: set[str] = set()
     max_attempts = 1 + gw.settings.retries
     last: HaloError | None = None
     headers = {"Content-Type": "application/json"}
@@ -182,8 +183,18 @@ async def _attempts(
             try:
                 # A ready-made payload skips aiohttp's payload-type registry lookup (measurable per request)
                 upstream = await gw.client.post(b.url + request.path, data=BytesPayload(body), headers=h)
-            except _RETRYABLE as exc:
+            except aiohttp.ClientConnectorError as exc:  # refused or unreachable: the node is down
                 last = _failed(gw, b, exclude, f"cannot reach {b.url}: {type(exc).__name__}", fatal=True)
+                continue
+            except _RETRYABLE as exc:
+                # Often a pooled keep-alive connection the backend had just closed: try the same
+                # backend once more on a fresh connection before looking elsewhere.
+                if b.url in stale:
+                    last = _failed(gw, b, exclude, f"{b.url} dropped the request: {type(exc).__name__}")
+                else:
+                    stale.add(b.url)
+                    max_attempts += 1  # this retry does not use up the --retries budget
+                    last = UpstreamError(f"{b.url} dropped the request: {type(exc).__name__}")
                 continue
             except asyncio.TimeoutError:
                 upstream_timeout(gw, b)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -28,6 +29,12 @@ async def serve(
     """Serve until SIGTERM/SIGINT (then drain); SIGHUP re-reads the config file."""
     gw = Gateway(settings, config_path=config_path, flags=flags, reuse_port=reuse_port)
     await gw.start()
+    # Everything alive now lives as long as the process: keep the collector off it, and let
+    # young-generation collections (which pause every request in flight) run less often. Measured:
+    # lower added stream latency at p50 and p99 (benchmarks/gateway_bench.py).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
