@@ -46,6 +46,23 @@ SLOTS = 16
 CTX = SLOTS * 512
 
 
+# llama-cpp-python's server has no repack switch: on AMX CPUs start it with llama.cpp's extra buffer types
+# off, as halo serve and llama-server run there (otherwise it segfaults on its second request).
+LCP_NO_REPACK = """
+import runpy, sys
+import llama_cpp
+from llama_cpp import llama_cpp as low
+_default = low.llama_model_default_params
+def _no_repack():
+    p = _default()
+    p.use_extra_bufts = False
+    return p
+low.llama_model_default_params = llama_cpp.llama_model_default_params = _no_repack
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
 def server_commands(model: Path, port: int, threads: int) -> dict[str, list[str]]:
     """The three servers, configured alike (16 slots of 512 tokens where the server has slots)."""
     t = str(threads)
@@ -88,8 +105,7 @@ def server_commands(model: Path, port: int, threads: int) -> dict[str, list[str]
         ],
         "llama-cpp-python": [
             str(WORK / "lcp-venv/bin/python"),
-            "-m",
-            "llama_cpp.server",
+            *(["-c", LCP_NO_REPACK, "llama_cpp.server"] if no_repack else ["-m", "llama_cpp.server"]),
             "--model",
             str(model),
             "--port",
