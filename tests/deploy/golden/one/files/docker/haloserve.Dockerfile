@@ -16,9 +16,10 @@ RUN apt-get update \
       rocwmma-dev \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
-# The same HIP flags as the llama.cpp image: rocWMMA flash attention, RPC, the unroll threshold note there
+# The same HIP flags as the llama.cpp image (rocWMMA flash attention, RPC, the unroll threshold note
+# there), without OpenMP: halo serve decodes on its own thread, which libgomp slows down (docs/serve.md)
 RUN HIPCXX="$(hipconfig -l)/clang" HIP_PATH="$(hipconfig -R)" \
-    CMAKE_ARGS="-DGGML_HIP=ON -DGPU_TARGETS=${GPU_TARGETS} -DGGML_HIP_ROCWMMA_FATTN=ON -DGGML_RPC=ON -DCMAKE_HIP_FLAGS='-mllvm --amdgpu-unroll-threshold-local=600'" \
+    CMAKE_ARGS="-DGGML_HIP=ON -DGPU_TARGETS=${GPU_TARGETS} -DGGML_HIP_ROCWMMA_FATTN=ON -DGGML_RPC=ON -DGGML_OPENMP=OFF -DCMAKE_HIP_FLAGS='-mllvm --amdgpu-unroll-threshold-local=600'" \
     pip install --no-cache-dir --no-binary llama-cpp-python llama-cpp-python
 RUN pip install --no-cache-dir "${HALOSERVE_PACKAGE}"
 # GPU page-fault retry, needed for unified memory on the APU
