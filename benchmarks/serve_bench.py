@@ -63,6 +63,17 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
 
 
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (the architecture elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def server_commands(model: Path, port: int, threads: int) -> dict[str, list[str]]:
     """The three servers, configured alike (16 slots of 512 tokens where the server has slots)."""
     t = str(threads)
@@ -272,13 +283,21 @@ def render(med: dict[str, dict[str, Any]], n_rounds: int, threads: int, model: P
     prompt = lv(h, 1, "prompt_tokens")
     lines += [
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} "
+        f"Machine: {cpu_name()}, {os.cpu_count()} CPUs, {platform.system()} "
         f"{platform.release()}, Python {platform.python_version()}; CPU only. Model: {model.name} "
         f"({model.stat().st_size / mib:.0f} MiB). {threads} threads for every server; 16 slots x 512 tokens "
         f"(halo serve, llama-server; llama-cpp-python serves one request at a time). Prompts ~{prompt:.0f} tokens, "
         f"128 output tokens each (EOG tokens banned with logit_bias; counts checked from usage), "
         f"temperature 0.8, /v1/completions, streaming, load from `halo bench`. Medians of {n_rounds} rounds, "
-        f"server order rotated each round. halo serve's KV cache: {kv / mib:.0f} MiB.",
+        f"server order rotated each round. halo serve's KV cache: {kv / mib:.0f} MiB."
+        + (
+            " AMX CPU: every server runs without llama.cpp's weight repacking (its AMX kernels segfault,"
+            " llama.cpp #20824)."
+            if cpu_has_amx()
+            else ""
+        )
+        + " halo serve's llama-cpp-python is built without OpenMP (as `make` builds it); llama-cpp-python's"
+        " server is the stock pip build (OpenMP), whose decoding in a worker thread libgomp slows down.",
         f"Reproduce: `benchmarks/setup_peers.sh && .venv/bin/python benchmarks/serve_bench.py --rounds {n_rounds} "
         "--write`.",
     ]
