@@ -25,6 +25,9 @@ from haloserve.bench.schema import ErrorKind, RequestRecord
 from haloserve.protocol.sse import Decoder
 
 _MAX_ERROR_BODY = 4096
+# Per-stream read buffer: a whole streamed reply is buffered before the task reads it (64 MiB is
+# ~250k streamed tokens of chat JSON; aiohttp pauses the socket at twice this).
+STREAM_BUFFER = 64 * 2**20
 
 
 @dataclass(slots=True)
@@ -167,11 +170,21 @@ async def _send_once(http: aiohttp.ClientSession, call: Call, timeout: float, ou
             content = resp.content
             proto = resp.connection.protocol if resp.connection is not None else None
             try:
-                while True:
-                    data = await content.readany()
-                    if not data:
-                        break
-                    reads.append((clock(), data))
+                if isinstance(proto, TimedResponseHandler):
+                    # The protocol stamps every arrival; waking this task for each chunk too would only
+                    # add event-loop work that delays the stamps of the other streams. Wait for the end.
+                    try:
+                        await content.wait_eof()
+                    finally:
+                        data = b"".join(content._buffer)  # what arrived, even if the stream broke
+                        if data:
+                            reads.append((clock(), data))
+                else:
+                    while True:
+                        data = await content.readany()
+                        if not data:
+                            break
+                        reads.append((clock(), data))
             finally:
                 if isinstance(proto, TimedResponseHandler):
                     stamps = [(ts, n) for ts, p, n in proto.stamps if p is content]

@@ -22,7 +22,15 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from haloserve.bench.client import Call, Outcome, send, timed_connector, to_record, trace_config
+from haloserve.bench.client import (
+    STREAM_BUFFER,
+    Call,
+    Outcome,
+    send,
+    timed_connector,
+    to_record,
+    trace_config,
+)
 from haloserve.bench.metrics import level_metrics, parse_slo
 from haloserve.bench.preflight import environment, preflight
 from haloserve.bench.schema import BenchResult, LevelResult, RequestRecord
@@ -213,7 +221,12 @@ class Runner:
         else:
             connector = timed_connector(limit=0, ttl_dns_cache=300, force_close=True)
         async with aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=None), trace_configs=[trace_config()]
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            trace_configs=[trace_config()],
+            # Streams are read once they end (arrivals are stamped by the protocol), so a stream's whole
+            # body must fit below the reader's high-water mark or aiohttp would pause the socket.
+            read_bufsize=STREAM_BUFFER,
         ) as http:
             self.http = http
             info, notes = await preflight(http, self.s, self.headers)
