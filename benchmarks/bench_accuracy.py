@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from haloserve.bench.metrics import percentile
-from haloserve.bench.preflight import raise_fd_limit, run_sync
+from haloserve.bench.preflight import cpu_model, raise_fd_limit, run_sync
 from haloserve.bench.runner import Runner
 from haloserve.config.bench import BenchSettings
 from haloserve.testing.upstream_cli import spawn
@@ -35,16 +35,6 @@ from haloserve.testing.upstream_config import UpstreamConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- bench:accuracy:start -->", "<!-- bench:accuracy:end -->"
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def one_run(
@@ -123,7 +113,7 @@ def table(acc: dict[str, float], big: dict[str, float], args: argparse.Namespace
             f"{verdict}). {args.big} concurrent streams from one process: {capacity} "
             f"({big['completed']:.0f} completed, peak {big['peak']:.0f} in flight).**",
             "",
-            f"Machine: {_cpu()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; load generator "
+            f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; load generator "
             f"and fake upstream share the machine (separate processes); load average "
             f"{args.load:.2f} before the runs (other work on the machine competes for the same cores). "
             f"Medians of {args.runs} runs.",

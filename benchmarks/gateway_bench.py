@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -41,6 +40,7 @@ from typing import Any
 
 import httpx
 
+from haloserve.bench.preflight import cpu_model
 from haloserve.bench.runner import Runner
 from haloserve.config.bench import BenchSettings
 from haloserve.gateway.store import Store
@@ -293,12 +293,7 @@ def render(
     tp: list[dict[str, dict[str, float]]], lat: list[dict[str, float]], pre: list[dict[str, float]]
 ) -> str:
     """The BENCHMARKS.md section."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     load = os.getloadavg()
     gw = max((k for k in tp[0] if k.startswith("halo gateway")), key=lambda k: median_of(tp, k, "rps"))
     g = median_of(tp, gw, "rps")

@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from haloserve.bench.preflight import cpu_model
 from haloserve.bench.runner import Runner
 from haloserve.bundled import bundled_model_path
 from haloserve.config.bench import BenchSettings
@@ -61,17 +62,6 @@ low.llama_model_default_params = llama_cpp.llama_model_default_params = _no_repa
 sys.argv = sys.argv[1:]
 runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (the architecture elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def server_commands(model: Path, port: int, threads: int) -> dict[str, list[str]]:
@@ -283,7 +273,7 @@ def render(med: dict[str, dict[str, Any]], n_rounds: int, threads: int, model: P
     prompt = lv(h, 1, "prompt_tokens")
     lines += [
         "",
-        f"Machine: {cpu_name()}, {os.cpu_count()} CPUs, {platform.system()} "
+        f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} "
         f"{platform.release()}, Python {platform.python_version()}; CPU only. Model: {model.name} "
         f"({model.stat().st_size / mib:.0f} MiB). {threads} threads for every server; 16 slots x 512 tokens "
         f"(halo serve, llama-server; llama-cpp-python serves one request at a time). Prompts ~{prompt:.0f} tokens, "

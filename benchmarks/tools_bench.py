@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from haloserve.bench.preflight import _cpu_model as _cpu
+from haloserve.bench.preflight import cpu_model
 from haloserve.testing.remote import RemoteServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,7 +194,7 @@ def main() -> None:
             f"(target <= 1.2x: {verdict(max(alone, in8))}). Free requests next to a constrained one: "
             f"{others:.2f}x.**",
             "",
-            f"Machine: {_cpu()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; server, model "
+            f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; server, model "
             f"(SmolLM2-135M Q4_1, 49,152-token vocabulary, CPU) and client share the machine; load average "
             f"{load:.2f} before the runs (other sessions' tests compete for the cores, so single runs swing "
             f"by +-30 %). Medians of {args.runs} runs; overheads are medians of the per-run ratios. "

@@ -74,7 +74,8 @@ async def preflight(
     return ServerInfo(url=s.url, model=model, models=models, server_header=server_header), notes
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (the architecture where there is none)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -92,7 +93,7 @@ def environment(server: ServerInfo) -> Environment:
         halo_version=__version__,
         python=platform.python_version(),
         platform=platform.platform(),
-        cpu=_cpu_model(),
+        cpu=cpu_model(),
         cpu_count=os.cpu_count() or 1,
         event_loop="uvloop" if loop == "uvloop" else "asyncio",
         aiohttp=aiohttp.__version__,
