@@ -13,12 +13,8 @@ from haloserve.testing.remote import RemoteServer
 pytestmark = pytest.mark.model
 
 
-def metric(server: RemoteServer, name: str) -> float:
-    return server.metric(name)
-
-
 def test_sixteen_concurrent_streams_share_decode_steps(server: RemoteServer) -> None:
-    multi_before = metric(server, "halo_engine_multi_sequence_steps_total")
+    multi_before = server.metric("halo_engine_multi_sequence_steps_total")
 
     async def one(client, i: int) -> tuple[str, int]:  # type: ignore[no-untyped-def]
         stream = await client.chat.completions.create(
@@ -44,8 +40,8 @@ def test_sixteen_concurrent_streams_share_decode_steps(server: RemoteServer) -> 
     results = asyncio.run(main())
     assert len(results) == 16
     assert all(usage == 32 and text for text, usage in results)
-    assert metric(server, "halo_engine_multi_sequence_steps_total") > multi_before
-    assert metric(server, "halo_engine_max_sequences_per_step") >= 8
+    assert server.metric("halo_engine_multi_sequence_steps_total") > multi_before
+    assert server.metric("halo_engine_max_sequences_per_step") >= 8
 
 
 def test_client_disconnect_frees_its_slot(server: RemoteServer) -> None:
@@ -69,7 +65,7 @@ def test_client_disconnect_frees_its_slot(server: RemoteServer) -> None:
     while httpx.get(server.url + "/health").json()["slots_processing"] != 0:
         assert time.monotonic() < deadline, "slot still busy after the client disconnected"
         time.sleep(0.05)
-    assert metric(server, 'halo_requests_total{endpoint="chat",status="499"}') >= 1
+    assert server.metric('halo_requests_total{endpoint="chat",status="499"}') >= 1
 
 
 def test_non_streaming_disconnect_frees_its_slot(server: RemoteServer) -> None:
@@ -81,7 +77,7 @@ def test_non_streaming_disconnect_frees_its_slot(server: RemoteServer) -> None:
         assert time.monotonic() < deadline, "slot still busy after the client went away"
         time.sleep(0.05)
     # The handler itself must finish too (not wait forever for output that will never come).
-    while metric(server, 'halo_requests_total{endpoint="completions",status="499"}') < 1:
+    while server.metric('halo_requests_total{endpoint="completions",status="499"}') < 1:
         assert time.monotonic() < deadline, "the request's handler never finished"
         time.sleep(0.05)
 
@@ -90,7 +86,7 @@ def test_long_prompt_is_prefilled_in_chunks_while_others_decode() -> None:
     args = ["--parallel", "2", "--ctx-size", "8192", "--ubatch-size", "128", "--threads", "2"]
     with RemoteServer(args) as srv:
         client = srv.client()
-        steps0 = metric(srv, "halo_engine_steps_total")
+        steps0 = srv.metric("halo_engine_steps_total")
 
         async def main() -> tuple[int, int]:
             aclient = srv.async_client()
@@ -115,7 +111,7 @@ def test_long_prompt_is_prefilled_in_chunks_while_others_decode() -> None:
 
         got, prompt_tokens = asyncio.run(main())
         assert prompt_tokens > 1400 and got >= 100
-        steps = metric(srv, "halo_engine_steps_total") - steps0
+        steps = srv.metric("halo_engine_steps_total") - steps0
         # 120 decode steps for the runner; the long prompt needs >= 1400/128 ~ 11 chunks, which ran
         # interleaved with those decode steps rather than as one long blocking step.
         assert steps < 120 + 4 + 20
@@ -138,4 +134,4 @@ def test_other_kv_layouts_batch_and_agree(layout: list[str]) -> None:
 
         texts = asyncio.run(main())
         assert len(set(texts)) == 1 and texts[0]
-        assert metric(srv, "halo_engine_max_sequences_per_step") >= 2
+        assert srv.metric("halo_engine_max_sequences_per_step") >= 2
