@@ -17,6 +17,8 @@ result table into BENCHMARKS.md between the ``bench:accuracy`` markers.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import itertools
 import json
 import os
@@ -24,11 +26,15 @@ import platform
 import statistics
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+
+from rich.console import Console
 
 from haloserve.bench.metrics import percentile
 from haloserve.bench.preflight import cpu_model, raise_fd_limit, run_sync
 from haloserve.bench.runner import Runner
+from haloserve.cli.bench import RichProgress
 from haloserve.config.bench import BenchSettings
 from haloserve.testing.upstream_cli import spawn
 from haloserve.testing.upstream_config import UpstreamConfig
@@ -37,12 +43,40 @@ ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- bench:accuracy:start -->", "<!-- bench:accuracy:end -->"
 
 
+@contextlib.contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Run the body with this process on ``cpus`` (None: leave the affinity alone)."""
+    before = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def one_run(
-    streams: int, rounds: int, ttft_ms: float, itl_ms: float, tokens: int, spread: float
+    streams: int,
+    rounds: int,
+    ttft_ms: float,
+    itl_ms: float,
+    tokens: int,
+    spread: float,
+    bar: bool = True,
+    pin: bool = True,
 ) -> dict[str, float]:
-    """Drive ``streams`` concurrent streams against a fresh fake upstream; return the error figures."""
+    """Drive ``streams`` concurrent streams against a fresh fake upstream; return the error figures.
+
+    With ``bar`` the live progress bar runs as in a terminal (drawn into a buffer): its refresh thread
+    competes with the load generator for the interpreter, exactly as when a user watches a run.
+    With ``pin`` (and two CPUs or more) the load generator runs on the first CPU and the fake server
+    on the others, so that what is measured is the load generator's own error, not the two processes
+    taking the same core from each other (a real server runs on its own cores or machine).
+    """
     cfg = UpstreamConfig(ttft_ms=ttft_ms, itl_ms=itl_ms, record_timings=True)
-    with spawn(cfg) as url:
+    cpus = sorted(os.sched_getaffinity(0))
+    mine, theirs = ({cpus[0]}, set(cpus[1:])) if pin and len(cpus) > 1 else (None, None)
+    with pinned(mine), spawn(cfg, cpus=theirs) as url:
         settings = BenchSettings(
             url=url,
             concurrency=[streams],
@@ -52,9 +86,11 @@ def one_run(
             length_dist="uniform" if spread else "fixed",
             length_spread=spread,
             warmup=0,
-            progress=False,
+            progress=bar,
         )
-        result = run_sync(Runner(settings).run())
+        sink = RichProgress(Console(file=io.StringIO(), force_terminal=True, width=120)) if bar else None
+        with sink.progress if sink is not None else contextlib.nullcontext():
+            result = run_sync(Runner(settings, sink).run())
         with urllib.request.urlopen(url + "/fake/timings", timeout=30) as resp:
             server = {r["id"]: r for r in json.load(resp)["requests"]}
     level = result.levels[0]
@@ -102,48 +138,72 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
-def table(acc: dict[str, float], big: dict[str, float], args: argparse.Namespace) -> str:
-    """The Markdown section written into BENCHMARKS.md."""
+ROWS: list[tuple[str, str]] = [
+    ("**token arrival error p99** (client saw - server wrote)", "**{err_p99:.2f} ms**"),
+    ("token arrival error p50 / max", "{err_p50:.2f} / {err_max:.2f} ms"),
+    (
+        "request receipt lag p50 / p99 (fake's handler start - client write)",
+        "{lag_p50:.2f} / {lag_p99:.2f} ms",
+    ),
+    ("requests completed / failed", "{completed:.0f} / {failed:.0f}"),
+    ("peak concurrent streams (measured)", "{peak:.0f}"),
+    ("measured TTFT p50 (configured {ttft_ms:g} ms)", "{ttft_p50:.2f} ms"),
+    ("measured TPOT p50 (configured {itl_ms:g} ms)", "{tpot_p50:.2f} ms"),
+    ("measured ITL p50 / p99", "{itl_p50:.2f} / {itl_p99:.2f} ms"),
+    ("fake server's own lateness p50 / p99", "{late_p50:.2f} / {late_p99:.2f} ms"),
+    ("output tokens/s driven", "{tok_s:,.0f}"),
+]
+
+
+def table(cols: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+    """The Markdown section written into BENCHMARKS.md (columns: name -> median figures)."""
     cfg = f"TTFT {args.ttft_ms:g} ms, token interval {args.itl_ms:g} ms, {args.tokens} tokens a request"
-    verdict = "met" if acc["err_p99"] < 2.0 else "NOT met"
-    capacity = "yes" if big["completed"] == args.big and big["peak"] == args.big else "no"
-    return "\n".join(
-        [
-            f"**Token arrival error p99 at {args.streams} streams: {acc['err_p99']:.2f} ms (target < 2 ms: "
-            f"{verdict}). {args.big} concurrent streams from one process: {capacity} "
-            f"({big['completed']:.0f} completed, peak {big['peak']:.0f} in flight).**",
-            "",
-            f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; load generator "
-            f"and fake upstream share the machine (separate processes); load average "
-            f"{args.load:.2f} before the runs (other work on the machine competes for the same cores). "
-            f"Medians of {args.runs} runs.",
-            "",
-            "| figure | 256 streams | 500 streams |",
-            "|---|---|---|",
-            f"| **token arrival error p99** (client saw - server wrote) | **{acc['err_p99']:.2f} ms** "
-            f"| {big['err_p99']:.2f} ms |",
-            f"| token arrival error p50 / max | {acc['err_p50']:.2f} / {acc['err_max']:.2f} ms "
-            f"| {big['err_p50']:.2f} / {big['err_max']:.2f} ms |",
-            f"| request receipt lag p50 / p99 (fake's handler start - client write) "
-            f"| {acc['lag_p50']:.2f} / {acc['lag_p99']:.2f} ms "
-            f"| {big['lag_p50']:.2f} / {big['lag_p99']:.2f} ms |",
-            f"| requests completed / failed | {acc['completed']:.0f} / {acc['failed']:.0f} "
-            f"| {big['completed']:.0f} / {big['failed']:.0f} |",
-            f"| peak concurrent streams (measured) | {acc['peak']:.0f} | {big['peak']:.0f} |",
-            f"| measured TTFT p50 (configured {args.ttft_ms:g} ms) | {acc['ttft_p50']:.2f} ms "
-            f"| {big['ttft_p50']:.2f} ms |",
-            f"| measured TPOT p50 (configured {args.itl_ms:g} ms) | {acc['tpot_p50']:.2f} ms "
-            f"| {big['tpot_p50']:.2f} ms |",
-            f"| measured ITL p50 / p99 | {acc['itl_p50']:.2f} / {acc['itl_p99']:.2f} ms "
-            f"| {big['itl_p50']:.2f} / {big['itl_p99']:.2f} ms |",
-            f"| fake server's own lateness p50 / p99 | {acc['late_p50']:.2f} / {acc['late_p99']:.2f} ms "
-            f"| {big['late_p50']:.2f} / {big['late_p99']:.2f} ms |",
-            f"| output tokens/s driven | {acc['tok_s']:,.0f} | {big['tok_s']:,.0f} |",
-            "",
-            f"Workload: {cfg}; {args.rounds} requests per stream; "
-            "`.venv/bin/python benchmarks/bench_accuracy.py --write`.",
-        ]
+    acc, shared, big = (
+        cols[f"{args.streams} streams"],
+        cols.get(f"{args.streams} streams, cores shared"),
+        cols[f"{args.big} streams"],
     )
+
+    def verdict(x: dict[str, float]) -> str:
+        return "met" if x["err_p99"] < 2.0 else "NOT met"
+
+    capacity = "yes" if big["completed"] == args.big and big["peak"] == args.big else "no"
+    head = (
+        f"**Token arrival error p99 at {args.streams} streams: {acc['err_p99']:.2f} ms (target < 2 ms: "
+        f"{verdict(acc)})"
+    )
+    if shared is not None:
+        head += f"; {shared['err_p99']:.2f} ms with the fake server sharing its core ({verdict(shared)})"
+    head += (
+        f". {args.big} concurrent streams from one process: {capacity} "
+        f"({big['completed']:.0f} completed, peak {big['peak']:.0f} in flight).**"
+    )
+    lines = [
+        head,
+        "",
+        f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; load generator "
+        "and fake upstream are separate processes on the same machine. Pinned columns: the load generator "
+        "on CPU 0, the fake server on the others (what is measured is then the load generator's own error; "
+        "a real server has its own cores or machine); 'cores shared': both free to run anywhere, taking the "
+        f"same core from each other at times. Load average {args.load:.2f} before the runs. "
+        f"Medians of {args.runs} runs.",
+        "",
+        "| figure | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for label, cell in ROWS:
+        vals = [cell.format(**c) for c in cols.values()]
+        lines.append(
+            f"| {label.format(ttft_ms=args.ttft_ms, itl_ms=args.itl_ms)} | " + " | ".join(vals) + " |"
+        )
+    lines += [
+        "",
+        f"Workload: {cfg}; {args.rounds} requests per stream at {args.streams} streams, 1 at {args.big}; "
+        f"`halo bench` defaults (keep-alive connections); live progress bar "
+        f"{'off' if args.no_bar else 'on, drawn to a virtual terminal'}; "
+        "`.venv/bin/python benchmarks/bench_accuracy.py --write`.",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,18 +217,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--itl-ms", type=float, default=50.0)
     p.add_argument("--tokens", type=int, default=64, help="mean output tokens a request")
     p.add_argument("--spread", type=float, default=0.5, help="uniform length spread (0: all equal)")
+    p.add_argument("--no-bar", action="store_true", help="without the live progress bar")
+    p.add_argument("--no-shared", action="store_true", help="skip the run with the cores shared")
     p.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = p.parse_args(argv)
     raise_fd_limit()
     args.load = os.getloadavg()[0]
-    acc_runs, big_runs = [], []
+    plan = [(f"{args.streams} streams", args.streams, args.rounds, True)]
+    if not args.no_shared:
+        plan.append((f"{args.streams} streams, cores shared", args.streams, args.rounds, False))
+    plan.append((f"{args.big} streams", args.big, 1, True))
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in plan}
+    shape = (args.ttft_ms, args.itl_ms, args.tokens, args.spread, not args.no_bar)
     for i in range(args.runs):
-        shape = (args.ttft_ms, args.itl_ms, args.tokens, args.spread)
-        acc_runs.append(one_run(args.streams, args.rounds, *shape))
-        big_runs.append(one_run(args.big, 1, *shape))
-        print(f"run {i + 1}: {args.streams} streams {acc_runs[-1]}", file=sys.stderr)
-        print(f"run {i + 1}: {args.big} streams {big_runs[-1]}", file=sys.stderr)
-    text = table(median_of(acc_runs), median_of(big_runs), args)
+        for name, streams, rounds, pin in plan:
+            runs[name].append(one_run(streams, rounds, *shape, pin=pin))
+            print(f"run {i + 1}: {name} {runs[name][-1]}", file=sys.stderr)
+    text = table({name: median_of(r) for name, r in runs.items()}, args)
     print(text)
     if args.write:
         path = ROOT / "BENCHMARKS.md"

@@ -179,6 +179,9 @@ def run_one(name: str, cmd: list[str], port: int, bias: dict[str, int], seed: in
             ignore_eos=False,
             extra_body=json.dumps({"logit_bias": bias, "temperature": 0.8}),
             seed=seed,
+            # One connection per request, as BENCHMARKS.md's figures were measured (model compute
+            # dwarfs the client's connection cost here; llama-server closes streamed connections).
+            keepalive=False,
             progress=False,
             plots=False,
             label=name,

@@ -217,11 +217,11 @@ def test_progress_bar_shows_running_throughput(upstream: FakeUpstream) -> None:
 
     from haloserve.bench.preflight import run_sync
     from haloserve.bench.runner import Runner
-    from haloserve.cli.bench import _RichProgress
+    from haloserve.cli.bench import RichProgress
     from haloserve.config.bench import BenchSettings
 
     buf = io.StringIO()
-    sink = _RichProgress(Console(file=buf, force_terminal=True, width=120))
+    sink = RichProgress(Console(file=buf, force_terminal=True, width=120))
     settings = BenchSettings(
         url=upstream.url, concurrency=[2], num_prompts=6, input_len=4, output_len=4, warmup=0
     )

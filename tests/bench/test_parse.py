@@ -114,3 +114,16 @@ def test_http_error_message_shapes() -> None:
 def test_restamp_cuts_body_at_arrival_offsets() -> None:
     reads = [(5.0, b"aaabb"), (6.0, b"cc")]
     assert _restamp(reads, [(1.0, 3), (2.0, 5), (3.0, 5)]) == [(1.0, b"aaa"), (2.0, b"bb"), (6.0, b"cc")]
+
+
+def test_parsing_hands_the_loop_back_every_few_events() -> None:
+    from haloserve.bench.client import Parsed, parse_steps
+
+    reads = [(float(i), data) for i, data in enumerate(chat_stream(20))]
+    out = Parsed()
+    pauses = sum(1 for _ in parse_steps(reads, out, every=8))
+    # 20 token events + role, finish, usage and [DONE] share the 20 reads: 24 events,
+    # a pause after the 8th, 16th and 24th
+    assert pauses == 3
+    assert out.token_times == [float(i) for i in range(20)] and out.done
+    assert parse_stream(reads) == out  # the same result as parsing in one go

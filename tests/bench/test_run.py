@@ -95,3 +95,41 @@ def test_one_process_drives_500_concurrent_streams() -> None:
         lv = bench(url, concurrency=[500], num_prompts=500, output_len=4).levels[0]
     assert (lv.metrics.completed, lv.metrics.failed) == (500, 0)
     assert lv.metrics.peak_concurrency == 500
+
+
+def test_connections_are_kept_alive_unless_told_otherwise(upstream: FakeUpstream) -> None:
+    kept = bench(upstream.url, concurrency=[2], num_prompts=16).levels[0]
+    opened = upstream.stats.connections
+    assert kept.metrics.completed == 16
+    assert opened <= 2 + 1  # the level's two workers (+ the preflight's, if it was not reused)
+    upstream.reset()
+    fresh = bench(upstream.url, concurrency=[2], num_prompts=16, keepalive=False).levels[0]
+    assert fresh.metrics.completed == 16
+    assert upstream.stats.connections >= 16  # one per request, as asked
+
+
+def test_the_cyclic_gc_is_off_while_a_level_runs_and_back_on_after(upstream: FakeUpstream) -> None:
+    import gc
+
+    from haloserve.bench.preflight import run_sync
+    from haloserve.bench.runner import NullSink, Runner
+    from haloserve.config.bench import BenchSettings
+
+    seen: list[bool] = []
+
+    class Sink(NullSink):
+        def request_done(self, record: object) -> None:
+            seen.append(gc.isenabled())
+
+    settings = BenchSettings(url=upstream.url, concurrency=[2], num_prompts=6, output_len=4, progress=False)
+    assert gc.isenabled()
+    run_sync(Runner(settings, Sink()).run())
+    assert seen == [False] * 6 and gc.isenabled() and gc.get_freeze_count() == 0
+
+    class Failing(NullSink):
+        def request_done(self, record: object) -> None:
+            raise RuntimeError("sink failed")
+
+    with pytest.raises(RuntimeError, match="sink failed"):
+        run_sync(Runner(settings, Failing()).run())
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # a level that fails still restores the GC

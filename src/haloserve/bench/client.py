@@ -15,6 +15,7 @@ import functools
 import itertools
 import json
 import time
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,8 @@ from haloserve.bench.schema import ErrorKind, RequestRecord
 from haloserve.protocol.sse import Decoder
 
 _MAX_ERROR_BODY = 4096
+# Events parsed between two hand-backs to the event loop (~40 µs of work; see parse_steps).
+PARSE_SLICE = 8
 # Per-stream read buffer: a whole streamed reply is buffered before the task reads it (64 MiB is
 # ~250k streamed tokens of chat JSON; aiohttp pauses the socket at twice this).
 STREAM_BUFFER = 64 * 2**20
@@ -47,6 +50,7 @@ class Outcome:
 
     called: float
     start: float = 0.0
+    reused: bool = False
     status: int | None = None
     reads: list[tuple[float, bytes]] = field(default_factory=list)
     error_kind: ErrorKind | None = None
@@ -73,6 +77,12 @@ async def _on_chunk_sent(session: Any, ctx: Any, params: Any) -> None:
         out.start = time.perf_counter()
 
 
+async def _on_reuse(session: Any, ctx: Any, params: Any) -> None:
+    out = ctx.trace_request_ctx
+    if isinstance(out, Outcome):
+        out.reused = True
+
+
 def trace_config() -> aiohttp.TraceConfig:
     """The tracing hook that stamps the moment a request's body is written to the socket.
 
@@ -82,6 +92,7 @@ def trace_config() -> aiohttp.TraceConfig:
     """
     tc = aiohttp.TraceConfig()
     tc.on_request_chunk_sent.append(_on_chunk_sent)
+    tc.on_connection_reuseconn.append(_on_reuse)
     return tc
 
 
@@ -135,17 +146,19 @@ async def send(http: aiohttp.ClientSession, call: Call, timeout: float) -> Outco
 
     ``http`` must carry :func:`trace_config`; without it the clock starts at the call. A request that
     could not even be written because the server had just closed the pooled keep-alive connection
-    (llama-server closes it after every streamed response, and aiohttp does not check a pooled
+    (llama-server closes connections after streamed responses, and aiohttp does not check a pooled
     connection before reusing it) is sent once more on a fresh connection: the server never saw it.
+    A failure after the request was written is never retried: it is the server's, and is counted.
     """
     out = Outcome(called=time.perf_counter())
     for attempt in range(2):
         await _send_once(http, call, timeout, out)
-        stale = out.error_kind == "connect" and out.status is None and not out.reads
+        stale = out.reused and out.error_kind == "connect" and out.status is None and not out.reads
         if not (stale and attempt == 0 and "write request body" in (out.error or "")):
             break
         out.error_kind = out.error = None
         out.start = 0.0
+        out.reused = False
     if not out.start:
         out.start = out.called
     return out
@@ -227,13 +240,29 @@ def _text_of(choice: dict[str, Any]) -> str | None:
 def parse_stream(reads: list[tuple[float, bytes]]) -> Parsed:
     """Decode timestamped reads of an OpenAI SSE stream (chat or completions)."""
     out = Parsed()
+    for _ in parse_steps(reads, out):
+        pass
+    return out
+
+
+def parse_steps(reads: list[tuple[float, bytes]], out: Parsed, every: int = PARSE_SLICE) -> Iterator[None]:
+    """Decode ``reads`` into ``out``, pausing (one ``yield``) after every ``every`` events.
+
+    The load generator parses finished streams while others are still streaming: one whole stream
+    at once (about 5 µs an event) would block the event loop long enough to delay the arrival
+    stamps of the other streams, so its parser hands the loop back between slices.
+    """
     decoder = Decoder()
+    budget = every
     for ts, data in reads:
         for event in decoder.feed(data):
             _event(out, ts, event.data)
+            budget -= 1
+            if budget <= 0:
+                yield
+                budget = every
     for event in decoder.close():
         _event(out, reads[-1][0] if reads else 0.0, event.data)
-    return out
 
 
 def _event(out: Parsed, ts: float, data: str) -> None:
@@ -290,6 +319,18 @@ def to_record(
     call: Call, outcome: Outcome, index: int, t0: float, session: int, turn: int
 ) -> tuple[RequestRecord, str]:
     """The request record (times relative to the level start ``t0``) and the generated text."""
+    steps = record_steps(call, outcome, index, t0, session, turn)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def record_steps(
+    call: Call, outcome: Outcome, index: int, t0: float, session: int, turn: int
+) -> Generator[None, None, tuple[RequestRecord, str]]:
+    """:func:`to_record` in slices: each ``yield`` is a point where the caller may let others run."""
     rec = RequestRecord(
         index=index,
         id=call.request_id,
@@ -304,7 +345,8 @@ def to_record(
     if outcome.error_kind == "http":
         rec.error_kind, rec.error = "http", http_error_message(outcome.status or 0, outcome.body)
         return rec, ""
-    parsed = parse_stream(outcome.reads)
+    parsed = Parsed()
+    yield from parse_steps(outcome.reads, parsed)
     text = "".join(parsed.text)
     if outcome.error_kind is not None:
         rec.error_kind, rec.error = outcome.error_kind, outcome.error

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(BenchSettings, flags=settings_flags(args, BenchSettings)).checked()
     raise_fd_limit()
     err = console(stderr=True)
-    sink = _RichProgress(err) if settings.progress and not args.json and err.is_terminal else None
+    sink = RichProgress(err) if settings.progress and not args.json and err.is_terminal else None
     with sink.progress if sink is not None else contextlib.nullcontext():
         result = run_sync(Runner(settings, sink).run())
     files = write_reports(result, settings.output, settings.plots) if settings.output else []
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class _RichProgress:
+class RichProgress:
     """A live rich progress bar per level with running throughput and failures."""
 
     def __init__(self, con: Any) -> None:

@@ -76,8 +76,8 @@ class BenchSettings(HaloSettings):
     ignore_eos: bool = option(True, "Ask for exactly the output length (ignore_eos, min_tokens).")
     extra_body: str | None = option(None, "JSON object merged into every request body.", metavar="JSON")
     keepalive: bool = option(
-        False,
-        "Reuse connections between requests (default: one connection per request, as vLLM's client).",
+        True,
+        "Reuse connections between requests, as vLLM's client does (--no-keepalive: one per request).",
     )
     timeout: float = option(600.0, "Seconds one request may take.", gt=0)
     seed: int = option(0, "Seed for prompts, lengths and arrivals.")

@@ -11,7 +11,8 @@ tokenizer (see :mod:`haloserve.testing.upstream_config`). What it gives that a r
   same clock in every process on Linux) so a load generator's own error can be measured exactly;
 - failure injection: HTTP errors, connections dropped before headers, streams cut mid-way, malformed
   SSE events, slow headers, a required API key;
-- counters at ``GET /fake/stats``, behaviour changed at run time with ``POST /fake/config``,
+- counters at ``GET /fake/stats`` (requests, connections accepted, tokens, injections),
+  behaviour changed at run time with ``POST /fake/config``,
   ``POST /fake/reset`` and ``GET /fake/timings``.
 
 Use it in-process (``async with FakeUpstream(config) as up: up.url``), in a thread
@@ -148,8 +149,14 @@ class FakeUpstream:
         """Listen on ``host:port`` (port 0 picks a free one)."""
         loop = asyncio.get_running_loop()
         self._server = web.Server(self.handle, handler_cancellation=True, access_log=None)
+        server = self._server
+
+        def connection() -> asyncio.Protocol:
+            self.stats.connections += 1
+            return server()
+
         self._tcp = await loop.create_server(
-            self._server, self.host, self.port, backlog=4096, reuse_address=True
+            connection, self.host, self.port, backlog=4096, reuse_address=True
         )
         self.port = int(self._tcp.sockets[0].getsockname()[1])
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -91,11 +92,21 @@ def config_flags(config: UpstreamConfig) -> list[str]:
 
 
 @contextlib.contextmanager
-def spawn(config: UpstreamConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Run the fake upstream in a child process; yields its base URL and stops it on exit."""
+def spawn(
+    config: UpstreamConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    cpus: set[int] | None = None,
+) -> Iterator[str]:
+    """Run the fake upstream in a child process; yields its base URL and stops it on exit.
+
+    ``cpus`` pins the child to those CPUs (benchmarks keep it off the load generator's core).
+    """
     cmd = [sys.executable, "-m", "haloserve.testing.upstream", "--host", host, "--port", str(port)]
     cmd += config_flags(config or UpstreamConfig())
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    if cpus:
+        os.sched_setaffinity(proc.pid, cpus)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()

@@ -135,6 +135,7 @@ class UpstreamStats:
     """Counters the tests read at ``GET /fake/stats``."""
 
     requests: int = 0
+    connections: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
     completed: int = 0
@@ -150,6 +151,7 @@ class UpstreamStats:
         """The counters as plain JSON data."""
         return {
             "requests": self.requests,
+            "connections": self.connections,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "completed": self.completed,
