@@ -244,3 +244,54 @@ def test_reload_under_load(make_upstream: MakeUpstream, make_gateway: MakeGatewa
     assert a.stats.completed == a_done and a.stats.in_flight == 0
     cfg.write_text("backends: [{url: 5}]\nport: nope\n")
     assert gw.run(gw.gateway.reload_now()) is False, "a bad file keeps the running config"
+
+
+def _raw_post(url: str, body: bytes, version: str = "1.1", read_after: float = 0.0) -> bytes:
+    """POST over a plain socket and read the whole reply (until the server closes), optionally late."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+        s.sendall(
+            f"POST /v1/chat/completions HTTP/{version}\r\nHost: {u.netloc}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + body
+        )
+        time.sleep(read_after)
+        parts = []
+        while data := s.recv(1 << 16):
+            parts.append(data)
+    return b"".join(parts)
+
+
+def test_http10_clients_get_an_unchunked_stream(
+    make_upstream: MakeUpstream, make_gateway: MakeGateway
+) -> None:
+    up = make_upstream()
+    gw = make_gateway([up.url])
+    body = json.dumps({"model": "fake-model", "messages": MSG, "stream": True, "max_tokens": 4}).encode()
+    reply = _raw_post(gw.url, body, version="1.0")
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") and b"chunked" not in head.lower()
+    events = [e for e in payload.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]" and all(e.startswith(b"data: ") for e in events)
+    assert len(events) == 1 + 4 + 1 + 1  # role, four tokens, finish, [DONE] (usage stripped)
+
+
+def test_a_slow_client_holds_the_backend_back(make_upstream: MakeUpstream, make_gateway: MakeGateway) -> None:
+    # 120,000 chunks of ~230 bytes (~28 MB) as fast as the fake can write them, to a client that reads
+    # nothing for 2 s: once the socket buffers between them are full, the gateway stops reading the
+    # backend (whose writes then block) instead of buffering the rest of the stream in memory.
+    up = make_upstream(itl_ms=0, ttft_ms=0)
+    gw = make_gateway([up.url], request_timeout=120)
+    n = 120_000
+    body = json.dumps({"model": "fake-model", "messages": MSG, "stream": True, "max_tokens": n}).encode()
+    sent: list[int] = []
+    timers = [threading.Timer(t, lambda: sent.append(up.stats.tokens_sent)) for t in (1.2, 1.9)]
+    for t in timers:
+        t.start()
+    reply = _raw_post(gw.url, body, read_after=2.0)
+    assert reply.count(b"data: ") == 1 + n + 1 + 1 and reply.rstrip().endswith(b"0")  # all of it, chunked
+    assert sent[0] < n and sent[1] - sent[0] < 100, sent  # stalled with the client, not finished

@@ -27,6 +27,7 @@ from haloserve.errors import (
 from haloserve.gateway.accounting import KeyCache, Quotas, UsageBuffer
 from haloserve.gateway.backends import Backend, BreakerConfig
 from haloserve.gateway.health import probe_loop, probe_once
+from haloserve.gateway.http1 import ClientPool
 from haloserve.gateway.metrics import GatewayMetrics
 from haloserve.gateway.policy import Balancer
 from haloserve.gateway.pool import Pool
@@ -65,7 +66,8 @@ class Gateway:
         self.usage = UsageBuffer()
         self.metrics = GatewayMetrics(lambda: self.pool)
         self.session_header = settings.session_header
-        self.client: aiohttp.ClientSession = None  # type: ignore[assignment]
+        self.client: aiohttp.ClientSession = None  # type: ignore[assignment]  # probes, discovery
+        self.upstream = ClientPool(connect_timeout=settings.connect_timeout, keepalive=4.0)  # API requests
         self.draining = False
         self.active = 0
         self.port = settings.port
@@ -137,6 +139,7 @@ class Gateway:
         self._server = self._tcp = None
         if self.client is not None:
             await self.client.close()
+        self.upstream.close()
         await self.flush_usage()
         self._flush_log()
 
@@ -183,6 +186,9 @@ class Gateway:
         except asyncio.CancelledError:
             out.status = 499  # nginx's code for a client that closed the connection
             raise
+        except ConnectionResetError:  # the client closed the connection while we wrote to it
+            out.status = 499
+            return web.Response(status=499)
         except Exception:
             log.exception("unexpected error on %s", request.path)
             out.status, out.error = 500, True
@@ -293,6 +299,7 @@ class Gateway:
                     await self.reload_now()
             except Exception:  # upkeep must survive a bad moment (disk full, locked db)
                 log.exception("gateway upkeep failed")
+            self.upstream.prune()
             self._flush_log()
 
     async def flush_usage(self) -> None:

@@ -11,13 +11,12 @@ error event in OpenAI's shape.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import aiohttp
 from aiohttp import web
-from aiohttp.payload import BytesPayload
 
 from haloserve.errors import (
     HaloError,
@@ -28,6 +27,7 @@ from haloserve.errors import (
 )
 from haloserve.gateway.accounting import check_model
 from haloserve.gateway.backends import Backend
+from haloserve.gateway.http1 import BrokenBody, ConnectFailed, Dropped, Response, UpstreamTimeout, describe
 from haloserve.gateway.policy import RouteInfo
 from haloserve.gateway.store import KeyRecord
 from haloserve.gateway.stream import UsageScanner, body_usage, wants_usage
@@ -38,7 +38,11 @@ if TYPE_CHECKING:
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _FAILURE_STATUS = frozenset({500, 502, 503, 504})
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_RETRYABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+# Flow control of a relayed stream: past HIGH bytes waiting in the client's socket buffer the
+# upstream socket is no longer read (the backend then blocks on its own writes) until it is below LOW.
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+_DRAIN_POLL = 0.002
 
 
 def error_response(exc: HaloError) -> web.Response:
@@ -163,8 +167,9 @@ async def _attempts(
     last: HaloError | None = None
     headers = {"Content-Type": "application/json"}
     rid = request.headers.get("X-Request-Id")
-    if rid:
+    if rid and "\r" not in rid and "\n" not in rid:
         headers["X-Request-Id"] = rid
+    timeout = gw.settings.request_timeout
     while out.attempts < max_attempts:
         try:
             b, waited = await pool.acquire(model, info, exclude)
@@ -176,58 +181,65 @@ async def _attempts(
             gw.metrics.queue_wait.observe(waited)
         out.attempts += 1
         out.backend = b
+        upstream: Response | None = None
         try:
             h = headers
             if b.api_key:
                 h = {**headers, "Authorization": "Bearer " + b.api_key}
             try:
-                # A ready-made payload skips aiohttp's payload-type registry lookup (measurable per request)
-                upstream = await gw.client.post(b.url + request.path, data=BytesPayload(body), headers=h)
-            except aiohttp.ClientConnectorError as exc:  # refused or unreachable: the node is down
-                last = _failed(gw, b, exclude, f"cannot reach {b.url}: {type(exc).__name__}", fatal=True)
+                upstream = await gw.upstream.request(
+                    b.url, request.path, body, h, timeout, fresh=b.url in stale
+                )
+            except ConnectFailed as exc:  # refused or unreachable: the node is down
+                last = _failed(gw, b, exclude, f"cannot reach {b.url}: {exc}", fatal=True)
                 continue
-            except _RETRYABLE as exc:
+            except Dropped as exc:
                 # Often a pooled keep-alive connection the backend had just closed: try the same
                 # backend once more on a fresh connection before looking elsewhere.
                 if b.url in stale:
-                    last = _failed(gw, b, exclude, f"{b.url} dropped the request: {type(exc).__name__}")
+                    last = _failed(gw, b, exclude, f"{b.url} dropped the request: {exc}")
                 else:
                     stale.add(b.url)
                     max_attempts += 1  # this retry does not use up the --retries budget
-                    last = UpstreamError(f"{b.url} dropped the request: {type(exc).__name__}")
+                    last = UpstreamError(f"{b.url} dropped the request: {exc}")
                 continue
-            except asyncio.TimeoutError:
+            except BrokenBody as exc:
+                last = _failed(gw, b, exclude, f"{b.url} sent a malformed response: {exc}")
+                continue
+            except UpstreamTimeout:
                 upstream_timeout(gw, b)
-            async with upstream:
-                if upstream.status in _RETRY_STATUS and out.attempts < max_attempts:
+            if upstream.status in _RETRY_STATUS and out.attempts < max_attempts:
+                with contextlib.suppress(BrokenBody, UpstreamTimeout):
                     await upstream.read()
-                    if upstream.status in _FAILURE_STATUS:
-                        last = _failed(gw, b, exclude, f"{b.url} answered {upstream.status}")
-                    else:
-                        exclude.add(b.url)
-                        last = UpstreamError(f"{b.url} answered {upstream.status}")
-                    continue
-                ctype = upstream.headers.get("Content-Type", "application/json")
-                is_sse = ctype.startswith("text/event-stream")
-                if not (stream and is_sse and upstream.status == 200):
-                    try:
-                        data = await upstream.read()
-                    except _RETRYABLE as exc:
-                        last = _failed(gw, b, exclude, f"{b.url} failed mid-response: {type(exc).__name__}")
-                        continue
-                    except asyncio.TimeoutError:
-                        upstream_timeout(gw, b)
-                    out.status = upstream.status
-                    _record(b, upstream.status)
-                    if upstream.status == 200:
-                        out.prompt, out.completion = body_usage(data)
-                    return web.Response(body=data, status=upstream.status, headers={"Content-Type": ctype})
+                if upstream.status in _FAILURE_STATUS:
+                    last = _failed(gw, b, exclude, f"{b.url} answered {upstream.status}")
+                else:
+                    exclude.add(b.url)
+                    last = UpstreamError(f"{b.url} answered {upstream.status}")
+                continue
+            ctype = upstream.content_type or "application/json"
+            is_sse = ctype.startswith("text/event-stream")
+            if not (stream and is_sse and upstream.status == 200):
                 try:
-                    return await _stream(gw, request, upstream, b, out, start, strip)
-                except _BeforeFirstByte as exc:
-                    last = _failed(gw, b, exclude, str(exc))
+                    data = await upstream.read()
+                except BrokenBody as exc:
+                    last = _failed(gw, b, exclude, f"{b.url} failed mid-response: {exc}")
                     continue
+                except UpstreamTimeout:
+                    upstream_timeout(gw, b)
+                out.status = upstream.status
+                _record(b, upstream.status)
+                if upstream.status == 200:
+                    out.prompt, out.completion = body_usage(data)
+                return web.Response(body=data, status=upstream.status, headers={"Content-Type": ctype})
+            try:
+                return await _stream(gw, request, upstream, b, out, start, strip)
+            except _BeforeFirstByte as exc:
+                last = _failed(gw, b, exclude, str(exc))
+                continue
         finally:
+            if upstream is not None:
+                upstream.close()
             pool.release(b)
         if gw.settings.retries:
             gw.metrics.retries.inc()
@@ -235,7 +247,7 @@ async def _attempts(
     raise last
 
 
-def upstream_timeout(gw: Gateway, b: Backend) -> None:
+def upstream_timeout(gw: Gateway, b: Backend) -> NoReturn:
     """A backend took longer than --request-timeout: count a failure, answer 504 (never retried)."""
     gw.on_failure(b, fatal=False)
     raise UpstreamTimeoutError(f"backend {b.url} did not answer within {gw.settings.request_timeout:g}s")
@@ -257,24 +269,28 @@ def _record(b: Backend, status: int) -> None:
 async def _stream(
     gw: Gateway,
     request: web.BaseRequest,
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     b: Backend,
     out: Outcome,
     start: float,
     strip: bool,
 ) -> web.StreamResponse:
-    """Relay an SSE stream. The client's response starts only once the first upstream bytes arrived."""
+    """Relay an SSE stream. The client's response starts only once the first upstream bytes arrived.
+
+    After the first event, every upstream piece is forwarded from inside the upstream connection's
+    ``data_received`` (one parse, one write, no task switch); this task only waits for the end, and
+    for the client's socket to drain when it reads slower than the backend writes.
+    """
     scanner = UsageScanner(strip)
-    content = upstream.content
     first = b""
     try:
         while not first:
-            chunk = await content.readany()
+            chunk = await upstream.read_some()
             if not chunk:
                 break
             first = scanner.feed(chunk)
-    except _RETRYABLE as exc:
-        raise _BeforeFirstByte(f"{b.url} failed before its first byte: {type(exc).__name__}") from exc
+    except (BrokenBody, UpstreamTimeout) as exc:
+        raise _BeforeFirstByte(f"{b.url} failed before its first byte: {describe(exc)}") from exc
     if not first:
         first = scanner.flush()
         if not first:
@@ -284,26 +300,37 @@ async def _stream(
     out.status = 200
     out.ttfb = time.perf_counter() - start
     gw.metrics.ttft.labels(b.url).observe(out.ttfb)
+    await resp.write(first)  # also sends the response head
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("the client left while the head was being written")
+    chunked = resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
+
+    def forward(chunk: bytes) -> None:
+        data = scanner.feed(chunk)
+        if not data or transport.is_closing():
+            return
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+        if transport.get_write_buffer_size() > _HIGH_WATER:
+            upstream.pause()
+
+    upstream.relay(forward)
     try:
-        if first:
-            await resp.write(first)
         while True:
-            chunk = await content.readany()
-            if not chunk:
+            await upstream.wait()
+            if not upstream.paused:
                 break
-            data = scanner.feed(chunk)
-            if data:
-                await resp.write(data)
+            while transport.get_write_buffer_size() > _LOW_WATER and not transport.is_closing():
+                await asyncio.sleep(_DRAIN_POLL)
+            upstream.resume()
         tail = scanner.flush()
         if tail:
             await resp.write(tail)
         b.succeeded()
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-        if isinstance(exc, aiohttp.ClientConnectionError) and request.transport is None:
-            raise  # the client went away, not the backend
+    except (BrokenBody, UpstreamTimeout) as exc:
         gw.on_failure(b, fatal=False)
         out.error = True
-        err = UpstreamError(f"backend {b.url} failed mid-stream: {type(exc).__name__}")
+        err = UpstreamError(f"backend {b.url} failed mid-stream: {describe(exc)}")
         await resp.write(sse_error_event(err))
     out.prompt, out.completion = scanner.prompt, scanner.completion
     await resp.write_eof()
