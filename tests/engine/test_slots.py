@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from haloserve.engine.slots import Slot, choose_slot, common_prefix, plan_prefill
+from haloserve.engine.slots import Slot, choose_slot, common_prefix, plan_prefill, runs
 
 
 @given(st.lists(st.integers(0, 3), max_size=300), st.lists(st.integers(0, 3), max_size=300))
@@ -25,11 +25,35 @@ def test_best_prefix_wins_and_one_token_is_always_recomputed() -> None:
     assert slot.seq == 1 and keep == 60
 
 
-def test_weak_similarity_falls_back_to_lowest_free_id() -> None:
+def test_weak_similarity_overwrites_an_empty_slot_then_the_least_recently_used() -> None:
     prompt = list(range(100))
-    slots = [Slot(3, [0, 1, 2]), Slot(1, [5]), Slot(2, [])]
+    slots = [Slot(3, [0, 1, 2], used=5), Slot(1, [5], used=9), Slot(2, [], used=7)]
     slot, keep = choose_slot(slots, prompt)
-    assert slot.seq == 1 and keep == 0
+    assert slot.seq == 2 and keep == 0  # empty: nothing cached is lost
+    slot, keep = choose_slot(slots[:2], prompt)
+    assert slot.seq == 3 and keep == 3  # used longest ago (its 3 matching tokens are kept)
+    slot, _ = choose_slot(slots[:2], prompt, contiguous=False, busy=[2])
+    assert slot.seq == 3
+
+
+def test_busy_ids_stay_in_as_few_runs_as_possible() -> None:
+    prompt = [9] * 50
+    free = [Slot(0, [1], used=1), Slot(1, [2], used=8), Slot(3, [3], used=9)]
+    # busy {2}: 1 and 3 keep one run, 0 would make two; of 1 and 3, 1 was used longer ago
+    slot, _ = choose_slot(free, prompt, busy=[2])
+    assert slot.seq == 1
+    # busy {0, 2}: only 1 joins them into one run, however recently it was used
+    free = [Slot(1, [2], used=8), Slot(3, [3], used=1)]
+    assert choose_slot(free, prompt, busy=[0, 2])[0].seq == 1
+    # a shared KV buffer (kv_unified) has no such constraint: plain LRU
+    assert choose_slot(free, prompt, busy=[0, 2], contiguous=False)[0].seq == 3
+    # a real prefix match beats both rules
+    free = [Slot(0, [1], used=1), Slot(3, [9] * 40, used=9)]
+    assert choose_slot(free, prompt, busy=[1])[0].seq == 3
+
+
+def test_runs() -> None:
+    assert [runs(x) for x in ([], [4], [0, 1, 2], [0, 2], [3, 1, 0, 5])] == [0, 1, 1, 2, 3]
 
 
 def test_prefill_uses_whole_batch_when_idle_and_one_ubatch_while_decoding() -> None:

@@ -168,3 +168,23 @@ def test_prefix_cache_reuses_a_conversation(server: RemoteServer) -> None:
     cached = r2.usage.prompt_tokens_details.cached_tokens
     assert cached >= r1.usage.prompt_tokens - 1, (cached, r1.usage.prompt_tokens)
     assert cached < r2.usage.prompt_tokens
+
+
+def test_interleaved_conversations_keep_their_caches(server: RemoteServer) -> None:
+    # Two users taking turns: the second must not overwrite the first one's cached conversation
+    # (a node keeps as many conversations as it has slots; the least recently used goes first).
+    client = server.client()
+    history = {
+        name: [{"role": "system", "content": f"You are assistant {name}. " + "Keep answers short. " * 15}]
+        for name in ("a", "b")
+    }
+    prompt_tokens: dict[str, int] = {}
+    for turn in range(2):
+        for name, msgs in history.items():
+            msgs.append({"role": "user", "content": f"Question {turn} for {name}."})
+            r = client.chat.completions.create(model="", messages=msgs, max_tokens=6, temperature=0)
+            msgs.append({"role": "assistant", "content": r.choices[0].message.content})
+            if turn == 1:
+                cached = r.usage.prompt_tokens_details.cached_tokens
+                assert cached >= prompt_tokens[name] - 1, (name, cached, prompt_tokens[name])
+            prompt_tokens[name] = r.usage.prompt_tokens

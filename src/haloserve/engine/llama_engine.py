@@ -103,6 +103,7 @@ class LlamaEngine:
         self._active: list[Job] = []
         self._n_submitted = 0
         self._n_taken = 0
+        self._tick = 0  # slot-use clock (least recently used caches are overwritten first)
         self._stats = EngineStats()
         self._masker: ThreadPoolExecutor | None = None
 
@@ -280,6 +281,8 @@ class LlamaEngine:
             job.sampler = None
         if job.slot is not None:
             job.slot.job = None
+            self._tick += 1
+            job.slot.used = self._tick  # a slot whose request just ended is the most recently used
             job.slot = None
 
     def _admit(self, out: list[tuple[RequestStream, Output]]) -> None:
@@ -291,7 +294,8 @@ class LlamaEngine:
                 return
             job = self._waiting.popleft()
             self._n_taken += 1
-            slot, keep = choose_slot(free, job.prompt)
+            busy = [sl.seq for sl in self._slots if not sl.free]
+            slot, keep = choose_slot(free, job.prompt, busy=busy, contiguous=not self.settings.kv_unified)
             try:
                 if keep < len(slot.tokens):
                     self._ctx.seq_rm(slot.seq, keep, -1)
@@ -308,6 +312,8 @@ class LlamaEngine:
                 self._reset_slot(slot)
                 continue
             slot.job = job
+            self._tick += 1
+            slot.used = self._tick
             job.slot = slot
             job.n_past = job.cached = keep
             job.t_admit = time.monotonic()

@@ -7,7 +7,7 @@ so they can be tested without a model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ class Slot:
     seq: int
     tokens: list[int] = field(default_factory=list)
     job: Any = None
+    used: int = -1  # when a request last held the slot (a tick count; -1: never)
 
     @property
     def free(self) -> bool:
@@ -39,14 +40,29 @@ class Slot:
         return self.job is None
 
 
-def choose_slot(free: Sequence[Slot], prompt: Sequence[int], min_similarity: float = 0.1) -> tuple[Slot, int]:
+def runs(seqs: Iterable[int]) -> int:
+    """How many runs of consecutive ids ``seqs`` form ({0, 1, 3} is two runs)."""
+    ids = sorted(set(seqs))
+    return sum(1 for i, s in enumerate(ids) if i == 0 or s != ids[i - 1] + 1)
+
+
+def choose_slot(
+    free: Sequence[Slot],
+    prompt: Sequence[int],
+    min_similarity: float = 0.1,
+    busy: Collection[int] = (),
+    contiguous: bool = True,
+) -> tuple[Slot, int]:
     """Pick a free slot for ``prompt`` and say how many of its cached tokens can be reused.
 
     As llama-server does, the slot whose cache shares the longest prefix with the prompt wins when that
-    prefix is more than ``min_similarity`` of the prompt. Otherwise the free slot with the lowest sequence
-    id is taken, which keeps the busy sequence ids contiguous (llama.cpp batches a run of consecutive
-    sequences into one micro-batch when each sequence has its own KV stream). At least one prompt token is
-    always recomputed, because its logits are needed to sample the first output token.
+    prefix is more than ``min_similarity`` of the prompt. Otherwise a cache must be overwritten, and the
+    least valuable one is: an empty slot first, then the least recently used (llama-server's rule), so
+    a node keeps as many conversations and system prompts cached as it has slots. With ``contiguous``
+    (each sequence has its own KV stream), the choice is first limited to the slots that keep the
+    ``busy`` sequence ids in the fewest runs of consecutive ids: llama.cpp decodes one micro-batch per
+    run in that mode, so scattered ids would cost extra passes over the weights. At least one prompt
+    token is always recomputed, because its logits are needed to sample the first output token.
     """
     if not free:
         raise ValueError("no free slot")
@@ -56,7 +72,13 @@ def choose_slot(free: Sequence[Slot], prompt: Sequence[int], min_similarity: flo
         if lcp > best_lcp:
             best, best_lcp = slot, lcp
     if best is None or best_lcp <= min_similarity * len(prompt):
-        best = min(free, key=lambda s: s.seq)
+        taken = set(busy)
+
+        def cost(s: Slot) -> tuple[int, int, int, int]:
+            spread = runs(taken | {s.seq}) if contiguous else 0
+            return (spread, 1 if s.tokens else 0, s.used, s.seq)
+
+        best = min(free, key=cost)
         best_lcp = common_prefix(best.tokens, prompt)
     return best, min(best_lcp, max(0, len(prompt) - 1))
 
