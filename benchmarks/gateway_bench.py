@@ -10,10 +10,10 @@ Three parts, each repeated ``--rounds`` times (medians reported):
    and a master key (its per-key accounting needs Postgres, which is not set up: it is measured
    doing less than the gateway).
 2. **Added latency**: 16 concurrent streams (fake upstream: TTFT 20 ms, 64 tokens 2 ms apart) driven
-   by ``halo bench`` with keep-alive, direct to the upstream and through the gateway: the difference
-   of the end-to-end latency p50/p99 and of TTFT p50.
+   by ``halo bench`` (640 requests each way), direct to the upstream and through the gateway: the
+   difference of the end-to-end latency p50/p99 and of TTFT p50.
 3. **Prefix routing**: two real ``halo serve`` nodes (bundled model, 4 slots each); ``halo bench``'s
-   shared-prefix workload with more distinct system prompts than one node has slots, through the
+   shared-prefix workload with more distinct system prompts (6) than one node has slots, through the
    gateway with ``prefix`` and with ``round-robin``: TTFT p50 and request throughput ratios.
 
 Run ``benchmarks/setup_gateway_peers.sh`` first, then
@@ -53,7 +53,9 @@ WORK = HERE / ".work"
 ROOT = HERE.parent
 MARK_START, MARK_END = "<!-- gateway:start -->", "<!-- gateway:end -->"
 RESULTS = ROOT / "benchmarks" / "results" / "gateway.json"
-PREFIXES, PREFIX_WORDS = 2, 200
+# More distinct system prompts than one node has slots, fewer than both nodes have together: the case
+# where a router decides whether the cluster's caches hold every prompt or keep evicting them.
+PREFIXES, PREFIX_WORDS, SLOTS, PREFIX_REQUESTS = 6, 600, 4, 48
 BODY = '{"model":"fake-model","messages":[{"role":"user","content":"hello there"}],"max_tokens":4}'
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 LITELLM = WORK / "litellm-venv" / "bin" / "litellm"
@@ -233,7 +235,7 @@ def bench(url: str, key: str | None, **kw: Any) -> Any:
 def latency_round(tmp: Path) -> dict[str, float]:
     """One round of part 2: differences gateway minus direct, in ms."""
     cfg = UpstreamConfig(ttft_ms=20, itl_ms=2, default_max_tokens=64)
-    kw = {"concurrency": [16], "num_prompts": 320, "input_len": 32, "output_len": 64, "warmup": 16}
+    kw = {"concurrency": [16], "num_prompts": 640, "input_len": 32, "output_len": 64, "warmup": 16}
     with spawn(cfg) as up, halo_gateway([up], tmp) as (url, key):
         direct = bench(up, None, **kw)
         via = bench(url, key, **kw)
@@ -265,7 +267,7 @@ def prefix_round(tmp: Path, nodes: list[RemoteServer], index: int) -> dict[str, 
         "input_len": 16,
         "output_len": 8,
         "concurrency": [2],
-        "num_prompts": 24,
+        "num_prompts": PREFIX_REQUESTS,
         "warmup": 0,
         "model": "smol",
     }
@@ -347,7 +349,7 @@ def render(
         lines += [
             "",
             f"Shared-prefix chat ({PREFIXES} system prompts of {PREFIX_WORDS} words, 16 more words per request,"
-            " 8 tokens out, 2 nodes x 4 slots, concurrency 2, 24 requests): prompt tokens served from the"
+            f" 8 tokens out, 2 nodes x {SLOTS} slots, concurrency 2, {PREFIX_REQUESTS} requests): prompt tokens served from the"
             f" nodes' KV caches: round-robin {median_of(pre, 'round-robin_cache_hit'):.0%},"
             f" prefix {median_of(pre, 'prefix_cache_hit'):.0%}. TTFT p50"
             f" round-robin {median_of(pre, 'round-robin_ttft_p50'):.0f} ms, prefix"
@@ -407,7 +409,16 @@ def main() -> int:
             lat.append(latency_round(tmp))
             print(f"round {r + 1} latency: {lat[-1]}", file=sys.stderr, flush=True)
     if "prefix" in parts:
-        serve = ["--parallel", "4", "--ctx-size", "4096", "--threads", "1", "--alias", "smol"]
+        serve = [
+            "--parallel",
+            str(SLOTS),
+            "--ctx-size",
+            str(SLOTS * 2048),
+            "--threads",
+            "1",
+            "--alias",
+            "smol",
+        ]
         with RemoteServer(serve) as a, RemoteServer(serve) as b:
             for r in range(args.rounds):
                 pre.append(prefix_round(tmp, [a, b], r))
