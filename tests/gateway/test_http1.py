@@ -283,3 +283,27 @@ async def test_cancelling_a_request_aborts_its_connection() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         await asyncio.wait_for(closed.wait(), 5)
+
+
+@on_uvloop
+async def test_a_body_that_ends_while_paused_leaves_a_reusable_connection() -> None:
+    async def two(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nab")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"cdef")  # the rest arrives in one read, after the relay paused
+            await writer.drain()
+
+    async with scripted(two) as (url, _):
+        p = pool()
+        r = await p.request(url, "/", b"", {}, 5)
+        r.relay(lambda chunk: r.pause())
+        await r.wait()
+        assert r.paused
+        r.resume()
+        await r.wait()
+        assert r.ended and p.idle_count() == 1
+        again = await p.request(url, "/", b"", {}, 2)  # reading was resumed before pooling
+        assert await again.read() == b"abcdef" and p.opened == 1

@@ -227,6 +227,7 @@ class _Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._eof_body = False  # no length and not chunked: the body ends when the connection does
         self._timer: asyncio.TimerHandle | None = None
+        self._paused = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -297,6 +298,7 @@ class _Connection(asyncio.Protocol):
         self._finish_exchange()
         resp._end()
         if keep:
+            self.resume_reading()  # the body may have ended while its relay was paused
             self.pool._release(self)
         else:
             self.close()
@@ -316,12 +318,14 @@ class _Connection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         """Flow control: stop reading the socket."""
-        if self.transport is not None:
+        if self.transport is not None and not self._paused:
+            self._paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         """Flow control: read again."""
-        if self.transport is not None:
+        if self.transport is not None and self._paused:
+            self._paused = False
             self.transport.resume_reading()
 
     def abort(self) -> None:
