@@ -51,6 +51,7 @@ class Outcome:
     called: float
     start: float = 0.0
     reused: bool = False
+    resent: bool = False
     status: int | None = None
     reads: list[tuple[float, bytes]] = field(default_factory=list)
     error_kind: ErrorKind | None = None
@@ -141,24 +142,30 @@ def _restamp(reads: list[tuple[float, bytes]], stamps: list[tuple[float, int]]) 
     return out
 
 
-async def send(http: aiohttp.ClientSession, call: Call, timeout: float) -> Outcome:
+async def send(
+    http: aiohttp.ClientSession,
+    call: Call,
+    timeout: float,
+    fresh: aiohttp.ClientSession | None = None,
+) -> Outcome:
     """POST ``call`` and collect every read of the streamed body with its arrival time.
 
     ``http`` must carry :func:`trace_config`; without it the clock starts at the call. A request that
-    could not even be written because the server had just closed the pooled keep-alive connection
-    (llama-server closes connections after streamed responses, and aiohttp does not check a pooled
-    connection before reusing it) is sent once more on a fresh connection: the server never saw it.
-    A failure after the request was written is never retried: it is the server's, and is counted.
+    failed on a *reused* keep-alive connection before any byte of an answer came back is sent once
+    more through ``fresh`` (a session that opens a connection per request), and marked ``resent``:
+    the server had closed that connection as the request went out (llama-server closes connections
+    after streamed responses while announcing keep-alive, and aiohttp cannot see a close in flight).
+    Any failure on a new connection, or after the server answered, is counted as the server's.
     """
     out = Outcome(called=time.perf_counter())
-    for attempt in range(2):
-        await _send_once(http, call, timeout, out)
-        stale = out.reused and out.error_kind == "connect" and out.status is None and not out.reads
-        if not (stale and attempt == 0 and "write request body" in (out.error or "")):
-            break
+    await _send_once(http, call, timeout, out)
+    stale = out.reused and out.status is None and not out.reads
+    if stale and fresh is not None and out.error_kind in ("connect", "early_close"):
         out.error_kind = out.error = None
         out.start = 0.0
         out.reused = False
+        out.resent = True
+        await _send_once(fresh, call, timeout, out)
     if not out.start:
         out.start = out.called
     return out
@@ -341,6 +348,7 @@ def record_steps(
         ok=False,
         status=outcome.status,
         prompt_tokens=call.prompt_tokens_estimate,
+        resent=outcome.resent,
     )
     if outcome.error_kind == "http":
         rec.error_kind, rec.error = "http", http_error_message(outcome.status or 0, outcome.body)

@@ -164,6 +164,7 @@ def level_metrics(
         input_tokens_source=_source({r.prompt_tokens_source for r in ok}),
         output_tokens_source=_source({r.output_tokens_source for r in ok}),
         peak_concurrency=peak_concurrency(records),
+        resent=sum(1 for r in records if r.resent),
     )
 
 

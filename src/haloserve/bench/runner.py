@@ -9,6 +9,7 @@ scale ``1 / (rate x burstiness)`` (Poisson for 1), rescaled so that N requests s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import json
@@ -262,6 +263,9 @@ class Runner:
         self.api_url = settings.url + path
         self.extra: dict[str, Any] = json.loads(settings.extra_body) if settings.extra_body else {}
         self.http: aiohttp.ClientSession | None = None
+        self.fresh: aiohttp.ClientSession | None = None  # one connection per request (see run())
+        self.stale_keepalive = False  # the server closed a kept-alive connection under a request
+        self.resent = 0  # requests sent again because of that (warm-up included)
         self._parser: _Parser | None = None
         self.gc_young = 0  # container objects the last level allocated with the GC paused
 
@@ -274,15 +278,13 @@ class Runner:
             connector = timed_connector(limit=0, ttl_dns_cache=300, keepalive_timeout=4)
         else:
             connector = timed_connector(limit=0, ttl_dns_cache=300, force_close=True)
-        async with aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None),
-            trace_configs=[trace_config()],
-            # Streams are read once they end (arrivals are stamped by the protocol), so a stream's whole
-            # body must fit below the reader's high-water mark or aiohttp would pause the socket.
-            read_bufsize=STREAM_BUFFER,
-        ) as http:
-            self.http = http
+        async with contextlib.AsyncExitStack() as stack:
+            http = self.http = await stack.enter_async_context(self._session(connector))
+            if self.s.keepalive:
+                # For servers that close kept-alive connections under our feet: a request that hit
+                # one is re-sent through this session, and after that every request goes through it.
+                fresh = timed_connector(limit=0, ttl_dns_cache=300, force_close=True)
+                self.fresh = await stack.enter_async_context(self._session(fresh))
             info, notes = await preflight(http, self.s, self.headers)
             self.model = info.model
             env = environment(info)
@@ -294,9 +296,26 @@ class Runner:
                     levels.append(await self.run_level(plan, i))
             finally:
                 await self.parser.close()
+        if self.resent:
+            notes.append(
+                f"the server closed kept-alive connections as requests went out ({self.resent} request(s), "
+                "warm-up included, sent again on a new connection, not counted as failures); from then on "
+                "every request had a connection of its own (llama-server closes connections after "
+                "streamed responses)"
+            )
         label = self.s.label or f"{self.model} @ {self.s.url.split('://', 1)[-1]}"
         return BenchResult(
             label=label, settings=self.s.public_dict(), environment=env, notes=notes, levels=levels
+        )
+
+    def _session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            trace_configs=[trace_config()],
+            # Streams are read once they end (arrivals are stamped by the protocol), so a stream's whole
+            # body must fit below the reader's high-water mark or aiohttp would pause the socket.
+            read_bufsize=STREAM_BUFFER,
         )
 
     @property
@@ -308,7 +327,7 @@ class Runner:
     async def run_level(self, plan: LevelPlan, index: int) -> LevelResult:
         """Warm up, then drive one level and compute its metrics."""
         width = int(plan.value or 1) if plan.mode == "concurrency" else (plan.max_concurrency or 64)
-        if self.s.keepalive:
+        if self.s.keepalive and not self.stale_keepalive:
             await self._open_connections(width)
         if self.s.warmup:
             width = min(self.s.warmup, int(plan.value or self.s.warmup) if plan.mode == "concurrency" else 8)
@@ -411,7 +430,11 @@ class Runner:
             st.issued += 1
             # A UUID: llama-cpp-python's server (asgi-correlation-id) rejects any other X-Request-Id.
             call = self.make_call(convo, turn, replies, str(uuid.uuid4()))
-            outcome = await send(self.http, call, self.s.timeout)
+            http = self.fresh if self.stale_keepalive and self.fresh is not None else self.http
+            outcome = await send(http, call, self.s.timeout, fresh=self.fresh)
+            if outcome.resent:
+                self.stale_keepalive = True
+                self.resent += 1
             parsed = self.parser.submit(st, call, outcome, index, session, turn)
             if turn + 1 < n_turns:  # the next turn needs this reply
                 rec, text = await parsed

@@ -45,6 +45,11 @@ class RequestRecord(_Model):
     error_kind: ErrorKind | None = None
     status: int | None = Field(default=None, description="HTTP status when the server answered.")
     error: str | None = Field(default=None, description="Short error message (no prompt text).")
+    resent: bool = Field(
+        default=False,
+        description="Sent a second time on a new connection: the server had closed the kept-alive one "
+        "before answering (timings are of the second send).",
+    )
 
 
 class Distribution(_Model):
@@ -86,6 +91,7 @@ class LevelMetrics(_Model):
     input_tokens_source: TokenSource = "none"
     output_tokens_source: TokenSource = "none"
     peak_concurrency: int = Field(default=0, description="Most requests in flight at once.")
+    resent: int = Field(default=0, description="Requests sent again after a stale kept-alive connection.")
 
 
 class LevelResult(_Model):

@@ -28,6 +28,7 @@ import random
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -126,6 +127,7 @@ class FakeUpstream:
         self.stats = UpstreamStats()
         self.timings: list[dict[str, Any]] = []
         self._rng = random.Random(self.config.seed)
+        self._served: weakref.WeakSet[Any] = weakref.WeakSet()  # connections that answered a request
         self._server: web.Server | None = None
         self._tcp: asyncio.AbstractServer | None = None
         self._routes: dict[tuple[str, str], Handler] = {
@@ -267,6 +269,13 @@ class FakeUpstream:
         model = body.get("model") or cfg.models[0]
         if model not in cfg.models:
             return _error(ModelNotFoundError(f"the model {model!r} does not exist", param="model"))
+        transport = request.transport
+        if cfg.drop_reused and transport is not None:
+            if transport in self._served:
+                self.stats.injected["reused"] += 1
+                transport.abort()
+                return _Dropped()
+            self._served.add(transport)
         inj = draw_injection(cfg, self._rng)
         if inj.drop:
             self.stats.injected["drop"] += 1

@@ -42,6 +42,11 @@ class UpstreamConfig(BaseModel):
     drop_rate: float = Field(
         default=0.0, ge=0, le=1, description="Share of requests whose connection is closed before headers."
     )
+    drop_reused: bool = Field(
+        default=False,
+        description="Drop, unanswered, every request that arrives on a connection which already served "
+        "one (a server that closes kept-alive connections as new requests arrive, as llama-server does).",
+    )
     cut_rate: float = Field(
         default=0.0, ge=0, le=1, description="Share of streams cut (connection closed) mid-way."
     )
@@ -144,7 +149,9 @@ class UpstreamStats:
     tokens_sent: int = 0
     by_path: dict[str, int] = field(default_factory=dict)
     by_status: dict[str, int] = field(default_factory=dict)
-    injected: dict[str, int] = field(default_factory=lambda: {"error": 0, "drop": 0, "cut": 0, "broken": 0})
+    injected: dict[str, int] = field(
+        default_factory=lambda: {"error": 0, "drop": 0, "reused": 0, "cut": 0, "broken": 0}
+    )
     lateness_ms_max: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
