@@ -267,7 +267,6 @@ class Runner:
         self.stale_keepalive = False  # the server closed a kept-alive connection under a request
         self.resent = 0  # requests sent again because of that (warm-up included)
         self._parser: _Parser | None = None
-        self.gc_young = 0  # container objects the last level allocated with the GC paused
 
     async def run(self) -> BenchResult:
         """Check the server, run every level, and return the full result."""
@@ -347,7 +346,6 @@ class Runner:
                 await self._arrivals(st, convos, plan, str(index))
             duration = time.perf_counter() - t0
             await self.parser.drain()
-            self.gc_young = gc.get_count()[0]
         finally:
             _gc_resume()
         st.records.sort(key=lambda r: r.index)

@@ -457,9 +457,11 @@ class ClientPool:
         """Close idle connections older than the keep-alive time (call now and then)."""
         now = time.monotonic()
         for idle in self._idle.values():
-            keep = deque(c for c in idle if not c.closed and now - c.idle_since < self.keepalive)
+            keep: deque[_Connection] = deque()
             for c in idle:
-                if c not in keep:
+                if not c.closed and now - c.idle_since < self.keepalive:
+                    keep.append(c)
+                else:
                     c.close()
             idle.clear()
             idle.extend(keep)
