@@ -143,6 +143,11 @@ class Response:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _take(self) -> bytes:
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        return data
+
     # Used by the proxy
     async def _next_event(self) -> None:
         self._waiter = asyncio.get_running_loop().create_future()
@@ -159,9 +164,7 @@ class Response:
             if self._ended:
                 return b""
             await self._next_event()
-        data = b"".join(self._buffer)
-        self._buffer.clear()
-        return data
+        return self._take()
 
     async def read(self) -> bytes:
         """The whole body."""
@@ -169,16 +172,12 @@ class Response:
             if self._error is not None:
                 raise self._error
             await self._next_event()
-        data = b"".join(self._buffer)
-        self._buffer.clear()
-        return data
+        return self._take()
 
     def relay(self, sink: Callable[[bytes], None]) -> None:
         """From now on every body piece goes to ``sink`` as it arrives (what is buffered goes first)."""
         if self._buffer:
-            data = b"".join(self._buffer)
-            self._buffer.clear()
-            sink(data)
+            sink(self._take())
         self._sink = sink
 
     async def wait(self) -> None:
@@ -223,7 +222,6 @@ class _Connection(asyncio.Protocol):
         # the exchange in progress
         self._head: asyncio.Future[Response] | None = None
         self._response: Response | None = None
-        self._status = 0
         self._headers: dict[str, str] = {}
         self._eof_body = False  # no length and not chunked: the body ends when the connection does
         self._timer: asyncio.TimerHandle | None = None
@@ -304,6 +302,10 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     # used by the pool
+    def reusable(self, now: float, keepalive: float) -> bool:
+        """Still open, and idle for less than ``keepalive`` seconds."""
+        return not self.closed and self.transport is not None and now - self.idle_since < keepalive
+
     def send(self, data: bytes, deadline: float) -> asyncio.Future[Response]:
         """Write one request; the future resolves with the response head."""
         if self.transport is None:
@@ -415,7 +417,7 @@ class ClientPool:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if not conn.closed and conn.transport is not None and now - conn.idle_since < self.keepalive:
+            if conn.reusable(now, self.keepalive):
                 return conn
             conn.close()
         return None
@@ -459,7 +461,7 @@ class ClientPool:
         for idle in self._idle.values():
             keep: deque[_Connection] = deque()
             for c in idle:
-                if not c.closed and now - c.idle_since < self.keepalive:
+                if c.reusable(now, self.keepalive):
                     keep.append(c)
                 else:
                     c.close()
