@@ -128,6 +128,13 @@ class ServeSettings(HaloSettings):
         aliases=("-tb",),
         ge=0,
     )
+    poll: int = option(
+        50,
+        "How hard idle CPU worker threads spin for the next decode step before they sleep, as llama-server's"
+        " --poll (0: no spinning, 100: most). Spinning saves a wake-up every step.",
+        ge=0,
+        le=100,
+    )
     n_predict: int = option(
         -1,
         "Most tokens one request may generate, with or without max_tokens (-1: until its slot is full).",

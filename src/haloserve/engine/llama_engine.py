@@ -154,6 +154,7 @@ class LlamaEngine:
                 flash_attn=s.flash_attn,
                 n_threads=s.threads,
                 n_threads_batch=s.threads_batch,
+                poll=s.poll,
                 kv_unified=s.kv_unified,
             ),
         )
