@@ -127,6 +127,12 @@ class GatewaySettings(HaloSettings):
     )
     max_body_bytes: int = option(8 << 20, "Largest accepted request body in bytes (413 beyond).", ge=1024)
     connect_timeout: float = option(5.0, "Seconds to connect to a backend.", gt=0)
+    backend_ca: Path | None = option(
+        None,
+        "PEM file of certificate authorities trusted for https:// backends, besides the system's"
+        " (read at start).",
+        metavar="FILE",
+    )
     request_timeout: float = option(600.0, "Seconds a backend may take for a whole response.", gt=0)
     shutdown_timeout: float = option(30.0, "Seconds in-flight requests get to finish on SIGTERM.", ge=0)
     workers: int = option(1, "Worker processes sharing the port (SO_REUSEPORT).", ge=1, le=64)
@@ -143,7 +149,7 @@ class GatewaySettings(HaloSettings):
             return v
         return [parse_backend(item) if isinstance(item, str) else item for item in _rejoin(v)]
 
-    @field_validator("keys_db", mode="before")
+    @field_validator("keys_db", "backend_ca", mode="before")
     @classmethod
     def _expand(cls, v: Any) -> Any:
         return Path(v).expanduser() if isinstance(v, str) else v

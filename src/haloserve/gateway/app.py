@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -67,7 +68,10 @@ class Gateway:
         self.metrics = GatewayMetrics(lambda: self.pool)
         self.session_header = settings.session_header
         self.client: aiohttp.ClientSession = None  # type: ignore[assignment]  # probes, discovery
-        self.upstream = ClientPool(connect_timeout=settings.connect_timeout, keepalive=4.0)  # API requests
+        self.tls = backend_ssl_context(settings.backend_ca)
+        self.upstream = ClientPool(  # API requests
+            connect_timeout=settings.connect_timeout, keepalive=4.0, ssl_context=self.tls
+        )
         self.draining = False
         self.active = 0
         self.port = settings.port
@@ -87,7 +91,9 @@ class Gateway:
         timeout = aiohttp.ClientTimeout(total=s.request_timeout, connect=s.connect_timeout)
         # Idle upstream connections are dropped before uvicorn's 5 s keep-alive timeout closes them
         # from the other side, which keeps requests off half-closed connections.
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0, enable_cleanup_closed=True)
+        connector = aiohttp.TCPConnector(
+            limit=0, keepalive_timeout=4.0, enable_cleanup_closed=True, ssl=self.tls
+        )
         self.client = aiohttp.ClientSession(
             connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
         )
@@ -249,6 +255,7 @@ class Gateway:
                 "in_flight": b.in_flight,
                 "limit": b.limit,
                 "models": sorted(b.models),
+                "error": b.probe_error or None,
             }
             for b in self.pool.backends
         ]
@@ -405,6 +412,20 @@ class Gateway:
 
 
 def check_settings(settings: GatewaySettings) -> None:
-    """Refuse to start without backends."""
+    """Refuse to start without backends, or with a --backend-ca that is not a readable PEM file."""
     if not settings.backends:
         raise ConfigError("no backends: give --backend URL (repeatable) or 'backends:' in --config")
+    backend_ssl_context(settings.backend_ca)
+
+
+def backend_ssl_context(ca: Path | None) -> ssl.SSLContext:
+    """TLS settings for https:// backends: the system's trust store, plus ``ca`` when given."""
+    ctx = ssl.create_default_context()
+    if ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(ca))
+        except FileNotFoundError:
+            raise ConfigError(f"--backend-ca: {ca}: no such file") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"--backend-ca: {ca}: not a PEM file of certificates ({exc})") from None
+    return ctx

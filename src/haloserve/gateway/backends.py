@@ -51,6 +51,7 @@ class Backend:
     requests: int = 0
     errors: int = 0
     api_key: str | None = None
+    probe_error: str = ""  # why the last health probe failed (empty after a success)
 
     @property
     def url(self) -> str:

@@ -85,6 +85,7 @@ async def probe_once(
     session: aiohttp.ClientSession, b: Backend, timeout: float, *, discover: bool
 ) -> tuple[bool, bool]:
     """One probe (and discovery when asked). Returns (healthy, newly ejected)."""
+    reason = "the health check did not answer 200"
     try:
         ok = await check_health(session, b, timeout)
         if ok and (discover or not b.models):
@@ -92,20 +93,35 @@ async def probe_once(
                 b.models = await discover_models(session, b, timeout)
             if not b.spec.max_concurrency:
                 b.learned_limit = await learn_limit(session, b, timeout)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
-        log.debug("probe of %s failed: %s", b.url, exc)
-        ok = False
+    except asyncio.TimeoutError:
+        reason, ok = f"no answer within {timeout:g}s", False
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        reason, ok = _reason(exc), False
     if ok:
+        b.probe_error = ""
         was = b.healthy
         b.probe_ok()
         if not was:
             log.info("backend %s healthy: models %s, limit %s", b.url, sorted(b.models), b.limit or "none")
         return True, False
-    was_healthy = b.healthy
+    was_healthy, new_reason = b.healthy, reason != b.probe_error
+    b.probe_error = reason
     ejected = b.probe_failed()
     if was_healthy:
-        log.warning("backend %s failed its health probe; ejected", b.url)
+        log.warning("backend %s failed its health probe (%s); ejected", b.url, reason)
+    elif new_reason:  # said once per cause, not every probe
+        log.warning("backend %s is not healthy: %s", b.url, reason)
     return False, ejected
+
+
+def _reason(exc: BaseException) -> str:
+    """A one-line cause for a failed probe (certificate problems named as such)."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert = exc.certificate_error
+        detail = getattr(cert, "verify_message", "") or str(cert)
+        return f"TLS certificate not trusted: {detail} (see --backend-ca)"
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 async def probe_loop(

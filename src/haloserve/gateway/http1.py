@@ -366,13 +366,20 @@ class _Connection(asyncio.Protocol):
 class ClientPool:
     """Keep-alive connections per backend origin, most recently used first."""
 
-    def __init__(self, *, connect_timeout: float, keepalive: float = 4.0, max_idle: int = 256) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        keepalive: float = 4.0,
+        max_idle: int = 256,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.connect_timeout = connect_timeout
         self.keepalive = keepalive
         self.max_idle = max_idle
         self._idle: dict[Origin, deque[_Connection]] = {}
         self._origins: dict[str, Origin] = {}
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context  # for https:// origins (the system's trust store when None)
         self.opened = 0
 
     def origin(self, url: str) -> Origin:
@@ -442,6 +449,10 @@ class ClientPool:
             )
         except asyncio.TimeoutError:
             raise ConnectFailed(f"connect timeout after {timeout:g}s") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectFailed(
+                f"TLS certificate not trusted: {exc.verify_message} (see --backend-ca)"
+            ) from None
         except OSError as exc:
             raise ConnectFailed(exc.strerror or type(exc).__name__) from None
         self.opened += 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import ssl
 import threading
 import time
 import uuid
@@ -120,8 +121,15 @@ class _Chunks:
 class FakeUpstream:
     """The fake OpenAI server on one event loop: ``async with FakeUpstream(cfg) as up: ...``."""
 
-    def __init__(self, config: UpstreamConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        config: UpstreamConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.config = config or UpstreamConfig()
+        self.tls = tls  # serve https:// with this server context
         self.host = host
         self.port = port
         self.stats = UpstreamStats()
@@ -145,7 +153,7 @@ class FakeUpstream:
     @property
     def url(self) -> str:
         """Base URL of the running server, e.g. ``http://127.0.0.1:41234``."""
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     async def start(self) -> FakeUpstream:
         """Listen on ``host:port`` (port 0 picks a free one)."""
@@ -158,7 +166,7 @@ class FakeUpstream:
             return server()
 
         self._tcp = await loop.create_server(
-            connection, self.host, self.port, backlog=4096, reuse_address=True
+            connection, self.host, self.port, backlog=4096, reuse_address=True, ssl=self.tls
         )
         self.port = int(self._tcp.sockets[0].getsockname()[1])
         return self
@@ -413,10 +421,13 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 @contextmanager
 def serve_in_thread(
-    config: UpstreamConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    config: UpstreamConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tls: ssl.SSLContext | None = None,
 ) -> Iterator[FakeUpstream]:
     """Run a :class:`FakeUpstream` on its own loop in a daemon thread, for synchronous callers."""
-    upstream = FakeUpstream(config, host, port)
+    upstream = FakeUpstream(config, host, port, tls)
     loop = new_event_loop()
     ready = threading.Event()
     failure: list[BaseException] = []
