@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from pathlib import Path
@@ -63,8 +64,6 @@ def test_the_proxy_client_verifies_certificates() -> None:
         resp = await pool.request(url, "/v1/chat/completions", body, {"Content-Type": "application/json"}, 10)
         await resp.read()
         return resp.status
-
-    import asyncio
 
     with serve_in_thread(UpstreamConfig(models=["secure"]), tls=_server_tls()) as up:
         with pytest.raises(ConnectFailed, match="certificate"):

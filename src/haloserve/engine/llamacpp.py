@@ -311,9 +311,10 @@ class CpuThreadpools:
         self._ctx = ctx
         if self._api is None or n_threads < 1:
             return
-        gen = self._new(n_threads, poll, paused=n_threads_batch != n_threads)
-        batch = self._new(n_threads_batch, poll) if n_threads_batch != n_threads else None
-        if gen is None or (n_threads_batch != n_threads and batch is None):
+        split = n_threads_batch != n_threads  # a second pool for prompt batches; the first one waits paused
+        gen = self._new(n_threads, poll, paused=split)
+        batch = self._new(n_threads_batch, poll) if split else None
+        if gen is None or (split and batch is None):
             self.close()
             return
         self._api.attach(ctx, gen, batch)
@@ -329,7 +330,7 @@ class CpuThreadpools:
             log.warning("could not create a CPU threadpool of %d threads; llama.cpp makes one per step", n)
             return None
         self._pools.append(pool)
-        return int(pool)
+        return pool
 
     @property
     def attached(self) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 
 from haloserve.gateway.backends import Backend
+from haloserve.gateway.http1 import untrusted_certificate
 
 log = logging.getLogger("haloserve.gateway")
 _SLOTS_TOTAL = re.compile(rb"^halo_slots_total(?:\{[^}]*\})?\s+([0-9.]+)", re.M)
@@ -118,10 +119,8 @@ def _reason(exc: BaseException) -> str:
     """A one-line cause for a failed probe (certificate problems named as such)."""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         cert = exc.certificate_error
-        detail = getattr(cert, "verify_message", "") or str(cert)
-        return f"TLS certificate not trusted: {detail} (see --backend-ca)"
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0] if text else type(exc).__name__
+        return untrusted_certificate(getattr(cert, "verify_message", "") or str(cert))
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
 
 
 async def probe_loop(

@@ -363,6 +363,11 @@ class _Connection(asyncio.Protocol):
             resp._end(exc)
 
 
+def untrusted_certificate(detail: str) -> str:
+    """How a backend's refused TLS certificate is reported (by the proxy and the health probes)."""
+    return f"TLS certificate not trusted: {detail} (see --backend-ca)"
+
+
 class ClientPool:
     """Keep-alive connections per backend origin, most recently used first."""
 
@@ -450,9 +455,7 @@ class ClientPool:
         except asyncio.TimeoutError:
             raise ConnectFailed(f"connect timeout after {timeout:g}s") from None
         except ssl.SSLCertVerificationError as exc:
-            raise ConnectFailed(
-                f"TLS certificate not trusted: {exc.verify_message} (see --backend-ca)"
-            ) from None
+            raise ConnectFailed(untrusted_certificate(exc.verify_message)) from None
         except OSError as exc:
             raise ConnectFailed(exc.strerror or type(exc).__name__) from None
         self.opened += 1
