@@ -1,7 +1,8 @@
 """Fit first: every placement in a spec is checked with the planner before a file is written.
 
-Each node's GPU budget is the planner's (:func:`node_budget`) with the TTM limit the host set-up will
-write (:func:`recommend_ttm`), unless the spec pins ``ttm_pages``. A model is planned once per placement:
+Each node's GPU budget is the planner's with the TTM limit the host set-up will write
+(:func:`tuned_budget`, which ``halo doctor`` and ``halo plan`` call too), unless the spec pins
+``ttm_pages``. A model is planned once per placement:
 alone on each replica's node, as an even llama.cpp RPC layer split, or as vLLM tensor parallelism (the
 planner's ``ClusterPlan``). What every model needs on a node is summed, so two models sharing a node are
 checked together. A model that does not fit stops the render with the planner's numbers and the changes
@@ -25,6 +26,7 @@ from haloserve.planner import (
     plan_model,
     recommend_ttm,
     resolve_model,
+    tuned_budget,
 )
 from haloserve.units import fmt_bytes
 
@@ -66,12 +68,12 @@ class FitReport:
 
 def node_memory(node: Node) -> NodeMemory:
     """The budget a node has once the host set-up has raised its TTM limit."""
-    base = node_budget(node.ram, node.carveout, os_reserve_bytes=node.os_reserve)
-    ttm = recommend_ttm(base)
-    pages = node.ttm_pages or ttm.pages_limit
-    budget = node_budget(node.ram, node.carveout, ttm_pages=pages, os_reserve_bytes=node.os_reserve)
-    if node.ttm_pages:
-        ttm = recommend_ttm(budget, min(budget.gtt_limit_bytes, base.os_visible_bytes - node.os_reserve))
+    budget, ttm = tuned_budget(node.ram, node.carveout, node.os_reserve)
+    if node.ttm_pages:  # a pinned limit: plan with it, and write it (capped at what Linux can spare)
+        budget = node_budget(
+            node.ram, node.carveout, ttm_pages=node.ttm_pages, os_reserve_bytes=node.os_reserve
+        )
+        ttm = recommend_ttm(budget, min(budget.gtt_limit_bytes, budget.os_visible_bytes - node.os_reserve))
     return NodeMemory(node, budget, ttm)
 
 

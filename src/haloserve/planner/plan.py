@@ -12,7 +12,7 @@ from typing import Any
 
 from haloserve.errors import ConfigError
 from haloserve.planner.advice import llama_server_env, vllm_args, warnings_for
-from haloserve.planner.budget import NodeBudget, TTMRecommendation, recommend_ttm
+from haloserve.planner.budget import NodeBudget, TTMRecommendation, tuned_budget
 from haloserve.planner.cluster import DEFAULT_LINK_LATENCY, ClusterPlan, nodes_needed, plan_cluster, rpc_split
 from haloserve.planner.memory import (
     DEFAULT_BATCH,
@@ -304,7 +304,7 @@ def plan_model(
         nodes_needed=nodes_needed(*parts, usable),
         cluster=cluster,
         speed=speed,
-        ttm=recommend_ttm(budget),
+        ttm=tuned_budget(budget.ram_bytes, budget.carveout_bytes, budget.os_reserve_bytes)[1],
         warnings=tuple(warnings),
         llama_env=llama_server_env(spec, budget, inputs, mem, cluster),
         vllm_args=tuple(vllm_args(spec, budget, inputs, mem, cluster)),
