@@ -97,8 +97,8 @@ BREAKS = [
     (COMPOSE1, "    ipc: host\n", "", "needs ipc: host"),
     (
         COMPOSE1,
-        '      HSA_XNACK: "1"',
-        '      HSA_OVERRIDE_GFX_VERSION: "11.0.0"\n      HSA_XNACK: "1"',
+        '      ROCBLAS_USE_HIPBLASLT: "1"',
+        '      HSA_OVERRIDE_GFX_VERSION: "11.0.0"\n      ROCBLAS_USE_HIPBLASLT: "1"',
         "HSA_OVERRIDE_GFX_VERSION on ROCm 7.0",
     ),
     (COMPOSE1, "restart: unless-stopped", "restart: [always]", "schema: services/"),

@@ -122,7 +122,7 @@ def test_ttm_limits(fixture_copy: Copy, pages: int, status: Status, words: str) 
     assert result.status is status
     assert words in result.observed
     if status is not OK:
-        assert "ttm.pages_limit=31457280" in result.fix
+        assert "ttm.pages_limit=31326208" in result.fix
 
 
 def test_ttm_pool_and_missing_parameters(fixture_copy: Copy) -> None:

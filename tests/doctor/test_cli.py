@@ -94,8 +94,8 @@ def test_human_report(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Mo
     # fixes print whole, unwrapped and unboxed, ready to paste
     assert "\n    sudo usermod -aG render,video bob\n" in out
     assert (
-        "\n    echo 'GRUB_CMDLINE_LINUX_DEFAULT=\"$GRUB_CMDLINE_LINUX_DEFAULT ttm.pages_limit=31457280 "
-        "ttm.page_pool_size=31457280\"' | sudo tee /etc/default/grub.d/90-haloserve-ttm.cfg\n"
+        "\n    echo 'GRUB_CMDLINE_LINUX_DEFAULT=\"$GRUB_CMDLINE_LINUX_DEFAULT ttm.pages_limit=31326208 "
+        "ttm.page_pool_size=31326208\"' | sudo tee /etc/default/grub.d/90-haloserve-ttm.cfg\n"
     ) in out
     assert "3 fail  5 warn  6 ok  6 skip  (exit code 1)" in out
 

@@ -132,9 +132,16 @@ def test_big_model_needs_nodes_and_the_split_adds_up() -> None:
     assert plan.fits and plan.cluster is not None and plan.nodes_needed == 2
     assert plan.llama_env["LLAMA_ARG_RPC"] == "node2:50052"
     assert plan.llama_env["LLAMA_ARG_TENSOR_SPLIT"] == "1,1"
-    assert plan.cluster.tp.feasible and "--tensor-parallel-size" in plan.vllm_args
-    assert plan.vllm_args[plan.vllm_args.index("--tensor-parallel-size") + 1] == "2"
-    assert plan.cluster.rpc_decode_tokens_per_s_ceiling < plan.cluster.tp_decode_tokens_per_s_ceiling
+    # vLLM loads the BF16 repo (~438 GiB): two nodes are refused with the numbers, an AWQ repo fits
+    assert plan.cluster.tp.feasible and not plan.cluster.tp_fits and plan.vllm_args == ()
+    assert "vLLM needs" in plan.vllm.problem and "BF16 weights" in plan.vllm.problem
+    awq = plan_model(
+        spec, w, TUNED_128, PlanInputs(ctx=32768, type_k="q8_0", type_v="q8_0", nodes=2, vllm_quant="awq")
+    )
+    assert awq.vllm.fits and "--tensor-parallel-size" in awq.vllm_args
+    assert awq.vllm_args[awq.vllm_args.index("--tensor-parallel-size") + 1] == "2"
+    assert awq.cluster is not None and awq.cluster.tp_fits
+    assert awq.cluster.rpc_decode_tokens_per_s_ceiling < awq.cluster.tp_decode_tokens_per_s_ceiling
 
 
 def test_tensor_parallel_needs_heads_that_divide() -> None:
@@ -193,11 +200,11 @@ def test_vllm_arguments() -> None:
     assert args[args.index("--max-model-len") + 1] == "16384"
     assert args[args.index("--max-num-seqs") + 1] == "4"
     util = float(args[args.index("--gpu-memory-utilization") + 1])
-    assert (
-        plan.memory.total_bytes / TUNED_128.usable_bytes
-        <= util
-        < plan.memory.total_bytes / TUNED_128.usable_bytes + 0.01
-    )
+    # sized from vLLM's BF16 weights (8.03 B parameters: 14.96 GiB), not the Q4_K_M GGUF (4.58 GiB)
+    need = plan.vllm.tp.per_node_bytes
+    assert plan.vllm.quant == "bf16" and 14.9 * GiB < plan.vllm.tp.weights_bytes < 15.0 * GiB
+    assert need > plan.memory.total_bytes
+    assert need / TUNED_128.usable_bytes <= util < need / TUNED_128.usable_bytes + 0.01
     assert args[args.index("--kv-cache-dtype") + 1] == "fp8"
 
 

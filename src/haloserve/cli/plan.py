@@ -63,6 +63,8 @@ def build_inputs(settings: PlanSettings, model_ref: str | None) -> PlanInputs:
         link_latency=settings.link_latency_us * 1e-6,
         hardware=hardware,
         model_ref=model_ref,
+        vllm_ref=settings.vllm_model,
+        vllm_quant=settings.vllm_quant,
     )
 
 

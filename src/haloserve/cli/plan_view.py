@@ -129,8 +129,12 @@ def show_plan(plan: Plan, kind: str, notes: tuple[str, ...] = ()) -> None:
     out.print("\n[bold]llama-server / halo serve[/]")
     for key, value in plan.llama_env.items():
         out.print(f"export {key}={shlex.quote(value)}", highlight=False, soft_wrap=True)
-    out.print("\n[bold]vLLM[/]")
-    out.print(shlex.join(plan.vllm_args), soft_wrap=True)
+    v = plan.vllm
+    out.print(f"\n[bold]vLLM[/] ({v.quant_source}; {_b(v.tp.per_node_bytes)} per node)")
+    if plan.vllm_args:
+        out.print(shlex.join(plan.vllm_args), soft_wrap=True)
+    else:
+        out.print(f"[red]does not fit[/]: {v.problem}", soft_wrap=True)
     out.print(f"\n[bold]TTM limit[/] for {_b(plan.ttm.target_bytes)} of GTT (pages = GiB x 262144)")
     out.print(f"/etc/default/grub: {plan.ttm.grub_line}", soft_wrap=True)
     out.print(f"or /etc/modprobe.d/ttm.conf: {plan.ttm.modprobe_line}", soft_wrap=True)
@@ -183,9 +187,12 @@ def _show_cluster(plan: Plan) -> None:
             "yes" if fits else "[red]no[/]",
         )
     out.print(t)
-    tp = cl.tp
+    tp, v = cl.tp, plan.vllm
     status = ("fits" if cl.tp_fits else "does not fit") if tp.feasible else f"not possible: {tp.reason}"
-    out.print(f"vLLM tensor parallel {tp.size}: {_b(tp.per_node_bytes)} per node, {status}")
+    out.print(
+        f"vLLM tensor parallel {tp.size}: {_b(tp.per_node_bytes)} per node ({v.quant.upper()} weights "
+        f"{_b(tp.weights_bytes)}, KV cache {_b(tp.kv_bytes)}), {status}"
+    )
     out.print(
         f"decode ceiling: RPC {_rate(cl.rpc_decode_tokens_per_s_ceiling)}, "
         f"tensor parallel {_rate(cl.tp_decode_tokens_per_s_ceiling)} (network latency included)"

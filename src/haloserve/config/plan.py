@@ -78,6 +78,17 @@ class PlanSettings(HaloSettings):
         "Weight quantisation for a config.json or catalog model (Q4_K_M, Q8_0, BF16 ...).",
         metavar="QUANT",
     )
+    vllm_model: str | None = option(
+        None,
+        "Hugging Face repo the vllm serve line loads (default: the model's); an -AWQ/-GPTQ/-FP8 repo is "
+        "sized as such.",
+        metavar="REPO",
+    )
+    vllm_quant: str | None = option(
+        None,
+        "Weights vLLM loads: bf16, fp16, fp8, awq, gptq, gptq-int8 (default: from the repo name, else BF16).",
+        metavar="FORMAT",
+    )
     ram: Size = option(
         "128", "Memory installed per node, GiB unless a unit is given.", metavar="SIZE", validate_default=True
     )

@@ -1,7 +1,8 @@
 """Fit first: every placement in a spec is checked with the planner before a file is written.
 
-Each node's GPU budget is the planner's (:func:`node_budget`) with the TTM limit the host set-up will
-write (:func:`recommend_ttm`), unless the spec pins ``ttm_pages``. A model is planned once per placement:
+Each node's GPU budget is the planner's with the TTM limit the host set-up will write
+(:func:`tuned_budget`, which ``halo doctor`` and ``halo plan`` call too), unless the spec pins
+``ttm_pages``. A model is planned once per placement:
 alone on each replica's node, as an even llama.cpp RPC layer split, or as vLLM tensor parallelism (the
 planner's ``ClusterPlan``). What every model needs on a node is summed, so two models sharing a node are
 checked together. A model that does not fit stops the render with the planner's numbers and the changes
@@ -25,7 +26,9 @@ from haloserve.planner import (
     plan_model,
     recommend_ttm,
     resolve_model,
+    tuned_budget,
 )
+from haloserve.planner.vllm import vllm_format
 from haloserve.units import fmt_bytes
 
 
@@ -66,16 +69,17 @@ class FitReport:
 
 def node_memory(node: Node) -> NodeMemory:
     """The budget a node has once the host set-up has raised its TTM limit."""
-    base = node_budget(node.ram, node.carveout, os_reserve_bytes=node.os_reserve)
-    ttm = recommend_ttm(base)
-    pages = node.ttm_pages or ttm.pages_limit
-    budget = node_budget(node.ram, node.carveout, ttm_pages=pages, os_reserve_bytes=node.os_reserve)
-    if node.ttm_pages:
-        ttm = recommend_ttm(budget, min(budget.gtt_limit_bytes, base.os_visible_bytes - node.os_reserve))
+    budget, ttm = tuned_budget(node.ram, node.carveout, node.os_reserve)
+    if node.ttm_pages:  # a pinned limit: plan with it, and write it (capped at what Linux can spare)
+        budget = node_budget(
+            node.ram, node.carveout, ttm_pages=node.ttm_pages, os_reserve_bytes=node.os_reserve
+        )
+        ttm = recommend_ttm(budget, min(budget.gtt_limit_bytes, budget.os_visible_bytes - node.os_reserve))
     return NodeMemory(node, budget, ttm)
 
 
 def _inputs(model: Model, nodes: int, ref: str | None) -> PlanInputs:
+    vllm = model.engine == "vllm"
     return PlanInputs(
         ctx=model.ctx,
         parallel=model.parallel,
@@ -83,6 +87,8 @@ def _inputs(model: Model, nodes: int, ref: str | None) -> PlanInputs:
         type_v=model.cache_type_v,
         nodes=nodes,
         model_ref=ref,
+        # vLLM loads the hf: repo, so quant: names that checkpoint's format (bf16, fp8, awq ...)
+        vllm_quant=model.quant if vllm else None,
     )
 
 
@@ -104,8 +110,14 @@ def _suggestions(model: Model, plan: Plan) -> list[str]:
 
 
 def _plan(model: Model, i: int, memory: dict[str, NodeMemory]) -> tuple[Placement, list[str]]:
+    if model.engine == "vllm" and model.quant:
+        try:
+            vllm_format(model.hf, model.quant)
+        except ConfigError as exc:
+            raise _PlanProblem(("models", i, "quant"), exc.message) from None
     try:
-        resolved = resolve_model(model.source, model.quant)
+        # quant: of a vLLM model is its checkpoint's format, which the GGUF estimate does not know
+        resolved = resolve_model(model.source, None if model.engine == "vllm" else model.quant)
         group = model.nodes if model.split != "none" else model.nodes[:1]  # what one instance spans
         # the planner assumes equal nodes: plan on the smallest budget among the model's nodes
         smallest = min((memory[name].budget for name in model.nodes), key=lambda b: b.usable_bytes)
@@ -116,15 +128,17 @@ def _plan(model: Model, i: int, memory: dict[str, NodeMemory]) -> tuple[Placemen
     except ConfigError as exc:
         raise _PlanProblem(("models", i, "source"), exc.message) from None
     per_node: dict[str, int] = {}
-    if model.split == "rpc" and plan.cluster:
+    if model.engine == "vllm" and not plan.vllm.tp.feasible:
+        raise _PlanProblem(("models", i, "nodes"), plan.vllm.problem)
+    if model.engine == "vllm" and not plan.vllm.fits:
+        hint = (
+            "more nodes in a tensor-parallel split, a quantised repo in hf: (AWQ/GPTQ/FP8) or a smaller ctx"
+        )
+        raise _PlanProblem(("models", i, "nodes"), f"{plan.vllm.problem}; try {hint}")
+    if model.engine == "vllm":  # sized from the weights vLLM loads, not the GGUF estimate
+        per_node = dict.fromkeys(group if model.split != "none" else model.nodes, plan.vllm.tp.per_node_bytes)
+    elif model.split == "rpc" and plan.cluster:
         per_node = {name: share.total_bytes for name, share in zip(group, plan.cluster.rpc, strict=True)}
-    elif model.split == "tensor-parallel" and plan.cluster:
-        if not plan.cluster.tp.feasible:
-            raise _PlanProblem(
-                ("models", i, "nodes"),
-                f"vLLM cannot shard {resolved.spec.name} {len(group)} ways: {plan.cluster.tp.reason}",
-            )
-        per_node = dict.fromkeys(group, plan.cluster.tp.per_node_bytes)
     else:
         per_node = dict.fromkeys(model.nodes, plan.memory.total_bytes)
     notes = [f"{model.name}: {w}" for w in (*resolved.notes, *plan.warnings) if not w.startswith("needs ")]

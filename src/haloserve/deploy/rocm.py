@@ -1,16 +1,18 @@
 """ROCm settings that depend on the ROCm version (errata 7) and on the backend.
 
-ROCm 6.4.x lacked gfx1151 kernels in several libraries, so the seeds set
-``HSA_OVERRIDE_GFX_VERSION=11.0.0`` (run gfx1100 kernels). ROCm 7.x ships native gfx1151 kernels and the
-override then only hurts, so it is written only for 6.4.x, and the GPU targets the images are built for
-follow the same rule (with the override the device reports gfx1100, so the kernels must be gfx1100).
+The environment variables come from the one table in :mod:`haloserve.doctor.rocm_env`, which
+``halo doctor`` judges hosts against too. ROCm 6.4.x lacked gfx1151 kernels in several libraries, so the
+seeds set ``HSA_OVERRIDE_GFX_VERSION=11.0.0`` (run gfx1100 kernels); ROCm 7.x ships native gfx1151
+kernels and the override then only hurts, so it is written only for 6.4.x, and the GPU targets the images
+are built for follow the same rule (with the override the device reports gfx1100, so the kernels must be
+gfx1100). Seed 001's ``HSA_XNACK=1`` is not written: gfx1151 has no XNACK.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from haloserve.doctor.checks.rocm import FIRST_GFX1151, NATIVE_GFX1151
+from haloserve.doctor.rocm_env import FIRST_GFX1151, NATIVE_GFX1151, advice, parse_rocm
 
 GFX = "gfx1151"  # Strix Halo's Radeon 8060S (errata 3: gfx1150 is a different chip)
 
@@ -22,12 +24,6 @@ class EnvVar:
     name: str
     value: str
     why: str
-
-
-def parse_rocm(version: str) -> tuple[int, int, int]:
-    """``"7.0"`` -> ``(7, 0, 0)``."""
-    parts = [*(int(p) for p in version.split(".")), 0, 0, 0]
-    return parts[0], parts[1], parts[2]
 
 
 def too_old(version: str) -> str | None:
@@ -48,33 +44,9 @@ def gpu_targets(version: str) -> str:
 
 
 def rocm_env(version: str, llama: bool = True) -> list[EnvVar]:
-    """The ROCm runtime variables of every GPU service (seed 001's set, minus the 7.x override);
-    ``llama=False`` leaves out llama.cpp's own variable (vLLM images and services)."""
-    out = []
-    if needs_override(version):
-        out.append(
-            EnvVar(
-                "HSA_OVERRIDE_GFX_VERSION",
-                "11.0.0",
-                "ROCm 6.4.x only: run gfx1100 kernels (without it: HSA_STATUS_ERROR_OUT_OF_RESOURCES); "
-                "drop it on ROCm 7.x, which has native gfx1151 kernels",
-            )
-        )
-    out += [
-        EnvVar("HSA_XNACK", "1", "GPU page-fault retry, needed for unified memory on the APU"),
-        EnvVar("ROCBLAS_USE_HIPBLASLT", "1", "hipBLASLt GEMMs: faster prompt processing"),
-        EnvVar("GPU_MAX_HW_QUEUES", "2", "fewer hardware queues: less contention for one inference process"),
-    ]
-    if llama:
-        out.insert(
-            len(out) - 2,
-            EnvVar(
-                "GGML_CUDA_ENABLE_UNIFIED_MEMORY",
-                "1",
-                "llama.cpp allocates with hipMallocManaged (zero-copy UMA)",
-            ),
-        )
-    return out
+    """The ROCm runtime variables of every GPU service: the table's rows that set a value for this
+    version; ``llama=False`` leaves out llama.cpp's own variable (vLLM images and services)."""
+    return [EnvVar(r.name, r.value, r.why) for r in advice(parse_rocm(version), llama) if r.value is not None]
 
 
 def rocm_image(version: str) -> str:

@@ -8,7 +8,7 @@ Typical use (``halo deploy`` checks every placement this way)::
     plan.fits, plan.headroom_bytes, plan.max_context
 """
 
-from haloserve.planner.budget import NodeBudget, TTMRecommendation, node_budget, recommend_ttm
+from haloserve.planner.budget import NodeBudget, TTMRecommendation, node_budget, recommend_ttm, tuned_budget
 from haloserve.planner.catalog import CatalogEntry, load_catalog, lookup
 from haloserve.planner.cluster import ClusterPlan, nodes_needed, plan_cluster
 from haloserve.planner.memory import (
@@ -59,4 +59,5 @@ __all__ = [
     "recommend_ttm",
     "recurrent_state_bytes",
     "resolve_model",
+    "tuned_budget",
 ]

@@ -11,16 +11,17 @@ from typing import TYPE_CHECKING
 
 from haloserve.planner.budget import NodeBudget
 from haloserve.planner.spec import ModelSpec, Weights
+from haloserve.planner.vllm import KV_DTYPES
 from haloserve.units import GiB, MiB, fmt_bytes
 
 if TYPE_CHECKING:
     from haloserve.planner.cluster import ClusterPlan
     from haloserve.planner.plan import MemoryBreakdown, PlanInputs
+    from haloserve.planner.vllm import VllmPlan
 
 OS_FLOOR = 2 * GiB  # RAM a headless Linux needs for itself
 CACHE_RAM_DEFAULT = 8192 * MiB  # llama-server's default --cache-ram (common.h cache_ram_mib)
 RPC_PORT = 50052  # ggml-rpc-server's default port
-VLLM_KV_DTYPES = {"f16": "auto", "bf16": "auto", "f32": "auto", "q8_0": "fp8"}
 
 
 def free_ram_bytes(budget: NodeBudget, gpu_bytes: int, host_bytes: int) -> int:
@@ -137,21 +138,16 @@ def llama_server_env(
     return env
 
 
-def vllm_args(
-    spec: ModelSpec,
-    budget: NodeBudget,
-    inputs: PlanInputs,
-    mem: MemoryBreakdown,
-    cluster: ClusterPlan | None,
-) -> list[str]:
-    """``vllm serve`` arguments for the same context, slots and node count (vLLM's own KV layout differs
-    from llama.cpp's; the memory fraction is the plan's need over the usable memory, capped at 0.95)."""
-    need = cluster.tp.per_node_bytes if cluster else mem.total_bytes
-    util = min(0.95, max(0.05, math.ceil(need / budget.usable_bytes * 100) / 100))
+def vllm_args(spec: ModelSpec, inputs: PlanInputs, mem: MemoryBreakdown, vllm: VllmPlan) -> list[str]:
+    """``vllm serve`` arguments for the same context, slots and node count, with the memory fraction
+    sized from the weights vLLM loads (:mod:`haloserve.planner.vllm`); none when vLLM would not fit."""
+    if not vllm.fits:
+        return []
+    util = vllm.utilization
     args = [
         "vllm",
         "serve",
-        inputs.model_ref or spec.name,
+        vllm.model,
         "--max-model-len",
         str(mem.layout.n_ctx_seq),
         "--max-num-seqs",
@@ -171,7 +167,7 @@ def vllm_args(
         if spec.rope_theta:
             rope["rope_theta"] = spec.rope_theta
         args += ["--hf-overrides", json.dumps({"rope_parameters": rope}, separators=(",", ":"))]
-    kv = VLLM_KV_DTYPES.get(inputs.type_k)
+    kv = KV_DTYPES.get(inputs.type_k)
     if kv and kv != "auto":
         args += ["--kv-cache-dtype", kv]
     if inputs.nodes > 1:

@@ -9,7 +9,12 @@ pages are taken from Linux's RAM, so the GPU can use
 
 and never "carve-out + GTT limit" when the limit is larger than what Linux can spare (counting the same
 memory twice is how the seeds ended up with a starved OS). ``pages = GiB x 262144`` (errata 1).
-Reused by ``halo doctor`` (which reads the real values from sysfs) and ``halo deploy``.
+
+The OS reserve is counted from the RAM Linux sees (installed minus the carve-out), not from the installed
+RAM: the carve-out is GPU memory, so it cannot be the OS's headroom. 128 GB with the 512 MB carve-out
+gives 128 - 0.5 - 8 = 119.5 GiB (``ttm.pages_limit=31326208``), 64 GB gives 55.5 GiB (14548992).
+:func:`tuned_budget` is the one place that decides this; ``halo doctor``, ``halo plan`` and
+``halo deploy`` all call it.
 """
 
 from __future__ import annotations
@@ -140,6 +145,19 @@ class TTMRecommendation:
             "grub_line": self.grub_line,
             "modprobe_line": self.modprobe_line,
         }
+
+
+def tuned_budget(
+    ram_bytes: int, carveout_bytes: int = DEFAULT_CARVEOUT, os_reserve_bytes: int = DEFAULT_OS_RESERVE
+) -> tuple[NodeBudget, TTMRecommendation]:
+    """A node's GPU budget once the recommended TTM limit is set, and that limit's kernel settings.
+
+    The one function behind the TTM line of ``halo doctor``, ``halo plan`` and ``halo deploy``.
+    """
+    ttm = recommend_ttm(node_budget(ram_bytes, carveout_bytes, os_reserve_bytes=os_reserve_bytes))
+    pages = ttm.pages_limit
+    budget = node_budget(ram_bytes, carveout_bytes, ttm_pages=pages, os_reserve_bytes=os_reserve_bytes)
+    return budget, ttm
 
 
 def recommend_ttm(budget: NodeBudget, target_bytes: int | None = None) -> TTMRecommendation:

@@ -174,15 +174,19 @@ def plan_cluster(
     n_nodes: int,
     decode_bytes_per_token: float,
     bandwidth: float,
+    tp: TensorParallel,
+    tp_fits: bool,
+    tp_decode_bytes_per_token: float,
     link_latency: float = DEFAULT_LINK_LATENCY,
 ) -> ClusterPlan:
-    """Both splits over ``n_nodes`` equal nodes, and their decode ceilings including network latency."""
+    """Both splits over ``n_nodes`` equal nodes, and their decode ceilings including network latency.
+
+    ``tp`` is vLLM's split as :func:`haloserve.planner.vllm.plan_vllm` sized it from the weights vLLM
+    loads (``tp_decode_bytes_per_token`` is what one of its tokens reads); the RPC split uses ``weights``.
+    """
     shares = rpc_split(spec, weights, kv_per_layer, recurrent_bytes, compute_bytes, overhead_bytes, n_nodes)
-    tp = tensor_parallel(
-        spec, weights, sum(kv_per_layer), recurrent_bytes, compute_bytes, overhead_bytes, n_nodes
-    )
     rpc_time = decode_bytes_per_token / bandwidth + 2 * (n_nodes - 1) * link_latency
-    tp_time = decode_bytes_per_token / (bandwidth * n_nodes) + (
+    tp_time = tp_decode_bytes_per_token / (bandwidth * n_nodes) + (
         2 * spec.n_layer * link_latency if n_nodes > 1 else 0
     )
     return ClusterPlan(
@@ -191,7 +195,7 @@ def plan_cluster(
         rpc_fits=all(s.total_bytes <= usable_bytes for s in shares),
         tensor_split=",".join(["1"] * n_nodes),
         tp=tp,
-        tp_fits=tp.feasible and tp.per_node_bytes <= usable_bytes,
+        tp_fits=tp_fits,
         rpc_decode_tokens_per_s_ceiling=1 / rpc_time,
         tp_decode_tokens_per_s_ceiling=1 / tp_time,
     )

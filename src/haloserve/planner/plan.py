@@ -12,7 +12,7 @@ from typing import Any
 
 from haloserve.errors import ConfigError
 from haloserve.planner.advice import llama_server_env, vllm_args, warnings_for
-from haloserve.planner.budget import NodeBudget, TTMRecommendation, recommend_ttm
+from haloserve.planner.budget import NodeBudget, TTMRecommendation, tuned_budget
 from haloserve.planner.cluster import DEFAULT_LINK_LATENCY, ClusterPlan, nodes_needed, plan_cluster, rpc_split
 from haloserve.planner.memory import (
     DEFAULT_BATCH,
@@ -28,6 +28,7 @@ from haloserve.planner.memory import (
 from haloserve.planner.quant import KV_QUALITY_LADDER, kv_type
 from haloserve.planner.spec import ModelSpec, Weights
 from haloserve.planner.speed import Hardware, SpeedEstimate, estimate_speed
+from haloserve.planner.vllm import VllmPlan, plan_vllm, vllm_format
 
 MAX_CONTEXT = 1 << 26  # 64M tokens: the search for the largest context stops here
 
@@ -50,6 +51,8 @@ class PlanInputs:
     link_latency: float = DEFAULT_LINK_LATENCY
     hardware: Hardware = field(default_factory=Hardware)
     model_ref: str | None = None
+    vllm_ref: str | None = None  # the repo vllm serve loads (default: model_ref)
+    vllm_quant: str | None = None  # its checkpoint format (default: from the repo name, else BF16)
 
     def __post_init__(self) -> None:
         if self.ctx is not None and self.ctx <= 0:
@@ -62,6 +65,7 @@ class PlanInputs:
             raise ConfigError(f"--nodes must be between 1 and 64 (got {self.nodes})")
         kv_type(self.type_k)
         kv_type(self.type_v)
+        vllm_format(self.vllm_ref, self.vllm_quant)  # a GGUF quant named for vLLM is refused here
         if not self.flash_attn and kv_type(self.type_v).block_size > 1:
             raise ConfigError("a quantised V cache needs flash attention in llama.cpp (drop --no-flash-attn)")
 
@@ -202,6 +206,7 @@ class Plan:
     ttm: TTMRecommendation
     warnings: tuple[str, ...]
     llama_env: dict[str, str]
+    vllm: VllmPlan
     vllm_args: tuple[str, ...]
 
     @property
@@ -261,6 +266,7 @@ class Plan:
             "spec": self.spec.summary(),
             "warnings": list(self.warnings),
             "llama_server_env": dict(self.llama_env),
+            "vllm": self.vllm.to_dict(),
             "vllm_args": list(self.vllm_args),
         }
 
@@ -277,6 +283,7 @@ def plan_model(
     speed = estimate_speed(
         spec, weights, mem.layout.n_ctx_seq, inputs.parallel, inputs.type_k, inputs.type_v, inputs.hardware
     )
+    vllm = plan_vllm(spec, inputs, mem, usable, weights)
     cluster = None
     if inputs.nodes > 1:
         cluster = plan_cluster(
@@ -285,6 +292,9 @@ def plan_model(
             inputs.nodes,
             speed.decode_bytes_per_token,
             inputs.hardware.bandwidth_peak,
+            vllm.tp,
+            vllm.fits,
+            speed.decode_bytes_per_token - weights.decode_bytes + vllm.weights.decode_bytes,
             inputs.link_latency,
         )
     fits = cluster.rpc_fits if cluster else mem.total_bytes <= usable
@@ -304,8 +314,9 @@ def plan_model(
         nodes_needed=nodes_needed(*parts, usable),
         cluster=cluster,
         speed=speed,
-        ttm=recommend_ttm(budget),
+        ttm=tuned_budget(budget.ram_bytes, budget.carveout_bytes, budget.os_reserve_bytes)[1],
         warnings=tuple(warnings),
         llama_env=llama_server_env(spec, budget, inputs, mem, cluster),
-        vllm_args=tuple(vllm_args(spec, budget, inputs, mem, cluster)),
+        vllm=vllm,
+        vllm_args=tuple(vllm_args(spec, inputs, mem, vllm)),
     )

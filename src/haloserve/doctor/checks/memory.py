@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from haloserve.doctor import fixes
-from haloserve.doctor.budget import gpu_addressable, installed_ram, recommend
+from haloserve.doctor.budget import gpu_addressable, installed_ram
 from haloserve.doctor.check import Check
 from haloserve.doctor.checks._common import gib, no_apu
 from haloserve.doctor.host import Host
 from haloserve.doctor.parse import parse_int
 from haloserve.doctor.result import Status, Verdict
-from haloserve.units import TTM_PAGE_BYTES, GiB
+from haloserve.errors import ConfigError
+from haloserve.planner.budget import DEFAULT_CARVEOUT, tuned_budget
+from haloserve.units import TTM_PAGE_BYTES, GiB, fmt_bytes
 
 SECTION = "Memory"
 SMALL_CARVEOUT = 4 * GiB  # up to this a carve-out costs little (AMD recommends 0.5 GB)
@@ -102,18 +104,25 @@ def check_ttm(host: Host) -> Verdict:
     limit, pool = parse_int(limit_text), parse_int(pool_text)
     if mem_total is None or apu is None:
         return Verdict(Status.WARN, "cannot read MemTotal from /proc/meminfo", "a readable /proc/meminfo")
-    budget = recommend(installed_ram(mem_total, apu.vram_total or 0))
+    carve = apu.vram_total or 0
+    installed = installed_ram(mem_total, carve)
+    # a carve-out above SMALL_CARVEOUT is to be reduced first (memory check): plan for the recommended one
+    planned_carve = carve if carve <= SMALL_CARVEOUT else DEFAULT_CARVEOUT
+    try:
+        budget, ttm = tuned_budget(installed, planned_carve)
+    except ConfigError as exc:
+        return Verdict(Status.WARN, f"installed ~{installed // GiB} GiB: {exc.message}", "a Strix Halo node")
     expected = (
-        f"ttm.pages_limit={budget.pages} and ttm.page_pool_size={budget.pages} "
-        f"({budget.target_gib} GiB of {budget.installed // GiB} GiB, {budget.os_reserve // GiB} GiB left "
-        "to the OS)"
+        f"ttm.pages_limit={ttm.pages_limit} and ttm.page_pool_size={ttm.pages_limit} "
+        f"({fmt_bytes(ttm.target_bytes)} of GTT on {installed // GiB} GiB with a {fmt_bytes(planned_carve)} "
+        f"carve-out, {fmt_bytes(budget.os_reserve_bytes)} of the RAM Linux sees left to it)"
     )
     why = (
         "TTM caps how much RAM the GPU may map (GTT). The kernel default is half of RAM, so a 128 GB machine "
         "can give a model only ~62 GiB; a limit above the RAM the OS has lets a model push the OS into OOM."
     )
     notes: list[str] = []
-    if (apu.vram_total or 0) > LARGE_CARVEOUT:
+    if planned_carve != carve:
         notes.append(
             "The recommended values assume the carve-out is first reduced to 512 MB (see the memory check)."
         )
@@ -121,8 +130,8 @@ def check_ttm(host: Host) -> Verdict:
         notes.append("amdgpu.gttsize is deprecated: GTT now follows ttm.pages_limit; remove amdgpu.gttsize.")
     notes.append(
         "Alternative to the kernel command line: `pipx install amd-debug-tools && amd-ttm --set "
-        f"{budget.target_gib}` (writes /etc/modprobe.d/ttm.conf; needs the initramfs rebuilt when ttm is "
-        "in it)."
+        f"{ttm.target_bytes / GiB:g}` (writes /etc/modprobe.d/ttm.conf; needs the initramfs rebuilt when "
+        "ttm is in it)."
     )
     if limit is None or limit <= 0:
         shown = "missing" if limit_text is None else f"not a number ({limit_text[:40]!r})"
@@ -131,7 +140,7 @@ def check_ttm(host: Host) -> Verdict:
             f"/sys/module/ttm/parameters/pages_limit {shown}",
             expected,
             why,
-            _ttm_fix(host, budget.pages),
+            _ttm_fix(host, ttm.pages_limit),
             tuple(notes),
         )
     limit_bytes = limit * TTM_PAGE_BYTES
@@ -147,7 +156,7 @@ def check_ttm(host: Host) -> Verdict:
             f"{observed}: the limit is more than the OS has",
             expected,
             why,
-            _ttm_fix(host, budget.pages),
+            _ttm_fix(host, ttm.pages_limit),
             tuple(notes),
         )
     if mem_total - limit_bytes < OS_MINIMUM:
@@ -156,17 +165,17 @@ def check_ttm(host: Host) -> Verdict:
             f"{observed}: leaves only {gib(mem_total - limit_bytes)} to the OS",
             expected,
             why,
-            _ttm_fix(host, budget.pages),
+            _ttm_fix(host, ttm.pages_limit),
             tuple(notes),
         )
-    if limit_bytes < 0.9 * budget.target_bytes:
+    if limit_bytes < 0.9 * ttm.target_bytes:
         what = "the kernel default (half of RAM)" if default else "below the recommendation"
         return Verdict(
             Status.WARN,
             f"{observed}: {what}",
             expected,
             why,
-            _ttm_fix(host, budget.pages),
+            _ttm_fix(host, ttm.pages_limit),
             tuple(notes),
         )
     if pool is not None and pool < limit:

@@ -11,10 +11,9 @@ from haloserve.doctor.checks._common import no_amd_gpu
 from haloserve.doctor.host import Host
 from haloserve.doctor.parse import parse_version
 from haloserve.doctor.result import Status, Verdict
+from haloserve.doctor.rocm_env import NATIVE_GFX1151, advice, advice_for
 
 SECTION = "Software"
-NATIVE_GFX1151 = (7, 0, 0)  # ROCm 7.x ships gfx1151 kernels; the 11.0.0 override was a 6.4.x workaround
-FIRST_GFX1151 = (6, 4, 0)
 _OVERRIDE = re.compile(r"^\d+\.\d+\.\d+$")
 
 
@@ -51,19 +50,14 @@ def judge_override(
         )
     if not strix_halo or rocm is None:
         return Status.OK, "", ""
-    if rocm >= NATIVE_GFX1151:
+    row = advice_for("HSA_OVERRIDE_GFX_VERSION", rocm)  # the table halo deploy writes from
+    if row is not None and row.value is None:
         if override is None or override.strip() == "11.5.1":
             note = "native gfx1151 kernels, no override needed"
             return Status.OK, note + (" (11.5.1 only restates the native target)" if override else ""), ""
-        return (
-            Status.WARN,
-            f"HSA_OVERRIDE_GFX_VERSION={override} forces other kernels on a ROCm 7 host that has native "
-            "gfx1151 "
-            "ones: slower at best, wrong results or crashes at worst",
-            unset,
-        )
-    if rocm >= FIRST_GFX1151:
-        if override is not None and override.strip() == "11.0.0":
+        return Status.WARN, f"HSA_OVERRIDE_GFX_VERSION={override} on this ROCm: {row.why}", unset
+    if row is not None:
+        if override is not None and override.strip() == row.value:
             return (
                 Status.OK,
                 "11.0.0 is the known ROCm 6.4.x workaround (gfx1100 kernels); upgrade to ROCm 7 and drop it",
@@ -73,8 +67,8 @@ def judge_override(
             Status.WARN,
             "ROCm 6.4.x lacks gfx1151 kernels in several libraries (HSA_STATUS_ERROR_OUT_OF_RESOURCES): "
             "upgrade to ROCm 7.x, or use the 6.4.x workaround HSA_OVERRIDE_GFX_VERSION=11.0.0",
-            "export HSA_OVERRIDE_GFX_VERSION=11.0.0   # ROCm 6.4.x only; better: install ROCm 7.x and no "
-            "override",
+            f"export HSA_OVERRIDE_GFX_VERSION={row.value}   # ROCm 6.4.x only; better: install ROCm 7.x and "
+            "no override",
         )
     return (
         Status.WARN,
@@ -123,11 +117,16 @@ def check_rocm(host: Host) -> Verdict:
 
 
 def check_rocm_env(host: Host) -> Verdict:
-    """llama.cpp HIP hints: ``GGML_CUDA_ENABLE_UNIFIED_MEMORY`` and ``HSA_XNACK``."""
+    """ROCm/HIP variables against :mod:`haloserve.doctor.rocm_env`'s table (the one ``halo deploy`` uses)."""
     skip = no_amd_gpu(host)
     if skip:
         return skip
-    expected = "GGML_CUDA_ENABLE_UNIFIED_MEMORY unset or 1; HSA_XNACK not needed on gfx11"
+    text, _ = rocm_version(host)
+    version = (parse_version(text) if text else None) or NATIVE_GFX1151  # no host ROCm: containers' 7.x
+    rows = advice(version)
+    wanted = ", ".join(f"{r.name}={r.value}" for r in rows if r.value is not None)
+    unset = ", ".join(r.name for r in rows if r.value is None)
+    expected = f"as halo deploy writes for ROCm {'.'.join(map(str, version))}: {wanted}; unset: {unset}"
     if not host.facts.env_known:
         return Verdict(Status.SKIP, "environment not captured for this root", expected)
     notes: list[str] = []
@@ -159,10 +158,9 @@ def check_rocm_env(host: Host) -> Verdict:
             "when "
             "allocations beyond the carve-out fail."
         )
-    if xnack is not None and host.strix_halo is not None:
-        notes.append(
-            "HSA_XNACK has no effect on gfx1151: XNACK page-fault retry is a GFX9 (Instinct) feature."
-        )
+    xnack_row = advice_for("HSA_XNACK", version)
+    if xnack is not None and host.strix_halo is not None and xnack_row and xnack_row.value is None:
+        notes.append(f"HSA_XNACK has {xnack_row.why} ({xnack_row.source}).")
     return Verdict(status, "; ".join(shown), expected, why, fix, tuple(notes))
 
 
@@ -225,6 +223,6 @@ def check_vulkan(host: Host) -> Verdict:
 
 CHECKS = (
     Check("rocm", "ROCm and HSA override", SECTION, check_rocm),
-    Check("rocm.env", "llama.cpp HIP variables", SECTION, check_rocm_env),
+    Check("rocm.env", "ROCm environment", SECTION, check_rocm_env),
     Check("vulkan", "Vulkan (RADV)", SECTION, check_vulkan),
 )

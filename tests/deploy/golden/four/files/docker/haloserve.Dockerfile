@@ -22,8 +22,6 @@ RUN HIPCXX="$(hipconfig -l)/clang" HIP_PATH="$(hipconfig -R)" \
     CMAKE_ARGS="-DGGML_HIP=ON -DGPU_TARGETS=${GPU_TARGETS} -DGGML_HIP_ROCWMMA_FATTN=ON -DGGML_RPC=ON -DGGML_OPENMP=OFF -DCMAKE_HIP_FLAGS='-mllvm --amdgpu-unroll-threshold-local=600'" \
     pip install --no-cache-dir --no-binary llama-cpp-python llama-cpp-python
 RUN pip install --no-cache-dir "${HALOSERVE_PACKAGE}"
-# GPU page-fault retry, needed for unified memory on the APU
-ENV HSA_XNACK=1
 # llama.cpp allocates with hipMallocManaged (zero-copy UMA)
 ENV GGML_CUDA_ENABLE_UNIFIED_MEMORY=1
 # hipBLASLt GEMMs: faster prompt processing

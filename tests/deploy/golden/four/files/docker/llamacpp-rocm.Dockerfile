@@ -45,8 +45,6 @@ RUN apt-get update \
 COPY --from=build /opt/llama /opt/llama
 ENV PATH=/opt/llama/bin:$PATH \
     LD_LIBRARY_PATH=/opt/llama/bin
-# GPU page-fault retry, needed for unified memory on the APU
-ENV HSA_XNACK=1
 # llama.cpp allocates with hipMallocManaged (zero-copy UMA)
 ENV GGML_CUDA_ENABLE_UNIFIED_MEMORY=1
 # hipBLASLt GEMMs: faster prompt processing

@@ -13,8 +13,6 @@ WORKDIR /opt/rocm-test
 COPY verify-rocm.sh hip-matmul.cpp ./
 RUN hipcc -O2 --offload-arch="${GPU_TARGETS}" -o hip-matmul hip-matmul.cpp \
  && chmod +x verify-rocm.sh
-# GPU page-fault retry, needed for unified memory on the APU
-ENV HSA_XNACK=1
 # llama.cpp allocates with hipMallocManaged (zero-copy UMA)
 ENV GGML_CUDA_ENABLE_UNIFIED_MEMORY=1
 # hipBLASLt GEMMs: faster prompt processing

@@ -36,8 +36,6 @@ RUN apt-get update \
 COPY --from=build /opt/venv /opt/venv
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
-# GPU page-fault retry, needed for unified memory on the APU
-ENV HSA_XNACK=1
 # hipBLASLt GEMMs: faster prompt processing
 ENV ROCBLAS_USE_HIPBLASLT=1
 # fewer hardware queues: less contention for one inference process

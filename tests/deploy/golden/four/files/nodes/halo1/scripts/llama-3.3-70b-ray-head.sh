@@ -10,8 +10,6 @@ export NCCL_IB_HCA="=mlx5_0"
 export NCCL_IB_GID_INDEX=3
 export VLLM_HOST_IP=10.0.1.1
 
-# GPU page-fault retry, needed for unified memory on the APU
-export HSA_XNACK=1
 # hipBLASLt GEMMs: faster prompt processing
 export ROCBLAS_USE_HIPBLASLT=1
 # fewer hardware queues: less contention for one inference process
@@ -36,4 +34,4 @@ until [ "$(alive 2>/dev/null || echo 0)" -ge 2 ]; do
   sleep 5
 done
 
-exec vllm serve meta-llama/Llama-3.3-70B-Instruct --max-model-len 32768 --max-num-seqs 4 --gpu-memory-utilization 0.73 --tensor-parallel-size 2 --distributed-executor-backend ray --served-model-name llama-3.3-70b --host 0.0.0.0 --port 8010
+exec vllm serve meta-llama/Llama-3.3-70B-Instruct --max-model-len 32768 --max-num-seqs 4 --gpu-memory-utilization 0.74 --tensor-parallel-size 2 --distributed-executor-backend ray --served-model-name llama-3.3-70b --host 0.0.0.0 --port 8010

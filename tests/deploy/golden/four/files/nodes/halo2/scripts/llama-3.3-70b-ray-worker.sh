@@ -10,8 +10,6 @@ export NCCL_IB_HCA="=mlx5_0"
 export NCCL_IB_GID_INDEX=3
 export VLLM_HOST_IP=10.0.1.2
 
-# GPU page-fault retry, needed for unified memory on the APU
-export HSA_XNACK=1
 # hipBLASLt GEMMs: faster prompt processing
 export ROCBLAS_USE_HIPBLASLT=1
 # fewer hardware queues: less contention for one inference process

@@ -33,8 +33,6 @@ export LLAMA_ARG_JINJA=true
 export LLAMA_ARG_ENDPOINT_METRICS=true
 # --rpc: rpc-server workers on the private RDMA network (no authentication)
 export LLAMA_ARG_RPC=10.0.1.4:50052
-# GPU page-fault retry, needed for unified memory on the APU
-export HSA_XNACK=1
 # llama.cpp allocates with hipMallocManaged (zero-copy UMA)
 export GGML_CUDA_ENABLE_UNIFIED_MEMORY=1
 # hipBLASLt GEMMs: faster prompt processing

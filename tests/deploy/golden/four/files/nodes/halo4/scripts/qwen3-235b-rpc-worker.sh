@@ -4,8 +4,6 @@
 # The RPC protocol has no authentication: it listens on the private address 10.0.1.4 only.
 set -euo pipefail
 
-# GPU page-fault retry, needed for unified memory on the APU
-export HSA_XNACK=1
 # llama.cpp allocates with hipMallocManaged (zero-copy UMA)
 export GGML_CUDA_ENABLE_UNIFIED_MEMORY=1
 # hipBLASLt GEMMs: faster prompt processing
