@@ -22,8 +22,8 @@ import pytest
 
 from haloserve.config.gateway import GatewaySettings
 from haloserve.errors import RateLimitError
-from haloserve.gateway.accounting import Quotas, reserve_estimate
-from haloserve.gateway.store import KeyRecord
+from haloserve.gateway.accounting import KeyCache, Quotas, reserve_estimate
+from haloserve.gateway.store import KeyRecord, hash_key
 from haloserve.testing.gateway import ThreadedGateway, gateway_in_thread, gateway_process
 from haloserve.testing.upstream import FakeUpstream, serve_in_thread
 from haloserve.testing.upstream_config import UpstreamConfig
@@ -221,6 +221,15 @@ def test_quota_reservation_arithmetic() -> None:
     assert big.windows["k"].tok_prev == 10 and big.windows["k"].tok_now == 0
     assert reserve_estimate({"max_tokens": 7, "n": 2}, "abcdefgh", 99) == 2 + 14
     assert reserve_estimate({"max_tokens": True}, "\ud800", 99) == 1 + 99  # lone surrogate: no crash
+    assert reserve_estimate({"max_tokens": 50}, "abcd", None) == 1  # embeddings generate nothing
+
+
+def test_key_cache_keeps_no_junk_headers() -> None:
+    cache = KeyCache({hash_key(SECRET): KeyRecord(id="k", name="n", hint="", created=0)})
+    for i in range(200):  # distinct 8 KB header values would pin 1.6 MB here, 80 MB at the cap
+        assert cache.lookup(f"Bearer {i:04d}{'x' * 8000}", required=False) is None
+    assert cache.lookup(f"Bearer {SECRET}", required=True) is not None
+    assert sum(len(k) for k in cache._memo) < 1000
 
 
 # 13.10: smaller ones

@@ -25,6 +25,7 @@ from haloserve.errors import AuthenticationError, PermissionDeniedError, RateLim
 from haloserve.gateway.store import ANONYMOUS, KeyRecord, UsageDelta, hash_key
 
 _UNSEEN: Any = object()
+_MEMO_MAX_HEADER = 256  # "Bearer halo-..." is 55 characters
 
 
 class KeyCache:
@@ -53,7 +54,9 @@ class KeyCache:
         if rec is _UNSEEN:
             scheme, _, secret = authorization.partition(" ")
             rec = self.by_hash.get(hash_key(secret.strip())) if scheme.lower() == "bearer" else None
-            if len(self._memo) < 10_000:
+            # Only header values the size of a key are remembered: 10,000 junk headers of 8 KB
+            # each would otherwise pin 80 MB.
+            if len(self._memo) < 10_000 and len(authorization) <= _MEMO_MAX_HEADER:
                 self._memo[authorization] = rec
         if rec is None:
             if required:
@@ -68,14 +71,16 @@ def check_model(rec: KeyRecord | None, model: str) -> None:
         raise PermissionDeniedError(f"key {rec.name!r} may not use model {model!r}", param="model")
 
 
-def reserve_estimate(obj: dict[str, Any], prompt: str, default_completion: int) -> int:
+def reserve_estimate(obj: dict[str, Any], prompt: str, default_completion: int | None) -> int:
     """Tokens to hold for a request: its prompt (UTF-8 bytes / 4) plus the most it may generate.
 
     The most it may generate is ``max_completion_tokens`` or ``max_tokens`` (times ``n``), else
-    ``default_completion`` (``--reserve-tokens``). The gateway has no tokenizer; the real count
-    replaces the estimate when the request ends.
+    ``default_completion`` (``--reserve-tokens``); ``None`` for requests that generate nothing
+    (embeddings). The gateway has no tokenizer; the real count replaces the estimate at the end.
     """
     prompt_tokens = math.ceil(len(prompt.encode("utf-8", "surrogatepass")) / 4)
+    if default_completion is None:
+        return prompt_tokens
     completion = default_completion
     for name in ("max_completion_tokens", "max_tokens"):
         value = obj.get(name)

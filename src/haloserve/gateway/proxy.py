@@ -44,6 +44,7 @@ _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 _DRAIN_POLL = 0.002
 _TOO_DEEP = "the JSON body is nested too deeply"
+_GENERATES = frozenset({"/v1/chat/completions", "/v1/completions"})  # the rest (embeddings): prompt only
 
 
 def error_response(exc: HaloError) -> web.Response:
@@ -165,7 +166,8 @@ async def proxy(gw: Gateway, request: web.BaseRequest, out: Outcome, start: floa
         tokens = 1
         if key.tpm:
             prompt = prompt_text(obj)
-            tokens = reserve_estimate(obj, prompt, gw.settings.reserve_tokens)
+            generates = request.path in _GENERATES
+            tokens = reserve_estimate(obj, prompt, gw.settings.reserve_tokens if generates else None)
         out.held = gw.quotas.admit(key, tokens)
     stream = obj.get("stream") is True
     strip = False
