@@ -335,3 +335,14 @@ def test_oversized_headers_never_put_the_key_in_the_log(upstream: Any, tmp_path:
         srv.stop()
         log = srv.log_path.read_text(errors="replace")
     assert "SECRETSECRET" not in log and "Traceback" not in log, log[-3000:]
+
+
+def test_access_log_bounds_the_model_name(
+    upstream: Any, gateway: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    gw = gateway([upstream().url], access_log=True)
+    r = chat(gw, {"model": "m" * 100_000, "messages": MSG})
+    assert r.status_code == 404
+    gw.call(gw.gateway._flush_log)  # otherwise written within a second
+    entries = [json.loads(line) for line in capfd.readouterr().err.splitlines() if '"path"' in line]
+    assert [(e["status"], e["model"]) for e in entries] == [(404, "m" * 128)]

@@ -224,7 +224,7 @@ class Gateway:
                 "method": request.method,
                 "path": request.path,
                 "status": out.status,
-                "model": model,
+                "model": model[:128] if model else model,  # the client chose it: bounded
                 "backend": url,
                 "key": key.id if key is not None else None,
                 "attempts": out.attempts,
