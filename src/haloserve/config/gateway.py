@@ -107,7 +107,9 @@ class GatewaySettings(HaloSettings):
     health_interval: float = option(5.0, "Seconds between active /health probes of each backend.", gt=0)
     health_timeout: float = option(2.0, "Seconds a /health probe may take.", gt=0)
     eject_failures: int = option(
-        3, "Consecutive failures (5xx, timeouts) that open a backend's circuit.", ge=1
+        3,
+        "Consecutive failures (connection errors, timeouts, 502-504) that open a backend's circuit.",
+        ge=1,
     )
     eject_time: float = option(
         10.0, "Seconds a backend stays ejected the first time (doubles each time).", gt=0
@@ -139,6 +141,15 @@ class GatewaySettings(HaloSettings):
     access_log: bool = option(True, "One JSON line per request on stderr (never prompts or keys).")
     log_level: Literal["debug", "info", "warning", "error"] = option("info", "Log verbosity.")
     metrics: bool = option(True, "Serve Prometheus metrics at /metrics.")
+    metrics_auth: bool = option(
+        True, "With --require-keys, /metrics needs a valid key too (--no-metrics-auth: open to any scraper)."
+    )
+    reserve_tokens: int = option(
+        1024,
+        "Completion tokens held against a key's tokens/minute quota while a request that sets no"
+        " max_tokens runs (settled to the real count when it ends).",
+        ge=1,
+    )
 
     @field_validator("backends", mode="before")
     @classmethod

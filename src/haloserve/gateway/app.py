@@ -33,6 +33,7 @@ from haloserve.gateway.metrics import GatewayMetrics
 from haloserve.gateway.policy import Balancer
 from haloserve.gateway.pool import Pool
 from haloserve.gateway.proxy import Outcome, error_response, proxy
+from haloserve.gateway.serverlog import ServerLog
 from haloserve.gateway.store import Store
 
 log = logging.getLogger("haloserve.gateway")
@@ -104,7 +105,7 @@ class Gateway:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._first_probes(), s.health_timeout + 0.5)
         loop = asyncio.get_running_loop()
-        self._server = web.Server(self.handle, handler_cancellation=True, access_log=None)
+        self._server = web.Server(self.handle, handler_cancellation=True, access_log=None, logger=ServerLog())
         self._tcp = await loop.create_server(
             self._server, s.host, s.port, backlog=4096, reuse_port=self.reuse_port or None
         )
@@ -165,6 +166,8 @@ class Gateway:
                 if path in ("/health", "/ready"):
                     return self._health(path == "/ready")
                 if path == "/metrics" and self.settings.metrics:
+                    if self.settings.metrics_auth and self.settings.require_keys:
+                        self.keys.lookup(request.headers.get("Authorization"), required=True)
                     return web.Response(
                         body=generate_latest(self.metrics.registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST},
@@ -212,17 +215,16 @@ class Gateway:
         if b is not None:
             self.metrics.latency.labels(url).observe(elapsed)
         if model is not None and (b is not None or model in self.known_models()):
-            tokens = out.prompt + out.completion
             self.usage.add(key, model, out.prompt, out.completion, error=out.error)
-            if key is not None and tokens:
-                self.quotas.add_tokens(key, tokens)
+        if key is not None:
+            self.quotas.settle(key, out.held, out.charged())
         if self.settings.access_log:
             entry = {
                 "ts": round(time.time(), 3),
                 "method": request.method,
                 "path": request.path,
                 "status": out.status,
-                "model": model,
+                "model": model[:128] if model else model,  # the client chose it: bounded
                 "backend": url,
                 "key": key.id if key is not None else None,
                 "attempts": out.attempts,

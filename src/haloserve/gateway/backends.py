@@ -2,8 +2,10 @@
 
 The circuit breaker follows Envoy's outlier detection and the classic three states:
 
-- **closed**: traffic flows; ``eject_failures`` consecutive failures (connection errors, 5xx,
-  timeouts) open it. A refused connection opens it at once (the node is down, not busy).
+- **closed**: traffic flows; ``eject_failures`` consecutive failures (connection errors, timeouts,
+  502-504, a 500 that another backend did not repeat for the same request) open it. A refused
+  connection opens it at once (the node is down, not busy). What a request causes (4xx, a 500 the
+  next backend repeats) is nobody's failure: see :mod:`haloserve.gateway.proxy`.
 - **open** (ejected): no traffic for ``eject_time * 2**(ejections-1)`` seconds (at most 5 minutes).
 - **half-open**: after that, one trial request (or a successful active probe) decides: success
   closes the circuit, failure opens it again for longer.

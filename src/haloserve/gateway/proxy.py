@@ -3,9 +3,10 @@
 Kept lean on purpose: the body is parsed once with ``json.loads`` and only ``model``, ``stream``,
 ``stream_options``, ``user`` and (for the prefix policy) the prompt text are read; the body goes
 upstream as the original bytes unless the gateway must ask for the usage chunk. Failures before
-the first byte reached the client (connection refused or reset, a backend killed mid-request, 5xx
-or 429 answers) are retried on other backends; a failure after it ends the stream with one SSE
-error event in OpenAI's shape.
+the first byte reached the client (connection refused or reset, a backend killed mid-request, 502,
+503, 504 or 429 answers) are retried on other backends; a failure after it ends the stream with one
+SSE error event in OpenAI's shape. Any other 5xx is asked of one other backend only, and only the
+backend's own failures count towards its ejection (see :mod:`haloserve.gateway.blame`).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from haloserve.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from haloserve.gateway.accounting import check_model
+from haloserve.gateway.accounting import Reservation, check_model, reserve_estimate
 from haloserve.gateway.backends import Backend
+from haloserve.gateway.blame import BACKEND_FAULT, Suspect, record
 from haloserve.gateway.http1 import BrokenBody, ConnectFailed, Dropped, Response, UpstreamTimeout, describe
 from haloserve.gateway.policy import RouteInfo
 from haloserve.gateway.store import KeyRecord
@@ -35,14 +37,14 @@ from haloserve.gateway.stream import UsageScanner, body_usage, wants_usage
 if TYPE_CHECKING:
     from haloserve.gateway.app import Gateway
 
-_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-_FAILURE_STATUS = frozenset({500, 502, 503, 504})
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # Flow control of a relayed stream: past HIGH bytes waiting in the client's socket buffer the
 # upstream socket is no longer read (the backend then blocks on its own writes) until it is below LOW.
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 _DRAIN_POLL = 0.002
+_TOO_DEEP = "the JSON body is nested too deeply"
+_GENERATES = frozenset({"/v1/chat/completions", "/v1/completions"})  # the rest (embeddings): prompt only
 
 
 def error_response(exc: HaloError) -> web.Response:
@@ -103,7 +105,18 @@ class _BeforeFirstByte(Exception):
 class Outcome:
     """What one request did, for logs, metrics and usage."""
 
-    __slots__ = ("attempts", "backend", "completion", "error", "key", "model", "prompt", "status", "ttfb")
+    __slots__ = (
+        "attempts",
+        "backend",
+        "completion",
+        "error",
+        "held",
+        "key",
+        "model",
+        "prompt",
+        "status",
+        "ttfb",
+    )
 
     def __init__(self) -> None:
         self.model: str | None = None
@@ -115,6 +128,20 @@ class Outcome:
         self.attempts = 0
         self.ttfb = 0.0
         self.error = False
+        self.held: Reservation | None = None  # tokens held against the key's quota
+
+    def charged(self) -> int:
+        """Tokens to charge against the key's quota when the request ends.
+
+        The usage the backend reported; without a report, everything held when a backend may have
+        generated (it answered, or was still working when the client left), else nothing.
+        """
+        used = self.prompt + self.completion
+        if used or self.held is None:
+            return used
+        if self.backend is not None and (self.status < 400 or self.status == 499):
+            return self.held.tokens
+        return 0
 
 
 async def proxy(gw: Gateway, request: web.BaseRequest, out: Outcome, start: float) -> web.StreamResponse:
@@ -125,6 +152,8 @@ async def proxy(gw: Gateway, request: web.BaseRequest, out: Outcome, start: floa
         obj = json.loads(body)
     except ValueError:
         raise InvalidRequestError("malformed JSON body") from None
+    except RecursionError:  # json's C parser stops near the interpreter's recursion limit (~1000)
+        raise InvalidRequestError(_TOO_DEEP) from None
     if not isinstance(obj, dict):
         raise InvalidRequestError("the body must be a JSON object")
     model = obj.get("model")
@@ -132,18 +161,27 @@ async def proxy(gw: Gateway, request: web.BaseRequest, out: Outcome, start: floa
         raise InvalidRequestError("'model' is required", param="model")
     out.model, out.key = model, key
     check_model(key, model)
+    prompt: str | None = None
     if key is not None:
-        gw.quotas.admit(key)
+        tokens = 1
+        if key.tpm:
+            prompt = prompt_text(obj)
+            generates = request.path in _GENERATES
+            tokens = reserve_estimate(obj, prompt, gw.settings.reserve_tokens if generates else None)
+        out.held = gw.quotas.admit(key, tokens)
     stream = obj.get("stream") is True
     strip = False
     if stream and not wants_usage(obj):
         opts = obj.get("stream_options")
         obj["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
-        body = json.dumps(obj, separators=(",", ":")).encode()
+        try:
+            body = json.dumps(obj, separators=(",", ":")).encode()
+        except RecursionError:
+            raise InvalidRequestError(_TOO_DEEP) from None
         strip = True
     info = RouteInfo(model=model)
     if gw.pool.balancer.needs_prompt:
-        info.prompt = prompt_text(obj)
+        info.prompt = prompt_text(obj) if prompt is None else prompt
     session = request.headers.get(gw.session_header) or obj.get("user")
     info.session = session if isinstance(session, str) and session else None
     return await _attempts(gw, request, out, start, body, model, info, stream, strip)
@@ -165,6 +203,7 @@ async def _attempts(
     stale: set[str] = set()
     max_attempts = 1 + gw.settings.retries
     last: HaloError | None = None
+    suspect: Suspect | None = None
     headers = {"Content-Type": "application/json"}
     rid = request.headers.get("X-Request-Id")
     if rid and "\r" not in rid and "\n" not in rid:
@@ -174,9 +213,13 @@ async def _attempts(
         try:
             b, waited = await pool.acquire(model, info, exclude)
         except HaloError:
+            if suspect is not None:
+                return _answer(suspect, out)
             if last is not None:
                 raise last from None
             raise
+        if out.attempts and gw.settings.retries:
+            gw.metrics.retries.inc()
         if waited:
             gw.metrics.queue_wait.observe(waited)
         out.attempts += 1
@@ -208,16 +251,26 @@ async def _attempts(
                 continue
             except UpstreamTimeout:
                 upstream_timeout(gw, b)
-            if upstream.status in _RETRY_STATUS and out.attempts < max_attempts:
+            status = upstream.status
+            ctype = upstream.content_type or "application/json"
+            if (status == 429 or status in BACKEND_FAULT) and out.attempts < max_attempts:
                 with contextlib.suppress(BrokenBody, UpstreamTimeout):
                     await upstream.read()
-                if upstream.status in _FAILURE_STATUS:
-                    last = _failed(gw, b, exclude, f"{b.url} answered {upstream.status}")
-                else:
+                if status == 429:  # busy, not broken: another backend may have room
                     exclude.add(b.url)
-                    last = UpstreamError(f"{b.url} answered {upstream.status}")
+                    last = UpstreamError(f"{b.url} answered {status}")
+                else:
+                    last = _failed(gw, b, exclude, f"{b.url} answered {status}")
                 continue
-            ctype = upstream.content_type or "application/json"
+            if status >= 500 and suspect is None and out.attempts < max_attempts:
+                try:
+                    data = await upstream.read()
+                except (BrokenBody, UpstreamTimeout) as exc:
+                    last = _failed(gw, b, exclude, f"{b.url} failed mid-response: {describe(exc)}")
+                    continue
+                suspect = Suspect(b, status, data, ctype)
+                exclude.add(b.url)
+                continue
             is_sse = ctype.startswith("text/event-stream")
             if not (stream and is_sse and upstream.status == 200):
                 try:
@@ -227,24 +280,31 @@ async def _attempts(
                     continue
                 except UpstreamTimeout:
                     upstream_timeout(gw, b)
-                out.status = upstream.status
-                _record(b, upstream.status)
-                if upstream.status == 200:
+                out.status = status
+                record(gw, b, status, suspect)
+                if status == 200:
                     out.prompt, out.completion = body_usage(data)
-                return web.Response(body=data, status=upstream.status, headers={"Content-Type": ctype})
+                return web.Response(body=data, status=status, headers={"Content-Type": ctype})
             try:
-                return await _stream(gw, request, upstream, b, out, start, strip)
+                resp = await _stream(gw, request, upstream, b, out, start, strip)
             except _BeforeFirstByte as exc:
                 last = _failed(gw, b, exclude, str(exc))
                 continue
+            record(gw, b, 200, suspect, counted=True)
+            return resp
         finally:
             if upstream is not None:
                 upstream.close()
             pool.release(b)
-        if gw.settings.retries:
-            gw.metrics.retries.inc()
+    if suspect is not None:
+        return _answer(suspect, out)
     assert last is not None
     raise last
+
+
+def _answer(suspect: Suspect, out: Outcome) -> web.Response:
+    out.status, out.backend = suspect.status, suspect.backend
+    return suspect.response()
 
 
 def upstream_timeout(gw: Gateway, b: Backend) -> NoReturn:
@@ -257,13 +317,6 @@ def _failed(gw: Gateway, b: Backend, exclude: set[str], message: str, *, fatal: 
     gw.on_failure(b, fatal=fatal)
     exclude.add(b.url)
     return UpstreamError(message)
-
-
-def _record(b: Backend, status: int) -> None:
-    if status in _FAILURE_STATUS:
-        b.failed()
-    else:
-        b.succeeded()
 
 
 async def _stream(

@@ -10,7 +10,7 @@ tokenizer (see :mod:`haloserve.testing.upstream_config`). What it gives that a r
   ``record_timings`` it keeps the ``time.perf_counter()`` of every token write (CLOCK_MONOTONIC, the
   same clock in every process on Linux) so a load generator's own error can be measured exactly;
 - failure injection: HTTP errors, connections dropped before headers, streams cut mid-way, malformed
-  SSE events, slow headers, a required API key;
+  SSE events, slow headers, a required API key, errors caused by request content (``error_on``);
 - counters at ``GET /fake/stats`` (requests, connections accepted, tokens, injections),
   behaviour changed at run time with ``POST /fake/config``,
   ``POST /fake/reset`` and ``GET /fake/timings``.
@@ -264,8 +264,9 @@ class FakeUpstream:
         cfg = self.config
         if (denied := self._check_key(request)) is not None:
             return denied
+        raw = await request.read()
         try:
-            body = json.loads(await request.read())
+            body = json.loads(raw)
         except ValueError:
             return _error(InvalidRequestError("request body is not valid JSON"))
         if not isinstance(body, dict):
@@ -277,6 +278,11 @@ class FakeUpstream:
         model = body.get("model") or cfg.models[0]
         if model not in cfg.models:
             return _error(ModelNotFoundError(f"the model {model!r} does not exist", param="model"))
+        if cfg.error_on is not None and cfg.error_on.encode() in raw:
+            self.stats.injected["poisoned"] += 1
+            poisoned = HaloError(f"fake upstream: the request contains {cfg.error_on!r}")
+            poisoned.status = cfg.error_status
+            return _error(poisoned)
         transport = request.transport
         if cfg.drop_reused and transport is not None:
             if transport in self._served:

@@ -39,6 +39,12 @@ class UpstreamConfig(BaseModel):
         default=0.0, ge=0, le=1, description="Share of requests answered with error_status."
     )
     error_status: int = Field(default=500, ge=400, le=599)
+    error_on: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Answer error_status to every request whose raw body contains this text: a failure "
+        "the request causes, not the server (as a lone surrogate once gave 500).",
+    )
     drop_rate: float = Field(
         default=0.0, ge=0, le=1, description="Share of requests whose connection is closed before headers."
     )
@@ -150,7 +156,7 @@ class UpstreamStats:
     by_path: dict[str, int] = field(default_factory=dict)
     by_status: dict[str, int] = field(default_factory=dict)
     injected: dict[str, int] = field(
-        default_factory=lambda: {"error": 0, "drop": 0, "reused": 0, "cut": 0, "broken": 0}
+        default_factory=lambda: {"error": 0, "poisoned": 0, "drop": 0, "reused": 0, "cut": 0, "broken": 0}
     )
     lateness_ms_max: float = 0.0
 
