@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from haloserve.cli import main
-from haloserve.planner.gguf_header import MAX_ARRAY, MAX_KV, MAX_STRING, MAX_STRINGS, MAX_TENSORS
+from haloserve.planner.gguf_header import MAX_ARRAY, MAX_DECODED, MAX_KV, MAX_STRING, MAX_STRINGS, MAX_TENSORS
 
 U8, U32, U64, F32, STR, ARR = 0, 4, 10, 6, 8, 9
 TB = 1 << 40
@@ -239,6 +239,23 @@ def test_string_budget_on_a_sparse_file(tmp_path: Path) -> None:
     assert_damaged(code, out, err, f"more than {MAX_STRINGS:,} strings in the header at value of 't1'")
     assert rss < RSS_BOUND, f"{rss / 2**20:.0f} MiB"
     assert elapsed < 60
+
+
+def test_short_arrays_cannot_amplify_memory(tmp_path: Path) -> None:
+    # short arrays are decoded (4 bytes of u32 become ~36 bytes of Python): 300 arrays of 4,096 would be
+    # 44 MB of objects from a 5 MB file; the decoded-entry budget stops it at 1M entries
+    h = Header().field(b"GGUF").u32(3).u64(0).u64(300)
+    for i in range(300):
+        h.string(f"a{i}").u32(ARR).u32(U32).u64(4096).field(
+            struct.pack("<4096I", *range(10**6, 10**6 + 4096))
+        )
+    path = tmp_path / "arrays.gguf"
+    path.write_bytes(bytes(h.data))
+    code, out, err, rss, _ = plan_child(path)
+    assert_damaged(
+        code, out, err, f"more than {MAX_DECODED:,} short-array entries in the header at value of 'a256'"
+    )
+    assert rss < RSS_BOUND
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,9 @@ MAX_KV = 65_536
 MAX_ARRAY = 4_194_304
 # Each skipped string costs a loop step (~0.3 us): Llama 3's tokens and merges are 410k strings.
 MAX_STRINGS = MAX_ARRAY  # strings in arrays, over the whole header
+# Short arrays are decoded into Python objects (a u32 becomes ~36 bytes): real models decode a few
+# hundred entries (per-layer values), so 1M entries over the whole header bound that growth to ~40 MB.
+MAX_DECODED = 1 << 20
 # Chat templates are 2-60 KB, tokens a few bytes; 16 MiB per string leaves room and caps one decode.
 MAX_STRING = 16 * 1024 * 1024
 MAX_TENSOR_NAME = 256  # ggml itself allows 63 bytes (GGML_MAX_NAME)
@@ -109,6 +112,7 @@ class _Stream:
         self.fh, self.size = fh, size
         self.buf, self.off, self.base = b"", 0, 0  # buf[off] is the byte at file offset base + off
         self.strings = 0  # strings read or skipped in arrays so far
+        self.decoded = 0  # array entries decoded into Python objects so far
 
     @property
     def pos(self) -> int:
@@ -203,7 +207,13 @@ class _Stream:
             if self.strings > MAX_STRINGS:
                 raise _Fault(f"more than {MAX_STRINGS:,} strings in the header at {what}")
         if count <= MAX_DECODED_ARRAY:
-            return [self.value(etype, f"{what}[{i}]") for i in range(count)]
+            self.decoded += count
+            if self.decoded > MAX_DECODED:
+                raise _Fault(f"more than {MAX_DECODED:,} short-array entries in the header at {what}")
+            if etype in _SCALARS:  # one unpack for the whole array
+                code = _SCALARS[GGUFValueType(etype)][1]
+                return list(struct.unpack(f"<{count}{code}", self.take(count * width, what)))
+            return [self.string(f"{what}[{i}]") for i in range(count)]
         if etype == GGUFValueType.STRING:
             self.skip_strings(count, what)
         else:
