@@ -401,7 +401,7 @@ def test_random_byte_flips_never_crash(flips: list[tuple[int, int]], tmp_path: P
     assert "\x1b" not in out + err
     if code != 0:
         lines = err.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("halo plan: error: "), err
+        assert len(lines) == 1 and lines[0].startswith("halo plan: error: damaged GGUF: "), err
 
 
 HOSTILE_NAME = "\x1b]0;pwned\x07\x1b[31m[bold]x\x9b2J\u202e"

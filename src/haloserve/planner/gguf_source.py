@@ -165,7 +165,13 @@ def read_gguf(path: Path) -> tuple[ModelSpec, Weights]:
     expected = m.optional_integer("split.count", lo=1)
     if expected is not None and expected != len(parts):
         raise ConfigError(f"{printable(path)}: metadata says {expected} splits, found {len(parts)}")
-    return _spec(m, tensors, parts[0]), _weights(m, tensors, parts)
+    try:
+        spec = _spec(m, tensors, parts[0])
+    except DamagedGGUF:
+        raise
+    except ConfigError as exc:  # ModelSpec's consistency checks: this file's metadata contradicts itself
+        raise DamagedGGUF(exc.message.removeprefix("model metadata: "), parts[0]) from None
+    return spec, _weights(m, tensors, parts)
 
 
 def _spec(m: _Meta, tensors: Sequence[_Tensor], path: Path) -> ModelSpec:
