@@ -267,13 +267,12 @@ def _parse(cur: _Stream, size: int) -> tuple[dict[str, Any], list[TensorInfo]]:
         if name in seen:
             raise _Fault(f"duplicate tensor name {name!r}")
         seen.add(name)
-        n_dims = cur.unpack("<I", f"dimension count of {name!r}")
+        what = f"tensor {name!r}"
+        n_dims = cur.unpack("<I", what)
         if n_dims > MAX_DIMS:
-            raise _Fault(f"tensor {name!r} has {n_dims} dimensions (at most {MAX_DIMS})")
-        dims = tuple(cur.unpack("<Q", f"dimensions of {name!r}") for _ in range(n_dims))
-        raw.append(
-            (name, dims, cur.unpack("<I", f"type of {name!r}"), cur.unpack("<Q", f"offset of {name!r}"))
-        )
+            raise _Fault(f"{what} has {n_dims} dimensions (at most {MAX_DIMS})")
+        *dims, type_id, offset = struct.unpack(f"<{n_dims}QIQ", cur.take(8 * n_dims + 12, what))
+        raw.append((name, tuple(dims), type_id, offset))
     data_start = (cur.pos + alignment - 1) // alignment * alignment
     return meta, [_tensor(*r, data_start, alignment, size) for r in raw]
 
