@@ -61,7 +61,6 @@ def _gguf_with_duplicate_tensor(name: str) -> bytes:
     return head + bytes(-len(head) % 32 + 128)
 
 
-@pytest.mark.skipif(HALO is None, reason="the halo script is installed with the package")
 def test_serve_refuses_a_damaged_gguf_without_raw_escapes(tmp_path: Path) -> None:
     # llama.cpp refuses the file and logs the tensor name; halo names the damage with the planner's reader
     path = tmp_path / "evil.gguf"
