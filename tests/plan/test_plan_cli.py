@@ -165,7 +165,7 @@ def _write(tmp_path: Path, name: str, data: bytes) -> str:
 BAD_INPUTS = [
     (lambda t, m: [_write(t, "notes.gguf", b"hello, world")], "not a GGUF file"),
     (lambda t, m: [_write(t, "model.bin", b"\x00" * 64)], "not a GGUF file"),
-    (lambda t, m: [_write(t, "cut.gguf", m.read_bytes()[:200_000])], "truncated GGUF"),
+    (lambda t, m: [_write(t, "cut.gguf", m.read_bytes()[:200_000])], "damaged GGUF: truncated"),
     (lambda t, m: [str(t / "missing.gguf")], "no such file"),
     (lambda t, m: ["qwen3-30b-a2b"], "did you mean qwen3-30b-a3b"),
     (lambda t, m: ["qwen3-8b", "--ram", "-1"], "--ram"),

@@ -94,7 +94,7 @@ def test_missing_split_part_is_named(tmp_path: Path) -> None:
 def test_not_a_gguf(tmp_path: Path) -> None:
     path = tmp_path / "model.gguf"
     path.write_bytes(b"PK\x03\x04 this is a zip")
-    with pytest.raises(ConfigError, match=r"not a GGUF file \(no GGUF magic\)"):
+    with pytest.raises(ConfigError, match=r"^damaged GGUF: no GGUF magic, not a GGUF file"):
         read_gguf(path)
     (tmp_path / "empty.gguf").write_bytes(b"")
     with pytest.raises(ConfigError, match="not a GGUF file"):
@@ -106,7 +106,7 @@ def test_truncated_gguf(tmp_path: Path, model_path: Path, keep: float) -> None:
     data = model_path.read_bytes()
     path = tmp_path / "cut.gguf"
     path.write_bytes(data[: int(len(data) * keep)])
-    with pytest.raises(ConfigError, match="truncated GGUF"):
+    with pytest.raises(ConfigError, match=r"^damaged GGUF: (truncated|.* past the end of the file)"):
         read_gguf(path)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from haloserve import __version__
 from haloserve.cli.options import HaloArgumentParser, UsageError
 from haloserve.errors import ConfigError, HaloError
+from haloserve.printable import printable
 
 # Subcommands by name -> module. Order is the order shown in ``halo --help``.
 COMMANDS: dict[str, str] = {
@@ -59,11 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    except ConfigError as exc:
-        print(f"{prog}: error: {exc.message}", file=sys.stderr)
+    except ConfigError as exc:  # messages may quote files and peers: controls are shown escaped
+        print(f"{prog}: error: {printable(exc.message, multiline=True)}", file=sys.stderr)
         return 2
     except HaloError as exc:
-        print(f"{prog}: error: {exc.message}", file=sys.stderr)
+        print(f"{prog}: error: {printable(exc.message, multiline=True)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -71,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("HALO_DEBUG"):
             raise
         print(
-            f"{prog}: internal error: {type(exc).__name__}: {exc} (set HALO_DEBUG=1 for a traceback)",
+            f"{prog}: internal error: {type(exc).__name__}: {printable(exc)} "
+            "(set HALO_DEBUG=1 for a traceback)",
             file=sys.stderr,
         )
         return 1

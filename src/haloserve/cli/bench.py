@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from haloserve.cli.render import console, print_json
     from haloserve.config import load_settings
     from haloserve.errors import CommandError
+    from haloserve.printable import printable
 
     settings = load_settings(BenchSettings, flags=settings_flags(args, BenchSettings)).checked()
     raise_fd_limit()
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_sync(Runner(settings, sink).run())
     files = write_reports(result, settings.output, settings.plots) if settings.output else []
     for note in result.notes:
-        err.print(f"halo bench: note: {note}", markup=False)
+        err.print(f"halo bench: note: {printable(note)}", markup=False)
     if args.json:
         print_json(result.to_json_dict(raw=False))
     else:
@@ -119,13 +120,15 @@ def _print_result(result: Any, files: list[Path]) -> None:
     from rich.table import Table
 
     from haloserve.bench.report import COLUMNS, error_lines, level_row, token_sources
-    from haloserve.cli.render import console
+    from haloserve.cli.render import console, markup_safe
+    from haloserve.printable import printable
 
     out = console()
     if not out.is_terminal:
         out.width = max(out.width, 160)  # files and pipes get the whole table, never squeezed columns
     table = Table(
-        title=f"halo bench: {result.label}", caption="latencies in ms, p50 / p99 (vLLM definitions)"
+        title=f"halo bench: {markup_safe(result.label)}",
+        caption="latencies in ms, p50 / p99 (vLLM definitions)",
     )
     heads = ("level", "ok", "failed", "req/s", "out tok/s", "goodput", "TTFT", "TPOT", "ITL", "E2E")
     for i, col in enumerate(heads):
@@ -135,13 +138,13 @@ def _print_result(result: Any, files: list[Path]) -> None:
         if lv.metrics.failed:
             row[2] = f"[red]{row[2]}[/red]"
         pairs = [f"{row[k]} / {row[k + 1]}" for k in range(6, len(COLUMNS), 2)]
-        table.add_row(*row[:6], *pairs)
+        table.add_row(markup_safe(row[0]), *row[1:6], *pairs)
     out.print(table)
     out.print(token_sources(result), markup=False)
-    for line in error_lines(result):
-        out.print(f"[red]errors[/red] {line}", highlight=False)
+    for line in error_lines(result):  # messages come from the server under test
+        out.print(f"[red]errors[/red] {markup_safe(line)}", highlight=False)
     for f in files:
-        out.print(f"wrote {f}", markup=False)
+        out.print(f"wrote {printable(f)}", markup=False)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -150,8 +153,9 @@ def _compare(args: argparse.Namespace) -> int:
     from haloserve.bench.compare import compare, compare_markdown, fmt_ratio, fmt_value, unmatched_levels
     from haloserve.bench.plots import plots_available, write_plots
     from haloserve.bench.report import load_result
-    from haloserve.cli.render import console, print_json
+    from haloserve.cli.render import console, markup_safe, print_json
     from haloserve.errors import CommandError, ConfigError
+    from haloserve.printable import printable
 
     if len(args.files) < 2:
         raise ConfigError("compare needs at least two results.json files")
@@ -188,12 +192,12 @@ def _compare(args: argparse.Namespace) -> int:
     table = Table(title="halo bench compare (ratio = run / first run)")
     table.add_column("level")
     table.add_column("metric")
-    table.add_column(runs[0].label, justify="right")
+    table.add_column(markup_safe(runs[0].label), justify="right")
     for run in runs[1:]:
-        table.add_column(run.label, justify="right")
+        table.add_column(markup_safe(run.label), justify="right")
         table.add_column("ratio", justify="right")
     for row in rows:
-        cells = [row.level, row.metric, fmt_value(row.values[0])]
+        cells = [markup_safe(row.level), row.metric, fmt_value(row.values[0])]
         for v, r in zip(row.values[1:], row.ratios[1:], strict=True):
             better = r is not None and r != 1 and ((r > 1) == row.higher_is_better)
             colour = "green" if better else ("red" if r is not None and r != 1 else "")
@@ -201,7 +205,10 @@ def _compare(args: argparse.Namespace) -> int:
         table.add_row(*cells)
     out.print(table)
     for label in unmatched_levels(runs):
-        out.print(f"not compared (no matching level in {runs[0].label}): {label}", markup=False)
+        out.print(
+            f"not compared (no matching level in {printable(runs[0].label)}): {printable(label)}",
+            markup=False,
+        )
     if args.output:
-        out.print(f"wrote {args.output / 'compare.md'}", markup=False)
+        out.print(f"wrote {printable(args.output / 'compare.md')}", markup=False)
     return 0

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from rich import box
 from rich.table import Table
 
-from haloserve.cli.render import console, print_json
+from haloserve.cli.render import console, markup_safe, print_json
 from haloserve.units import GB, fmt_bytes
 
 if TYPE_CHECKING:
@@ -34,7 +34,8 @@ def show_plan(plan: Plan, kind: str, notes: tuple[str, ...] = ()) -> None:
         else f"estimate: {spec.params_total / 1e9:.2f}B parameters at {w.quant}'s bits per weight"
     )
     nodes = f"{inputs.nodes} nodes" if inputs.nodes > 1 else "1 node"
-    out.print(f"[bold]{spec.name}[/] · {w.quant} weights · {nodes} with {_b(budget.ram_bytes)} RAM ({kind})")
+    name, quant = markup_safe(spec.name), markup_safe(w.quant)
+    out.print(f"[bold]{name}[/] · {quant} weights · {nodes} with {_b(budget.ram_bytes)} RAM ({kind})")
     colour = "green" if plan.fits and "tight" not in plan.verdict else ("yellow" if plan.fits else "red")
     out.print(f"[bold {colour}]{plan.verdict}[/]: headroom {_b(plan.headroom_bytes)}")
 
@@ -122,19 +123,19 @@ def show_plan(plan: Plan, kind: str, notes: tuple[str, ...] = ()) -> None:
         out.print(f"[yellow]needs {plan.nodes_needed} nodes[/]: rerun with --nodes {plan.nodes_needed}")
 
     for warning in (*notes, *plan.warnings):
-        out.print(f"[yellow]![/] {warning}")
+        out.print(f"[yellow]![/] {markup_safe(warning)}")
     for note in spec.notes:
-        out.print(f"[dim]note:[/] {note}")
+        out.print(f"[dim]note:[/] {markup_safe(note)}")
 
     out.print("\n[bold]llama-server / halo serve[/]")
     for key, value in plan.llama_env.items():
-        out.print(f"export {key}={shlex.quote(value)}", highlight=False, soft_wrap=True)
+        out.print(f"export {key}={markup_safe(shlex.quote(value))}", highlight=False, soft_wrap=True)
     v = plan.vllm
-    out.print(f"\n[bold]vLLM[/] ({v.quant_source}; {_b(v.tp.per_node_bytes)} per node)")
+    out.print(f"\n[bold]vLLM[/] ({markup_safe(v.quant_source)}; {_b(v.tp.per_node_bytes)} per node)")
     if plan.vllm_args:
-        out.print(shlex.join(plan.vllm_args), soft_wrap=True)
+        out.print(markup_safe(shlex.join(plan.vllm_args)), soft_wrap=True)
     else:
-        out.print(f"[red]does not fit[/]: {v.problem}", soft_wrap=True)
+        out.print(f"[red]does not fit[/]: {markup_safe(v.problem)}", soft_wrap=True)
     out.print(f"\n[bold]TTM limit[/] for {_b(plan.ttm.target_bytes)} of GTT (pages = GiB x 262144)")
     out.print(f"/etc/default/grub: {plan.ttm.grub_line}", soft_wrap=True)
     out.print(f"or /etc/modprobe.d/ttm.conf: {plan.ttm.modprobe_line}", soft_wrap=True)

@@ -52,13 +52,15 @@ def build_engine(settings: ServeSettings) -> Any:
 
 
 def _startup_banner(state: Any, host: str, port: int) -> None:
+    from haloserve.printable import printable
     from haloserve.units import fmt_bytes
 
     info = state.engine.info
     s = state.settings
+    where = f"{printable(info.model_path)} ({printable(info.description)})"
     keys = len(state.api_keys)
     lines = [
-        f"halo serve: model {state.model_id!r} from {info.model_path} ({info.description})",
+        f"halo serve: model {state.model_id!r} from {where}",
         f"  context {info.n_ctx} tokens = {info.n_parallel} slots x {info.n_ctx_slot}"
         f" (trained {info.n_ctx_train}); KV cache {fmt_bytes(info.kv_cache_bytes)}"
         f" ({s.cache_type_k}/{s.cache_type_v})",

@@ -15,6 +15,7 @@ from haloserve.doctor.check import SECTIONS, Check
 from haloserve.doctor.registry import REGISTRY
 from haloserve.doctor.result import CheckResult, Status, counts, exit_code
 from haloserve.doctor.snapshot import SnapshotInfo
+from haloserve.printable import printable
 
 STYLE = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "bold red", Status.SKIP: "dim"}
 MARK = {Status.OK: "✔ ok", Status.WARN: "! warn", Status.FAIL: "✘ FAIL", Status.SKIP: "- skip"}
@@ -38,10 +39,22 @@ def _rows(results: Sequence[CheckResult]) -> list[tuple[str, list[tuple[Text, Te
         if len(items) > 1 and all(r.status is Status.SKIP for r in items) and len(skipped) == 1:
             ids = f"{items[0].id.split('.')[0]} ({len(items)} checks)"
             out.append(
-                (section, [(Text(MARK[Status.SKIP], STYLE[Status.SKIP]), Text(ids), Text(items[0].observed))])
+                (
+                    section,
+                    [
+                        (
+                            Text(MARK[Status.SKIP], STYLE[Status.SKIP]),
+                            Text(ids),
+                            Text(printable(items[0].observed, multiline=True)),
+                        )
+                    ],
+                )
             )
             continue
-        rows = [(Text(MARK[r.status], STYLE[r.status]), Text(r.id), Text(r.observed)) for r in items]
+        rows = [
+            (Text(MARK[r.status], STYLE[r.status]), Text(r.id), Text(printable(r.observed, multiline=True)))
+            for r in items
+        ]
         out.append((section, rows))
     return out
 
@@ -68,13 +81,13 @@ def _details(result: CheckResult) -> Group:
     for label, value in (("Observed", result.observed), ("Expected", result.expected), ("Why", result.why)):
         if value:
             line = Text(f"  {label}: ", style="bold")
-            line.append(value)
+            line.append(printable(value, multiline=True))
             parts.append(line)
     if result.fix:
         parts.append(Text("  Fix:", style="bold"))
-        parts.extend(Text(f"    {line}") for line in result.fix.splitlines())
+        parts.extend(Text(f"    {printable(line)}") for line in result.fix.splitlines())
     for note in result.notes:
-        first, *rest = note.splitlines()
+        first, *rest = printable(note, multiline=True).splitlines()
         parts.append(Text(f"  Note: {first}", style="dim"))
         parts.extend(Text(f"    {line}") for line in rest)
     return Group(*parts)
@@ -100,7 +113,7 @@ def render_report(
         console.print(Text("Notes", style="bold"))
         for result in noted:
             for note in result.notes:
-                first, *rest = note.splitlines()
+                first, *rest = printable(note, multiline=True).splitlines()
                 console.print(Text(f"  {result.id}: {first}"), soft_wrap=True)
                 for line in rest:
                     console.print(Text(f"    {line}"), soft_wrap=True)
@@ -112,8 +125,9 @@ def render_report(
     summary.append(f"(exit code {exit_code(results)})", style="dim")
     console.print(summary)
     if snapshot is not None:
+        where = printable(snapshot.path)
         console.print(
-            Text(f"Snapshot written to {snapshot.path} ({snapshot.files} entries, {snapshot.size} bytes)"),
+            Text(f"Snapshot written to {where} ({snapshot.files} entries, {snapshot.size} bytes)"),
             soft_wrap=True,
         )
 

@@ -20,7 +20,8 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
-from haloserve.errors import CommandError
+from haloserve.errors import CommandError, ConfigError
+from haloserve.printable import printable
 
 log = logging.getLogger("haloserve.llama")
 
@@ -41,6 +42,17 @@ FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 _KV_SIZE_RE = re.compile(r"KV buffer size\s*=\s*([0-9.]+)\s*MiB")
 
 
+def _header_fault(path: Path) -> str | None:
+    """Why a GGUF that llama.cpp refused is damaged ("damaged GGUF: ..."), as the planner's reader sees it."""
+    from haloserve.planner.gguf_header import read_header
+
+    try:
+        read_header(path)
+    except ConfigError as exc:
+        return exc.message
+    return None
+
+
 class _LogRouter:
     """Routes llama.cpp's log lines to Python logging and lets a caller capture them for a while."""
 
@@ -59,13 +71,15 @@ class _LogRouter:
         with self._lock:
             for cap in self._captures:
                 cap.append(line)
-        # ggml levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line
+        # ggml levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line; lines can
+        # quote tensor names and metadata from the file, so controls are shown escaped
+        shown = printable(line.rstrip())
         if level == 4:
-            log.error("%s", line.rstrip())
+            log.error("%s", shown)
         elif level == 3:
-            log.warning("%s", line.rstrip())
+            log.warning("%s", shown)
         else:
-            log.debug("%s", line.rstrip())
+            log.debug("%s", shown)
 
     def capture(self) -> list[str]:
         """Start capturing log lines into the returned list (stop with :meth:`release`)."""
@@ -138,7 +152,10 @@ class LlamaModel:
         self.path = path
         self.ptr = lc.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
-            raise CommandError(f"llama.cpp could not load {path} (not a valid GGUF model?)")
+            fault = _header_fault(path)
+            raise CommandError(
+                fault or f"llama.cpp could not load {printable(path)} (not a valid GGUF model?)"
+            )
         self.vocab = lc.llama_model_get_vocab(self.ptr)
         self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
         self.n_ctx_train = int(lc.llama_model_n_ctx_train(self.ptr))

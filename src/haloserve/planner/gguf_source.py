@@ -9,6 +9,7 @@ of hybrid models, and the multi-token-prediction layers that hold no KV cache.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from haloserve.errors import ConfigError
-from haloserve.planner.gguf_header import SkippedArray, read_header
+from haloserve.planner.gguf_header import MAX_DECODED_ARRAY, DamagedGGUF, SkippedArray, read_header
 from haloserve.planner.quant import FILE_TYPE_NAMES
 from haloserve.planner.spec import ModelSpec, RecurrentState, Weights
+from haloserve.printable import printable
 
 _SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
@@ -87,19 +89,70 @@ def _read_one(path: Path) -> tuple[dict[str, Any], list[_Tensor]]:
     return meta, [_Tensor(t.name, t.n_elements, t.n_bytes) for t in infos]
 
 
-def _scalar(meta: dict[str, Any], key: str, default: Any = None) -> Any:
-    value = meta.get(key, default)
-    if value is None:
-        raise ConfigError(f"GGUF metadata: missing {key}")
-    return value
+MAX_LAYERS = MAX_DECODED_ARRAY  # per-layer arrays are always decoded; real models have <= ~200 layers
+_U32 = 2**32 - 1  # llama.cpp reads these keys as uint32
+_NO_DEFAULT: Any = object()
 
 
-def _per_layer(value: Any, n_layer: int, key: str) -> list[int]:
-    if isinstance(value, list):
-        if len(value) < n_layer:
-            raise ConfigError(f"GGUF metadata: {key} lists {len(value)} of {n_layer} layers")
-        return [int(v) for v in value[:n_layer]]
-    return [int(value)] * n_layer
+class _Meta:
+    """Typed access to untrusted metadata: a missing or ill-typed value is a :class:`DamagedGGUF`."""
+
+    def __init__(self, meta: dict[str, Any], path: Path) -> None:
+        self.meta, self.path = meta, path
+
+    def damaged(self, what: str) -> DamagedGGUF:
+        """The error for a bad value."""
+        return DamagedGGUF(what, self.path)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The raw value, or ``default``."""
+        return self.meta.get(key, default)
+
+    def integer(self, key: str, default: Any = _NO_DEFAULT, lo: int = 0, hi: int = _U32) -> int:
+        """An integer in ``[lo, hi]``; ``default`` when absent (a missing key without one is damage)."""
+        value = self.meta.get(key)
+        if value is None:
+            if default is _NO_DEFAULT:
+                raise self.damaged(f"missing {key}")
+            return int(default)
+        return self._check_int(key, value, lo, hi)
+
+    def optional_integer(self, key: str, lo: int = 0, hi: int = _U32) -> int | None:
+        """An integer in ``[lo, hi]``, or None when absent."""
+        value = self.meta.get(key)
+        return None if value is None else self._check_int(key, value, lo, hi)
+
+    def _check_int(self, key: str, value: Any, lo: int, hi: int) -> int:
+        if not isinstance(value, int) or not lo <= value <= hi:
+            raise self.damaged(
+                f"{key} is {printable(repr(value), 60)}, expected an integer from {lo} to {hi:,}"
+            )
+        return int(value)
+
+    def per_layer(self, key: str, n_layer: int, default: Any = _NO_DEFAULT, lo: int = 0) -> list[int]:
+        """A value per layer: one integer for all, or an array with at least ``n_layer`` entries."""
+        value = self.meta.get(key)
+        if isinstance(value, list):
+            if len(value) < n_layer:
+                raise self.damaged(f"{key} lists {len(value)} of {n_layer} layers")
+            return [self._check_int(key, v, lo, _U32) for v in value[:n_layer]]
+        return [self.integer(key, default, lo)] * n_layer
+
+    def flags(self, key: str, n_layer: int) -> list[bool] | None:
+        """A per-layer array of flags, or None when the key is absent or not an array."""
+        value = self.meta.get(key)
+        if not isinstance(value, list):
+            return None
+        return [self._check_int(key, v, 0, 1) == 1 for v in value[:n_layer]]
+
+    def number(self, key: str) -> float | None:
+        """A finite number, or None when absent."""
+        value = self.meta.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.damaged(f"{key} is {printable(repr(value), 60)}, expected a number")
+        return float(value)
 
 
 def read_gguf(path: Path) -> tuple[ModelSpec, Weights]:
@@ -108,46 +161,58 @@ def read_gguf(path: Path) -> tuple[ModelSpec, Weights]:
     meta, tensors = _read_one(parts[0])
     for part in parts[1:]:
         tensors.extend(_read_one(part)[1])
-    expected = meta.get("split.count")
-    if expected is not None and int(expected) != len(parts):
-        raise ConfigError(f"{path}: metadata says {expected} splits, found {len(parts)}")
-    return _spec(meta, tensors, parts[0]), _weights(meta, tensors, parts)
+    m = _Meta(meta, parts[0])
+    expected = m.optional_integer("split.count", lo=1)
+    if expected is not None and expected != len(parts):
+        raise ConfigError(f"{printable(path)}: metadata says {expected} splits, found {len(parts)}")
+    try:
+        spec = _spec(m, tensors, parts[0])
+    except DamagedGGUF:
+        raise
+    except ConfigError as exc:  # ModelSpec's consistency checks: this file's metadata contradicts itself
+        raise DamagedGGUF(exc.message.removeprefix("model metadata: "), parts[0]) from None
+    return spec, _weights(m, tensors, parts)
 
 
-def _spec(meta: dict[str, Any], tensors: Sequence[_Tensor], path: Path) -> ModelSpec:
-    arch = str(_scalar(meta, "general.architecture"))
+def _spec(m: _Meta, tensors: Sequence[_Tensor], path: Path) -> ModelSpec:
+    arch = m.get("general.architecture")
+    if not isinstance(arch, str) or not arch:
+        raise m.damaged(f"general.architecture is {printable(repr(arch), 60)}, expected a name")
 
     def key(name: str, default: Any = None) -> Any:
-        return meta.get(f"{arch}.{name}", default)
+        return m.get(f"{arch}.{name}", default)
 
-    n_layer = int(_scalar(meta, f"{arch}.block_count"))
-    n_embd = int(_scalar(meta, f"{arch}.embedding_length"))
-    heads = _per_layer(_scalar(meta, f"{arch}.attention.head_count"), n_layer, "head_count")
+    n_layer = m.integer(f"{arch}.block_count", lo=1, hi=MAX_LAYERS)
+    n_embd = m.integer(f"{arch}.embedding_length", lo=1)
+    heads = m.per_layer(f"{arch}.attention.head_count", n_layer)
     n_head = max(heads)
-    kv = _per_layer(key("attention.head_count_kv", n_head), n_layer, "head_count_kv")
-    hd_k = int(key("attention.key_length", n_embd // max(1, n_head)))
-    hd_v = int(key("attention.value_length", n_embd // max(1, n_head)))
+    if n_head < 1:
+        raise m.damaged(f"{arch}.attention.head_count is 0 in every layer")
+    kv = m.per_layer(f"{arch}.attention.head_count_kv", n_layer, n_head)
+    hd_k = m.integer(f"{arch}.attention.key_length", n_embd // n_head, lo=1)
+    hd_v = m.integer(f"{arch}.attention.value_length", n_embd // n_head, lo=1)
     notes: list[str] = []
 
-    nextn = int(key("nextn_predict_layers", 0) or 0)
+    nextn = m.integer(f"{arch}.nextn_predict_layers", 0, hi=n_layer)
     if nextn:
         kv = [h if il < n_layer - nextn else 0 for il, h in enumerate(kv)]
         notes.append(f"{nextn} multi-token-prediction layer(s) hold no KV cache in the main context")
 
-    recurrent = _recurrent(meta, arch, n_layer, kv, notes)
+    recurrent = _recurrent(m, arch, n_layer, kv, notes)
     if recurrent is not None:
         flags = recurrent[0]
-        kv = [0 if r else h for h, r in zip(kv, flags, strict=True)]
+        kv = [0 if r else h for h, r in zip(kv, flags, strict=False)]
 
-    window = int(key("attention.sliding_window", 0) or 0)
+    window = m.integer(f"{arch}.attention.sliding_window", 0)
     swa: list[bool] = []
     if window > 0:
-        listed = key("attention.sliding_window_pattern")
-        if isinstance(listed, list):
-            swa = [bool(v) for v in listed[:n_layer]]
-        elif listed is not None or arch in SWA_PATTERNS:
+        listed = m.flags(f"{arch}.attention.sliding_window_pattern", n_layer)
+        if listed is not None:
+            swa = listed
+        elif key("attention.sliding_window_pattern") is not None or arch in SWA_PATTERNS:
             n_pattern, dense_first = SWA_PATTERNS.get(arch, (0, False))
-            swa = swa_pattern(n_layer, int(listed) if listed is not None else n_pattern, dense_first)
+            pattern = m.integer(f"{arch}.attention.sliding_window_pattern", n_pattern, hi=MAX_LAYERS)
+            swa = swa_pattern(n_layer, pattern, dense_first)
         else:
             notes.append(f"{arch}: sliding window {window} with an unknown layer pattern; counted as full")
         if not any(swa):
@@ -155,16 +220,17 @@ def _spec(meta: dict[str, Any], tensors: Sequence[_Tensor], path: Path) -> Model
 
     by_name = {t.name: t for t in tensors}
     embd = by_name.get("token_embd.weight")
-    n_vocab = int(key("vocab_size", 0) or meta.get("tokenizer.ggml.tokens.count") or 0)
+    n_vocab = m.integer(f"{arch}.vocab_size", 0) or m.integer("tokenizer.ggml.tokens.count", 0, hi=2**63)
     if not n_vocab and embd is not None:
         n_vocab = embd.n_elements // n_embd
-    ff = key("feed_forward_length", 0) or 0
-    n_expert = int(key("expert_count", 0) or 0)
-    orig_ctx = key("rope.scaling.original_context_length")
-    ftype = meta.get("general.file_type")
-    name = str(meta.get("general.name") or path.stem)
+    ff = m.per_layer(f"{arch}.feed_forward_length", n_layer, 0)
+    n_expert = m.integer(f"{arch}.expert_count", 0)
+    orig_ctx = m.integer(f"{arch}.rope.scaling.original_context_length", 0)
+    ftype = m.optional_integer("general.file_type")
+    name = m.get("general.name")
+    rope = m.number(f"{arch}.rope.freq_base")
     return ModelSpec(
-        name=name,
+        name=name if isinstance(name, str) and name else path.stem,
         architecture=arch,
         n_layer=n_layer,
         n_embd=n_embd,
@@ -173,50 +239,46 @@ def _spec(meta: dict[str, Any], tensors: Sequence[_Tensor], path: Path) -> Model
         n_head_kv=tuple(kv),
         head_dim_k=hd_k,
         head_dim_v=hd_v,
-        ctx_train=int(_scalar(meta, f"{arch}.context_length")),
+        ctx_train=m.integer(f"{arch}.context_length", lo=1),
         params_total=sum(t.n_elements for t in tensors),
         params_embedding=embd.n_elements if embd else 0,
         params_expert=sum(t.n_elements for t in tensors if _is_expert(t.name)),
-        n_ff=max(ff) if isinstance(ff, list) else int(ff),
+        n_ff=max(ff),
         n_expert=n_expert,
-        n_expert_used=int(key("expert_used_count", 0) or 0) if n_expert else 0,
-        n_ff_exp=int(key("expert_feed_forward_length", 0) or 0),
-        n_ff_shexp=int(key("expert_shared_feed_forward_length", 0) or 0),
+        n_expert_used=m.integer(f"{arch}.expert_used_count", 0, hi=n_expert) if n_expert else 0,
+        n_ff_exp=m.integer(f"{arch}.expert_feed_forward_length", 0),
+        n_ff_shexp=m.integer(f"{arch}.expert_shared_feed_forward_length", 0),
         sliding_window=window,
         swa_layers=tuple(swa),
         recurrent=recurrent[1] if recurrent else None,
-        ctx_native=int(orig_ctx) if orig_ctx else None,
-        rope_theta=float(key("rope.freq_base")) if key("rope.freq_base") else None,
+        ctx_native=orig_ctx or None,
+        rope_theta=rope or None,
         tied_embeddings="output.weight" not in by_name,
-        source=f"{path} ({FILE_TYPE_NAMES.get(int(ftype), 'unknown type') if ftype is not None else 'GGUF'})",
+        source=f"{path} ({FILE_TYPE_NAMES.get(ftype, 'unknown type') if ftype is not None else 'GGUF'})",
         notes=tuple(notes),
     )
 
 
 def _recurrent(
-    meta: dict[str, Any], arch: str, n_layer: int, kv: list[int], notes: list[str]
+    m: _Meta, arch: str, n_layer: int, kv: list[int], notes: list[str]
 ) -> tuple[list[bool], RecurrentState] | None:
     """Which layers are recurrent and the size of their state, following llama.cpp's hparams."""
-
-    def key(name: str, default: Any = None) -> Any:
-        return meta.get(f"{arch}.{name}", default)
-
-    listed = key("attention.recurrent_layers")
-    if isinstance(listed, list):
-        flags = [bool(v) for v in listed[:n_layer]]
+    listed = m.flags(f"{arch}.attention.recurrent_layers", n_layer)
+    if listed is not None:
+        flags = listed
     elif arch in _INTERVAL_HYBRIDS:
-        interval = int(key("full_attention_interval", 4) or 4)
+        interval = m.integer(f"{arch}.full_attention_interval", 4) or 4
         flags = [(il + 1) % interval != 0 for il in range(n_layer)]
     elif arch in _PURE_RECURRENT:
         flags = [True] * n_layer
-    elif key("ssm.state_size") is not None and 0 in kv:
+    elif m.get(f"{arch}.ssm.state_size") is not None and 0 in kv:
         flags = [h == 0 for h in kv]
     else:
         return None
-    d_conv = int(key("ssm.conv_kernel", 0) or 0)
-    d_inner = int(key("ssm.inner_size", 0) or 0)
-    d_state = int(key("ssm.state_size", 0) or 0)
-    n_group = int(key("ssm.group_count", 0) or 0)
+    d_conv = m.integer(f"{arch}.ssm.conv_kernel", 0)
+    d_inner = m.integer(f"{arch}.ssm.inner_size", 0)
+    d_state = m.integer(f"{arch}.ssm.state_size", 0)
+    n_group = m.integer(f"{arch}.ssm.group_count", 0)
     if not d_inner or not d_state:
         notes.append(f"{arch}: recurrent layers without SSM sizes; their state is not counted")
         return flags, RecurrentState(sum(flags), 0, 0)
@@ -228,19 +290,19 @@ def _is_expert(name: str) -> bool:
     return "_exps." in name
 
 
-def _weights(meta: dict[str, Any], tensors: Sequence[_Tensor], parts: Sequence[Path]) -> Weights:
+def _weights(m: _Meta, tensors: Sequence[_Tensor], parts: Sequence[Path]) -> Weights:
     total = sum(t.n_bytes for t in tensors)
     by_name = {t.name: t for t in tensors}
     embd = by_name["token_embd.weight"].n_bytes if "token_embd.weight" in by_name else 0
     tied = "output.weight" not in by_name
     experts = sum(t.n_bytes for t in tensors if _is_expert(t.name))
-    arch = str(meta.get("general.architecture"))
-    n_expert = int(meta.get(f"{arch}.expert_count", 0) or 0)
-    used = int(meta.get(f"{arch}.expert_used_count", 0) or 0)
+    arch = m.get("general.architecture")
+    n_expert = m.integer(f"{arch}.expert_count", 0)
+    used = m.integer(f"{arch}.expert_used_count", 0, hi=n_expert) if n_expert else 0
     frac = used / n_expert if n_expert > 1 and used else 1.0
     gpu = total - embd + (embd if tied else 0)
-    ftype = meta.get("general.file_type")
-    label = FILE_TYPE_NAMES.get(int(ftype), "GGUF") if ftype is not None else "GGUF"
+    ftype = m.optional_integer("general.file_type")
+    label = FILE_TYPE_NAMES.get(ftype, "GGUF") if ftype is not None else "GGUF"
     where = f"{len(parts)} files" if len(parts) > 1 else parts[0].name
     return Weights(
         quant=label,
