@@ -87,7 +87,10 @@ def images(spec: DeploySpec) -> dict[str, Image]:
         "halo": Image(
             f"{reg}haloserve-{spec.backend}:{tag}",
             "haloserve.Dockerfile",
-            {"HALOSERVE_PACKAGE": spec.images.haloserve_package, **(gpu if spec.backend == "rocm" else {})},
+            {
+                **({"HALOSERVE_PACKAGE": pkg} if (pkg := spec.images.haloserve_package) else {}),
+                **(gpu if spec.backend == "rocm" else {}),
+            },
         ),
         "rocm-test": Image(f"{reg}halo-rocm-test:{tag}", "rocm-test.Dockerfile", gpu),
     }
