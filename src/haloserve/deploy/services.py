@@ -103,6 +103,11 @@ def gpu_env(spec: DeploySpec, llama: bool = True) -> list[EnvVar]:
     return [EnvVar("AMD_VULKAN_ICD", "RADV", "Mesa's RADV driver (faster than AMDVLK for llama.cpp)")]
 
 
+def netloc(host: str) -> str:
+    """``host`` as it goes before ``:port`` (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
 def _http_health(port: int) -> list[str]:
     return ["CMD", "curl", "-fsS", f"http://127.0.0.1:{port}/health"]
 
@@ -221,7 +226,7 @@ def rpc_worker(spec: DeploySpec, p: Placement, node: Node) -> Service:
         ],
         entrypoint=["/bin/sh", "-c", f"{RPC_BIN} -H 0.0.0.0 -p {model.rpc_port} -c"],
         env=gpu_env(spec),
-        ports=[f"{bind}:{model.rpc_port}:{model.rpc_port}"],
+        ports=[f"{netloc(bind)}:{model.rpc_port}:{model.rpc_port}"],
         health=None,
         health_note="no health check: a probe would hold rpc-server's single connection",
         swarm=False,
