@@ -184,6 +184,8 @@ def render_files(
     if has_stack:
         r.swarm()
     listing = [RenderedFile(p, "", False, f.about) for p, f in r.files.items()]
+    # written by deployment_files beside these (`halo deploy render`)
+    listing.append(RenderedFile(SPEC_COPY, "", False, SPEC_ABOUT))
     if not spec.images.haloserve_package:
         listing.append(RenderedFile(f"docker/{r.common['wheel_path']}", "", False, WHEEL_ABOUT))
     listing.sort(key=lambda f: f.path)
