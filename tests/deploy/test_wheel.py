@@ -17,6 +17,7 @@ from haloserve.cli import main
 from haloserve.deploy import load_spec_text, render_files
 from haloserve.deploy.examples import example_spec
 from haloserve.deploy.wheel import build_wheel
+from haloserve.errors import CommandError
 
 SRC = Path(haloserve.__file__).resolve().parent
 
@@ -91,3 +92,15 @@ def test_a_named_package_replaces_the_wheel(tmp_path: Path) -> None:
     args = [shlex.split(v)[0] for k, v in _instructions(text) if k == "ARG" and v.startswith("HALOSERVE")]
     assert args == [f"HALOSERVE_PACKAGE={url}"]
     assert "wheels/" not in text.split("# llama-cpp-python")[1]
+
+
+def test_a_failed_build_is_one_line(tmp_path: Path) -> None:
+    broken = tmp_path / "tree"
+    (broken / "src" / "haloserve").mkdir(parents=True)
+    (broken / "src" / "haloserve" / "__init__.py").write_text("")
+    (broken / "pyproject.toml").write_text('[project\nname = "haloserve"\n')  # not TOML
+    with pytest.raises(CommandError) as err:
+        build_wheel(tmp_path / "out", broken)
+    assert err.value.message.startswith("building the haloserve wheel failed: ")
+    assert "\n" not in err.value.message
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
