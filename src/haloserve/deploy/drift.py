@@ -15,7 +15,7 @@ from collections import Counter
 from typing import Any
 
 SPEC_COPY = "spec.yaml"
-# Container settings that widen what a service may do on its host; compared with a fresh render.
+# What a container runs and may do on its host; compared with a fresh render (environment by name).
 SECURITY_KEYS = (
     "privileged",
     "pid",
@@ -29,6 +29,8 @@ SECURITY_KEYS = (
     "userns_mode",
     "cgroup",
     "entrypoint",
+    "command",
+    "image",
     "sysctls",
 )
 DEVICES = {"/dev/kfd", "/dev/dri", "/dev/infiniband"}
@@ -91,7 +93,19 @@ def compose_drift(disk: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
             mine, want = (s or {}).get(key), theirs[name].get(key)
             if mine != want:
                 out.append(f"{name}: {key} is {mine!r}, spec.yaml renders {want!r}")
+        # variables by name: values are the user's to tune, a new one (LD_PRELOAD=...) is not
+        added = sorted(
+            set(_names((s or {}).get("environment"))) - set(_names(theirs[name].get("environment")))
+        )
+        if added:
+            out.append(f"{name}: environment {', '.join(added)} is not rendered by spec.yaml")
     return out
+
+
+def _names(env: Any) -> list[str]:
+    if isinstance(env, dict):
+        return [str(k) for k in env]
+    return [str(e).split("=", 1)[0] for e in env or []]
 
 
 def _instructions(text: str) -> list[str]:

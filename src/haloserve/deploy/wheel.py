@@ -60,7 +60,10 @@ def build_wheel(out: Path, root: Path | None = None) -> Path:
         wheels = sorted(built.glob("haloserve-*.whl")) if built.is_dir() else []
         if done.returncode or len(wheels) != 1:
             last = (done.stderr.strip().splitlines() or ["no wheel produced"])[-1]
-            raise CommandError(f"building the haloserve wheel failed: {last}")
+            raise CommandError(
+                f"building the haloserve wheel failed: {last} (or set images.haloserve_package to a pip "
+                "requirement or URL)"
+            )
         target = out / wheels[0].name
         shutil.copy2(wheels[0], target)
     return target
