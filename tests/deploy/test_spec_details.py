@@ -19,13 +19,29 @@ models:
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ("file: Qwen3-8B-Q4_K_M.gguf", "file: /abs/Qwen3-8B.gguf", "models[0].file: String should match"),
-        ("file: Qwen3-8B-Q4_K_M.gguf", "file: ../up/Qwen3-8B.gguf", "models[0].file: file must stay inside"),
-        ("file: Qwen3-8B-Q4_K_M.gguf", "file: notes.txt", "models[0].file: String should match"),
-        ("address: 10.1.0.1", "address: http://10.1.0.1", "nodes[0].address: String should match"),
+        (
+            "file: Qwen3-8B-Q4_K_M.gguf",
+            "file: /abs/Qwen3-8B.gguf",
+            "models[0].file: '/abs/Qwen3-8B.gguf' is not a relative",
+        ),
+        (
+            "file: Qwen3-8B-Q4_K_M.gguf",
+            "file: ../up/Qwen3-8B.gguf",
+            "models[0].file: '../up/Qwen3-8B.gguf' is not a plain",
+        ),
+        (
+            "file: Qwen3-8B-Q4_K_M.gguf",
+            "file: notes.txt",
+            "models[0].file: 'notes.txt' is not a relative path to a .gguf",
+        ),
+        ("address: 10.1.0.1", "address: http://10.1.0.1", "nodes[0].address: 'http://10.1.0.1' is neither"),
         ("{name: a,", "{name: A_1,", "nodes[0].name: String should match"),
         ("ram: 128}", "ram: 128, labels: {'bad key': x}}", "nodes[0].labels"),
-        ("ram: 128}", "ram: 128, models_dir: models}", "nodes[0].models_dir: String should match"),
+        (
+            "ram: 128}",
+            "ram: 128, models_dir: models}",
+            "nodes[0].models_dir: 'models' is not an absolute path",
+        ),
         ("file: Qwen3-8B-Q4_K_M.gguf,", "", "models[0]: engine llamacpp needs file:"),
     ],
 )

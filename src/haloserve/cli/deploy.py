@@ -65,12 +65,12 @@ def _init(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     from haloserve.cli.render import console, print_json
-    from haloserve.deploy import check_fit, load_spec, render_files, write_files
+    from haloserve.deploy import check_fit, deployment_files, load_spec, write_files
     from haloserve.deploy.report import fit_table, fit_to_dict
 
     doc = load_spec(Path(args.spec))
     fit = check_fit(doc.spec, doc.where, doc.lines)
-    files = render_files(doc.spec, fit)
+    files = deployment_files(doc.spec, fit, doc.text)
     out = Path(args.output)
     removed = write_files(files, out, force=args.force)
     if args.json:

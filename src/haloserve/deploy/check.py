@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from haloserve.deploy import drift
+from haloserve.deploy.drift import compose_invariants
 from haloserve.deploy.gateway_config import contract_problems
 from haloserve.deploy.rocm import needs_override
 
@@ -116,6 +118,7 @@ def check_compose(text: str) -> list[str]:
     if out or not isinstance(data, dict):
         return out or ["not a mapping"]
     services = data.get("services") or {}
+    out += compose_invariants(services)
     versions = {v for s in services.values() if (v := _rocm_version_of(s))}
     published: dict[str, str] = {}
     for name, s in services.items():
@@ -252,14 +255,42 @@ def check_variables(text: str, dotenv: str | None) -> list[str]:
     return [f"${{{v}}} is not set in .env" for v in sorted(used - defined)]
 
 
-def check_file(root: Path, rel: str, lint: dict[str, list[str]] | None = None) -> FileCheck | None:
+def _drift(kind: str, text: str, fresh: str) -> list[str]:
+    if kind == "dockerfile":
+        return drift.dockerfile_drift(text, fresh)
+    if kind == "script":
+        return drift.script_drift(text, fresh)
+    if kind == "compose":
+        try:
+            disk, want = yaml.safe_load(text), yaml.safe_load(fresh)
+        except yaml.YAMLError:
+            return []  # check_compose reports it
+        if isinstance(disk, dict) and isinstance(want, dict):
+            return drift.compose_drift(disk, want)
+    return []
+
+
+def check_file(
+    root: Path, rel: str, lint: dict[str, list[str]] | None = None, fresh: dict[str, str] | None = None
+) -> FileCheck | None:
     """Check one file under ``root`` (``None`` for files with nothing to check); ``lint`` holds
-    shellcheck findings already collected for many scripts at once."""
+    shellcheck findings already collected for many scripts at once; ``fresh`` holds the files the spec
+    copy renders now, to find added instructions and commands (``None``: no spec copy)."""
     kind = _kind(rel)
     if kind is None:
         return None
     path = root / rel
     text = path.read_text(encoding="utf-8")
+    result = _check_text(root, rel, kind, text, lint)
+    if fresh is None:
+        return result
+    if rel not in fresh:
+        return replace(result, problems=(*result.problems, f"not a file {drift.SPEC_COPY} renders"))
+    return replace(result, problems=(*result.problems, *_drift(kind, text, fresh[rel])))
+
+
+def _check_text(root: Path, rel: str, kind: str, text: str, lint: dict[str, list[str]] | None) -> FileCheck:
+    path = root / rel
     simple: dict[str, Callable[[str], list[str]]] = {
         "compose": check_compose,
         "gateway": check_gateway,
@@ -280,9 +311,35 @@ def check_file(root: Path, rel: str, lint: dict[str, list[str]] | None = None) -
     return FileCheck(rel, kind, tuple(problems), tuple(skipped))
 
 
+def fresh_render(root: Path) -> tuple[dict[str, str] | None, FileCheck]:
+    """The files the spec copy in ``root`` renders now (``None`` when it cannot), and its own verdict:
+    a spec that no longer validates is a problem, one whose models are not on this machine a skip."""
+    from haloserve.deploy.fit import check_fit
+    from haloserve.deploy.loader import SpecError, load_spec_text
+    from haloserve.deploy.render import render_files
+    from haloserve.errors import HaloError
+
+    copy = root / drift.SPEC_COPY
+    if not copy.is_file():
+        why = f"no {drift.SPEC_COPY} (rendered by an older halo): instructions not compared"
+        return None, FileCheck(drift.SPEC_COPY, "spec", (), (why,))
+    wheels = sorted((root / "docker" / "wheels").glob("haloserve-*.whl"))
+    try:
+        doc = load_spec_text(copy.read_text(encoding="utf-8"), drift.SPEC_COPY)
+        fit = check_fit(doc.spec, doc.where, doc.lines)
+        files = render_files(doc.spec, fit, wheels[-1].name if wheels else None)
+    except SpecError as exc:
+        return None, FileCheck(drift.SPEC_COPY, "spec", (exc.message,))
+    except HaloError as exc:
+        why = f"does not render here ({exc.message}): instructions not compared"
+        return None, FileCheck(drift.SPEC_COPY, "spec", (), (why,))
+    return {p: f.text for p, f in files.items()}, FileCheck(drift.SPEC_COPY, "spec", ())
+
+
 def check_dir(root: Path) -> list[FileCheck]:
-    """Check every known file under ``root`` (sorted by path)."""
+    """Check every known file under ``root`` (sorted by path), against a fresh render of its spec copy."""
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     lint = shellcheck([root / rel for rel in files if _kind(rel) == "script"])
-    results = [check_file(root, rel, lint) for rel in files]
-    return [r for r in results if r is not None]
+    fresh, spec_row = fresh_render(root)  # one row for the spec copy: compared, or why not
+    results = [check_file(root, rel, lint, fresh) for rel in files if rel != drift.SPEC_COPY]
+    return sorted([spec_row, *(r for r in results if r is not None)], key=lambda r: r.path)

@@ -56,12 +56,12 @@ def _rpc_addresses(spec: DeploySpec, model: Model) -> list[str]:
     out = []
     for name in model.nodes[1:]:
         node = spec.node(name)
-        out.append(f"{node.rdma.address if node.rdma else node.address}:{model.rpc_port}")
+        out.append(f"{svc.netloc(node.rdma.address if node.rdma else node.address)}:{model.rpc_port}")
     return out
 
 
 def _backend(model: Model, host: str) -> Backend:
-    return Backend(f"http://{host}:{model.port}", model.weight, model.parallel, (model.name,))
+    return Backend(f"http://{svc.netloc(host)}:{model.port}", model.weight, model.parallel, (model.name,))
 
 
 def _tp_context(spec: DeploySpec, p: Placement, node: Node) -> dict[str, object]:

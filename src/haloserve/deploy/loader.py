@@ -106,6 +106,7 @@ class Document:
     spec: DeploySpec
     where: str
     lines: dict[Loc, int]
+    text: str = ""
 
 
 def load_spec_text(text: str, where: str = "<spec>") -> Document:
@@ -132,7 +133,7 @@ def load_spec_text(text: str, where: str = "<spec>") -> Document:
     problems = list(cross_check(spec))
     if problems:
         raise _fail(where, lines, problems)
-    return Document(spec, where, lines)
+    return Document(spec, where, lines, text)
 
 
 def load_spec(path: Path) -> Document:

@@ -7,8 +7,7 @@ previous render wrote that are no longer part of the deployment.
 
 from __future__ import annotations
 
-import json
-import shlex
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,25 +15,32 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from haloserve.deploy import services as svc
+from haloserve.deploy.drift import SPEC_COPY
 from haloserve.deploy.fit import FitReport, check_fit
 from haloserve.deploy.gateway_config import CONFIG_PATH, NOTES
 from haloserve.deploy.layout import Layout, NodePlan, build_layout
+from haloserve.deploy.quoting import FILTERS
 from haloserve.deploy.rocm import gpu_targets, parse_rocm, rocm_env
 from haloserve.deploy.spec import DeploySpec
+from haloserve.deploy.wheel import WHEEL_DIR, build_wheel, default_wheel_name
 from haloserve.errors import CommandError
 from haloserve.units import GiB, fmt_bytes
 
 MARKER = ".halo-deploy"
+SPEC_ABOUT = "the spec these files were rendered from (`halo deploy check` renders it again to compare)"
+WHEEL_ABOUT = "haloserve, built from the checkout that rendered these files (the haloserve image installs it)"
 
 
 @dataclass(frozen=True)
 class RenderedFile:
-    """One output file: where it goes, its text, whether it is executable, and what it is for."""
+    """One output file: where it goes, its text, whether it is executable, and what it is for (``data``:
+    the bytes of a binary file such as the haloserve wheel, written instead of ``text``)."""
 
     path: str
     text: str
     executable: bool
     about: str
+    data: bytes | None = None
 
 
 def _environment() -> Environment:
@@ -44,14 +50,13 @@ def _environment() -> Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.filters["j"] = lambda v: json.dumps(v, ensure_ascii=False)
-    env.filters["sh"] = lambda v: shlex.quote(str(v))
+    env.filters.update(FILTERS)
     env.globals["fmt"] = fmt_bytes
     return env
 
 
 class _Renderer:
-    def __init__(self, spec: DeploySpec, layout: Layout) -> None:
+    def __init__(self, spec: DeploySpec, layout: Layout, wheel: str) -> None:
         self.env = _environment()
         self.spec, self.layout = spec, layout
         self.images = svc.images(spec)
@@ -64,6 +69,7 @@ class _Renderer:
             "vllm_env": rocm_env(spec.rocm_version, llama=False),
             "gpu_env": svc.gpu_env(spec),
             "config_path": CONFIG_PATH,
+            "wheel_path": f"{WHEEL_DIR}/{wheel}",
         }
 
     def add(self, path: str, template: str, about: str, **context: Any) -> None:
@@ -163,18 +169,26 @@ class _Renderer:
             )
 
 
-def render_files(spec: DeploySpec, fit: FitReport | None = None) -> dict[str, RenderedFile]:
-    """Every file of the deployment (fit-checked first unless ``fit`` is given)."""
+def render_files(
+    spec: DeploySpec, fit: FitReport | None = None, wheel: str | None = None
+) -> dict[str, RenderedFile]:
+    """Every text file of the deployment (fit-checked first unless ``fit`` is given); ``wheel`` names the
+    haloserve wheel the image installs from ``docker/wheels/`` (:func:`with_wheel` adds its bytes)."""
     fit = fit or check_fit(spec)
     layout = build_layout(spec, fit)
-    r = _Renderer(spec, layout)
+    r = _Renderer(spec, layout, wheel or default_wheel_name())
     r.docker()
     for np_ in layout.nodes:
         r.node(np_)
     has_stack = len(spec.nodes) > 1 and bool(layout.stack)
     if has_stack:
         r.swarm()
-    listing = [RenderedFile(p, "", False, f.about) for p, f in sorted(r.files.items())]
+    listing = [RenderedFile(p, "", False, f.about) for p, f in r.files.items()]
+    # written by deployment_files beside these (`halo deploy render`)
+    listing.append(RenderedFile(SPEC_COPY, "", False, SPEC_ABOUT))
+    if not spec.images.haloserve_package:
+        listing.append(RenderedFile(f"docker/{r.common['wheel_path']}", "", False, WHEEL_ABOUT))
+    listing.sort(key=lambda f: f.path)
     has_split = any(p.model.split != "none" for p in fit.placements)
     r.add(
         "README.md",
@@ -186,6 +200,21 @@ def render_files(spec: DeploySpec, fit: FitReport | None = None) -> dict[str, Re
         has_stack=has_stack,
     )
     return dict(sorted(r.files.items()))
+
+
+def deployment_files(spec: DeploySpec, fit: FitReport, source: str) -> dict[str, RenderedFile]:
+    """What `halo deploy render` writes: :func:`render_files`, the haloserve wheel built from this checkout
+    (unless the spec names ``images.haloserve_package``), so the build context installs exactly the code
+    that rendered it, and the spec's ``source`` text, which `halo deploy check` renders again."""
+    files = {SPEC_COPY: RenderedFile(SPEC_COPY, source, False, SPEC_ABOUT)}
+    if spec.images.haloserve_package:
+        return dict(sorted({**files, **render_files(spec, fit)}.items()))
+    with tempfile.TemporaryDirectory(prefix="halo-deploy-") as tmp:
+        built = build_wheel(Path(tmp))
+        data = built.read_bytes()
+    path = f"docker/{WHEEL_DIR}/{built.name}"
+    files[path] = RenderedFile(path, "", False, WHEEL_ABOUT, data)
+    return dict(sorted({**files, **render_files(spec, fit, built.name)}.items()))
 
 
 def write_files(files: dict[str, RenderedFile], out: Path, force: bool = False) -> list[str]:
@@ -202,7 +231,10 @@ def write_files(files: dict[str, RenderedFile], out: Path, force: bool = False) 
     for rel, f in files.items():
         path = out / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f.text, encoding="utf-8")
+        if f.data is not None:
+            path.write_bytes(f.data)
+        else:
+            path.write_text(f.text, encoding="utf-8")
         path.chmod(0o755 if f.executable else 0o644)
     marker.write_text("\n".join(files) + "\n", encoding="utf-8")
     return removed

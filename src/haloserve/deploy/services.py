@@ -87,7 +87,10 @@ def images(spec: DeploySpec) -> dict[str, Image]:
         "halo": Image(
             f"{reg}haloserve-{spec.backend}:{tag}",
             "haloserve.Dockerfile",
-            {"HALOSERVE_PACKAGE": spec.images.haloserve_package, **(gpu if spec.backend == "rocm" else {})},
+            {
+                **({"HALOSERVE_PACKAGE": pkg} if (pkg := spec.images.haloserve_package) else {}),
+                **(gpu if spec.backend == "rocm" else {}),
+            },
         ),
         "rocm-test": Image(f"{reg}halo-rocm-test:{tag}", "rocm-test.Dockerfile", gpu),
     }
@@ -98,6 +101,11 @@ def gpu_env(spec: DeploySpec, llama: bool = True) -> list[EnvVar]:
     if spec.backend == "rocm":
         return rocm_env(spec.rocm_version, llama)
     return [EnvVar("AMD_VULKAN_ICD", "RADV", "Mesa's RADV driver (faster than AMDVLK for llama.cpp)")]
+
+
+def netloc(host: str) -> str:
+    """``host`` as it goes before ``:port`` (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
 
 
 def _http_health(port: int) -> list[str]:
@@ -218,7 +226,7 @@ def rpc_worker(spec: DeploySpec, p: Placement, node: Node) -> Service:
         ],
         entrypoint=["/bin/sh", "-c", f"{RPC_BIN} -H 0.0.0.0 -p {model.rpc_port} -c"],
         env=gpu_env(spec),
-        ports=[f"{bind}:{model.rpc_port}:{model.rpc_port}"],
+        ports=[f"{netloc(bind)}:{model.rpc_port}:{model.rpc_port}"],
         health=None,
         health_note="no health check: a probe would hold rpc-server's single connection",
         swarm=False,

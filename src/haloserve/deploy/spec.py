@@ -11,8 +11,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from haloserve.deploy import names
 from haloserve.units import GiB, parse_size
 
 KVType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]
@@ -39,6 +40,12 @@ def _size(value: object) -> object:
 
 
 Size = Annotated[int, BeforeValidator(_size), Field(ge=0)]
+# Every free-form string is checked against the grammar of what it names (haloserve.deploy.names), so no
+# spec value can carry shell, YAML or Dockerfile syntax into the rendered files.
+Host = Annotated[str, AfterValidator(names.host)]
+AbsPath = Annotated[str, AfterValidator(names.abs_path)]
+GitRef = Annotated[str, AfterValidator(names.git_ref)]
+OneLine = Annotated[str, AfterValidator(names.printable)]
 Label = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -53,7 +60,9 @@ class Rdma(Strict):
     """The RoCE interface of a node: used for RCCL/NCCL, llama.cpp RPC and netplan."""
 
     interface: str = Field(pattern=IFNAME, description="Linux netdev of the RoCE port, e.g. enp1s0f0np0")
-    ip: str = Field(description="address with prefix on the RDMA network, e.g. 10.0.1.1/24")
+    ip: Annotated[str, AfterValidator(names.interface_address)] = Field(
+        description="address with prefix on the RDMA network, e.g. 10.0.1.1/24"
+    )
     hca: str = Field(
         default="mlx5_0", pattern=IFNAME, description="RDMA device (NCCL_IB_HCA), see `ibv_devices`"
     )
@@ -61,14 +70,6 @@ class Rdma(Strict):
         default=3, ge=0, description="RoCE v2 IPv4 GID index (NCCL_IB_GID_INDEX), see `show_gids`"
     )
     mtu: int = Field(default=9000, ge=1280, le=9216)
-
-    @field_validator("ip")
-    @classmethod
-    def _interface_address(cls, v: str) -> str:
-        if "/" not in v:
-            raise ValueError("give the address with its prefix length, e.g. 10.0.1.1/24")
-        ipaddress.ip_interface(v)
-        return v
 
     @property
     def address(self) -> str:
@@ -80,9 +81,7 @@ class Node(Strict):
     """One Strix Halo machine."""
 
     name: str = Field(pattern=NODE_PATTERN, description="the node's hostname (Swarm pins services by it)")
-    address: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9.:-]*$", description="IP or DNS name clients and the gateway use"
-    )
+    address: Host = Field(description="IP or DNS name clients and the gateway use")
     ram: Size = Field(description="installed RAM (GiB, or with a unit)")
     carveout: Size = Field(default=GiB // 2, description="BIOS UMA frame buffer; keep it small (Auto/512 MB)")
     os_reserve: Size = Field(default=8 * GiB, description="RAM kept for Linux and host-side buffers")
@@ -93,9 +92,7 @@ class Node(Strict):
     labels: dict[Label, Label] = Field(default_factory=dict, description="Swarm node labels (constraints)")
     video_gid: int = Field(default=44, ge=0, description="`getent group video` on this host")
     render_gid: int = Field(default=992, ge=0, description="`getent group render` on this host")
-    models_dir: str = Field(
-        default="/srv/models", pattern=r"^/[^\s]*$", description="where the GGUF files live on this host"
-    )
+    models_dir: AbsPath = Field(default="/srv/models", description="where the GGUF files live on this host")
 
 
 class Sampling(Strict):
@@ -113,17 +110,19 @@ class Model(Strict):
     name: str = Field(
         pattern=MODEL_PATTERN, description="the model id clients ask for (and the service name)"
     )
-    source: str = Field(
+    source: OneLine = Field(
         description="what the planner reads: a catalog name, a Hugging Face id in the catalog, or a local "
         "GGUF/config.json"
     )
-    quant: str | None = Field(default=None, description="weights quantisation when source is not a GGUF file")
-    file: str | None = Field(
-        default=None,
-        pattern=r"^[^/\s$][^\s$]*\.gguf$",
-        description="GGUF file inside the node's models_dir, a relative path (llamacpp, halo)",
+    quant: Annotated[str, AfterValidator(names.quant)] | None = Field(
+        default=None, description="weights quantisation when source is not a GGUF file"
     )
-    hf: str | None = Field(default=None, description="Hugging Face id vLLM loads (default: the catalog's)")
+    file: Annotated[str, AfterValidator(names.gguf_file)] | None = Field(
+        default=None, description="GGUF file inside the node's models_dir, a relative path (llamacpp, halo)"
+    )
+    hf: Annotated[str, AfterValidator(names.hf_id)] | None = Field(
+        default=None, description="Hugging Face id vLLM loads (default: the catalog's)"
+    )
     engine: Engine = "llamacpp"
     nodes: list[str] = Field(
         default_factory=list,
@@ -144,14 +143,9 @@ class Model(Strict):
     weight: int = Field(default=1, ge=1, description="gateway weight of each replica")
     sampling: Sampling = Sampling()
 
-    @field_validator("file")
-    @classmethod
-    def _inside_models_dir(cls, v: str | None) -> str | None:
-        if v is not None and ".." in v.split("/"):
-            raise ValueError("file must stay inside models_dir (no ..)")
-        return v
-
-    extra_args: list[str] = Field(default_factory=list, description="appended to the engine's command")
+    extra_args: list[OneLine] = Field(
+        default_factory=list, description="appended to the engine's command (each one argument, quoted)"
+    )
 
 
 class Gateway(Strict):
@@ -160,7 +154,7 @@ class Gateway(Strict):
     node: str = Field(description="the node that runs the gateway (compose); Swarm may move it")
     port: Port = 8000
     policy: Policy = "prefix"
-    keys_db: str = "/var/lib/halo/keys.db"
+    keys_db: Annotated[str, AfterValidator(names.keys_file)] = "/var/lib/halo/keys.db"
     require_keys: bool = False
     queue_size: int = Field(default=256, ge=0)
     queue_timeout: float = Field(default=30.0, gt=0)
@@ -171,20 +165,18 @@ class Gateway(Strict):
 class Images(Strict):
     """Image names and the sources they build from."""
 
-    registry: str = Field(default="", description="prefix pushed to and pulled from, e.g. registry.lan:5000/")
-
-    @field_validator("registry")
-    @classmethod
-    def _slash(cls, v: str) -> str:
-        return v if not v or v.endswith("/") else v + "/"
-
-    tag: str = "latest"
-    llama_cpp_ref: str = Field(
+    registry: Annotated[str, AfterValidator(names.registry)] = Field(
+        default="", description="prefix pushed to and pulled from, e.g. registry.lan:5000/"
+    )
+    tag: Annotated[str, AfterValidator(names.image_tag)] = "latest"
+    llama_cpp_ref: GitRef = Field(
         default="master", description="llama.cpp git branch or tag (pin a release: b6xxx)"
     )
-    vllm_ref: str = Field(default="main", description="vLLM git branch or tag")
-    haloserve_package: str = Field(
-        default="haloserve", description="pip requirement the haloserve image installs"
+    vllm_ref: GitRef = Field(default="main", description="vLLM git branch or tag")
+    haloserve_package: Annotated[str, AfterValidator(names.requirement)] | None = Field(
+        default=None,
+        description="pip requirement the haloserve image installs instead of the wheel of this checkout "
+        "that `halo deploy render` builds",
     )
 
 

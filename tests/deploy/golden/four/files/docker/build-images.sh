@@ -18,7 +18,7 @@ build() {
   fi
 }
 
-build "haloserve-rocm:latest" "haloserve.Dockerfile" --build-arg "HALOSERVE_PACKAGE=haloserve" --build-arg "ROCM_VERSION=7.0" --build-arg "GPU_TARGETS=gfx1151"
-build "halo-vllm-rocm:latest" "vllm-rocm.Dockerfile" --build-arg "VLLM_REF=main" --build-arg "ROCM_VERSION=7.0" --build-arg "GPU_TARGETS=gfx1151"
-build "halo-rocm-test:latest" "rocm-test.Dockerfile" --build-arg "ROCM_VERSION=7.0" --build-arg "GPU_TARGETS=gfx1151"
-build "halo-llamacpp-rocm:latest" "llamacpp-rocm.Dockerfile" --build-arg "LLAMA_CPP_REF=master" --build-arg "ROCM_VERSION=7.0" --build-arg "GPU_TARGETS=gfx1151"
+build haloserve-rocm:latest haloserve.Dockerfile --build-arg ROCM_VERSION=7.0 --build-arg GPU_TARGETS=gfx1151
+build halo-vllm-rocm:latest vllm-rocm.Dockerfile --build-arg VLLM_REF=main --build-arg ROCM_VERSION=7.0 --build-arg GPU_TARGETS=gfx1151
+build halo-rocm-test:latest rocm-test.Dockerfile --build-arg ROCM_VERSION=7.0 --build-arg GPU_TARGETS=gfx1151
+build halo-llamacpp-rocm:latest llamacpp-rocm.Dockerfile --build-arg LLAMA_CPP_REF=master --build-arg ROCM_VERSION=7.0 --build-arg GPU_TARGETS=gfx1151

@@ -18,5 +18,5 @@ build() {
   fi
 }
 
-build "halo-llamacpp-rocm:latest" "llamacpp-rocm.Dockerfile" --build-arg "LLAMA_CPP_REF=master" --build-arg "ROCM_VERSION=7.0" --build-arg "GPU_TARGETS=gfx1151"
-build "halo-rocm-test:latest" "rocm-test.Dockerfile" --build-arg "ROCM_VERSION=7.0" --build-arg "GPU_TARGETS=gfx1151"
+build halo-llamacpp-rocm:latest llamacpp-rocm.Dockerfile --build-arg LLAMA_CPP_REF=master --build-arg ROCM_VERSION=7.0 --build-arg GPU_TARGETS=gfx1151
+build halo-rocm-test:latest rocm-test.Dockerfile --build-arg ROCM_VERSION=7.0 --build-arg GPU_TARGETS=gfx1151
