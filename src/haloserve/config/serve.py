@@ -99,7 +99,7 @@ class ServeSettings(HaloSettings):
     )
     n_gpu_layers: int = option(
         -1,
-        "Layers offloaded to the GPU (-1 or 999: all; ignored by a CPU-only build).",
+        "Layers offloaded to the GPU (-1 or 999: all; a CPU-only build warns when it is given).",
         env=("LLAMA_ARG_N_GPU_LAYERS",),
         aliases=("-ngl", "--gpu-layers"),
         ge=-1,
