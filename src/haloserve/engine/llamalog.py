@@ -1,0 +1,65 @@
+"""llama.cpp's log routed to Python logging, with captures for callers that read what it printed."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from typing import Any
+
+import llama_cpp as lc
+
+log = logging.getLogger("haloserve.llama")
+
+
+class _LogRouter:
+    """Routes llama.cpp's log lines to Python logging and lets a caller capture them for a while."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._captures: list[list[str]] = []
+        self._partial = ""
+        self._cb = lc.llama_log_callback(self._on_log)
+        lc.llama_log_set(self._cb, ctypes.c_void_p(0))
+
+    def _on_log(self, level: int, text: bytes, _user: Any) -> None:
+        try:
+            line = text.decode("utf-8", errors="replace")
+        except Exception:  # pragma: no cover - never let a log line raise into C
+            return
+        with self._lock:
+            for cap in self._captures:
+                cap.append(line)
+        # ggml levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line
+        if level == 4:
+            log.error("%s", line.rstrip())
+        elif level == 3:
+            log.warning("%s", line.rstrip())
+        else:
+            log.debug("%s", line.rstrip())
+
+    def capture(self) -> list[str]:
+        """Start capturing log lines into the returned list (stop with :meth:`release`)."""
+        cap: list[str] = []
+        with self._lock:
+            self._captures.append(cap)
+        return cap
+
+    def release(self, cap: list[str]) -> None:
+        """Stop capturing into ``cap``."""
+        with self._lock:
+            self._captures = [c for c in self._captures if c is not cap]
+
+
+_router: _LogRouter | None = None
+_init_lock = threading.Lock()
+
+
+def init_backend() -> _LogRouter:
+    """Initialise llama.cpp once per process and route its log."""
+    global _router
+    with _init_lock:
+        if _router is None:
+            lc.llama_backend_init()
+            _router = _LogRouter()
+        return _router
