@@ -25,6 +25,8 @@ GPU_TYPES = frozenset({"gpu", "igpu"})
 
 _LAYER_RE = re.compile(r"load_tensors: layer\s+\d+ assigned to device (\S+?),")
 _MODEL_BUF_RE = re.compile(r"load_tensors:\s+(\S+) model buffer size\s*=\s*([0-9.]+) MiB")
+# ggml-cuda's start-up line per device: HIP names the gfx target, CUDA the compute capability
+_ARCH_RE = re.compile(r"Device (\d+): [^\n]*?, (gfx[0-9a-z]+|compute capability [0-9.]+)")
 _KV_BUF_RE = re.compile(r"(\S+) KV buffer size\s*=\s*([0-9.]+)\s*MiB")
 
 
@@ -67,8 +69,17 @@ def _text(raw: bytes | None) -> str:
     return raw.decode("utf-8", errors="replace") if raw else ""
 
 
+def architectures(lines: Iterable[str]) -> dict[int, str]:
+    """GPU index -> gfx target or compute capability, from ggml-cuda/HIP's start-up log lines."""
+    return {int(m.group(1)): m.group(2) for line in lines for m in [_ARCH_RE.search(line)] if m}
+
+
 def list_devices() -> list[Device]:
-    """Every device in ggml's registry (call after ``llama_backend_init``); empty if it cannot be read."""
+    """Every device in ggml's registry; empty if it cannot be read. A ROCm/CUDA device's description gets
+    its gfx target or compute capability from the backend's start-up log when it lacks one."""
+    from haloserve.engine.llamalog import init_backend
+
+    arch = architectures(init_backend().init_lines)
     try:
         g = _ggml()
         out = []
@@ -77,10 +88,15 @@ def list_devices() -> list[Device]:
             free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
             g.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
             reg = g.ggml_backend_dev_backend_reg(dev)
+            name = _text(g.ggml_backend_dev_name(dev))
+            description = _text(g.ggml_backend_dev_description(dev))
+            m = re.fullmatch(r"(?:ROCm|CUDA)(\d+)", name)
+            if m and int(m.group(1)) in arch and arch[int(m.group(1))] not in description:
+                description += f" ({arch[int(m.group(1))]})"
             out.append(
                 Device(
-                    name=_text(g.ggml_backend_dev_name(dev)),
-                    description=_text(g.ggml_backend_dev_description(dev)),
+                    name=name,
+                    description=description,
                     type=DEVICE_TYPES.get(int(g.ggml_backend_dev_type(dev)), "unknown"),
                     backend=_text(g.ggml_backend_reg_name(reg)) if reg else "",
                     memory_total=int(total.value),

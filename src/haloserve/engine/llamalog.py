@@ -19,6 +19,7 @@ class _LogRouter:
         self._lock = threading.Lock()
         self._captures: list[list[str]] = []
         self._partial = ""
+        self.init_lines: list[str] = []
         self._cb = lc.llama_log_callback(self._on_log)
         lc.llama_log_set(self._cb, ctypes.c_void_p(0))
 
@@ -56,10 +57,25 @@ _init_lock = threading.Lock()
 
 
 def init_backend() -> _LogRouter:
-    """Initialise llama.cpp once per process and route its log."""
+    """Initialise llama.cpp once per process and route its log.
+
+    The lines ggml prints while its backends initialise (a GPU backend names each device's architecture
+    there, e.g. ``Device 0: AMD Radeon Graphics, gfx1151``) are kept in ``init_lines``.
+    """
     global _router
     with _init_lock:
         if _router is None:
-            lc.llama_backend_init()
-            _router = _LogRouter()
+            router = _LogRouter()  # first, so the backends' start-up lines are routed and kept
+            cap = router.capture()
+            try:
+                lc.llama_backend_init()
+                from llama_cpp._ggml import libggml
+
+                libggml.ggml_backend_dev_count()  # the device registry initialises on first use
+            except (ImportError, AttributeError, OSError):  # pragma: no cover - an unusual build
+                pass
+            finally:
+                router.release(cap)
+            router.init_lines = cap
+            _router = router
         return _router
