@@ -1,4 +1,4 @@
-"""Smaller rules of the spec and the render: paths, registry, vLLM ids and sampling, halo serve gaps."""
+"""Smaller rules of the spec and the render: paths, registry, vLLM ids, sampling, halo serve settings."""
 
 from __future__ import annotations
 
@@ -80,11 +80,15 @@ def test_vllm_gets_default_sampling_as_generation_config() -> None:
     assert command[:3] == ["vllm", "serve", "Qwen/Qwen3-8B"] and "--served-model-name" in command
 
 
-def test_halo_serve_gaps_are_warned() -> None:
+def test_halo_serve_gets_the_plans_rope_scaling() -> None:
+    # halo serve honours YaRN now (issue 12): the plan's RoPE variables reach its service, no gap warning
     text = BASE.replace("nodes: [a]", "nodes: [a], engine: halo, ctx: 131072")  # past the trained context
     doc = load_spec_text(text)
     layout = build_layout(doc.spec, check_fit(doc.spec))
-    assert any("halo serve has no option for LLAMA_ARG_ROPE_SCALE" in w for w in layout.warnings)
+    assert not any("halo serve has no option" in w for w in layout.warnings)
+    env = {e.name: e.value for e in layout.nodes[0].services[0].env}
+    assert env["LLAMA_ARG_ROPE_SCALING_TYPE"] == "yarn"
+    assert {"LLAMA_ARG_ROPE_SCALE", "LLAMA_ARG_YARN_ORIG_CTX"} <= set(env)
 
 
 THREE = """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,19 +37,45 @@ def setup_logging(level: str) -> None:
         logging.getLogger("haloserve.llama").setLevel(logging.WARNING)
 
 
+def warn(line: str) -> None:
+    """One start-up warning line on stderr."""
+    print(f"halo serve: warning: {line}", file=sys.stderr, flush=True)
+
+
 def build_engine(settings: ServeSettings) -> Any:
-    """The engine the settings ask for (the model file is checked before anything binds)."""
+    """The engine the settings ask for (the model file and the build's devices are checked before
+    anything binds)."""
     if settings.engine == "fake":
         from haloserve.engine.fake import FakeEngine
 
         return FakeEngine(settings)
     from haloserve.bundled import bundled_model_path
+    from haloserve.config.serve_env import check_build
+    from haloserve.engine.devices import gpu_devices, list_devices, supports_mlock
     from haloserve.engine.llama_engine import LlamaEngine
+    from haloserve.engine.llamacpp import init_backend
 
     path = settings.model or bundled_model_path()
     if not path.is_file():
         raise CommandError(f"model file not found: {path}")
+    init_backend()
+    gpus = [d.name for d in gpu_devices(list_devices())]
+    for line in check_build(settings, gpus, supports_mlock()):
+        warn(line)
     return LlamaEngine(settings, path)
+
+
+def backend_line(backend: dict[str, Any]) -> str:
+    """Devices, layers offloaded and where the weights and the KV cache live, in one line."""
+    from haloserve.units import fmt_bytes
+
+    devices = ", ".join(f"{d['name']} [{d['backend']}] ({d['description']})" for d in backend["devices"])
+    weights = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in backend["weights"].items()) or "?"
+    kv = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in backend["kv_cache"].items()) or "?"
+    return (
+        f"  backend {devices or 'none found'}; {backend['n_gpu_layers']}/{backend['n_layers']} layers on GPU;"
+        f" weights on {weights}; KV cache on {kv}"
+    )
 
 
 def _startup_banner(state: Any, host: str, port: int) -> None:
@@ -64,6 +91,7 @@ def _startup_banner(state: Any, host: str, port: int) -> None:
         f"  context {info.n_ctx} tokens = {info.n_parallel} slots x {info.n_ctx_slot}"
         f" (trained {info.n_ctx_train}); KV cache {fmt_bytes(info.kv_cache_bytes)}"
         f" ({s.cache_type_k}/{s.cache_type_v})",
+        *([backend_line(info.extra["backend"])] if "backend" in info.extra else []),
         f"  listening on http://{host}:{port}/v1"
         f"  ({keys} API key{'s' if keys != 1 else ''}; queue {s.max_queue})",
     ]
@@ -87,10 +115,20 @@ def run(args: argparse.Namespace) -> int:
     """Load settings, bind, load the model in the background and serve until SIGINT/SIGTERM."""
     import uvicorn
 
+    from haloserve.config.serve_env import check_environ, check_settings, env_warnings, serve_environ
     from haloserve.server.app import create_app
 
-    settings = load_settings(ServeSettings, flags=settings_flags(args, ServeSettings), file=args.config)
+    settings = load_settings(
+        ServeSettings,
+        flags=settings_flags(args, ServeSettings),
+        env=serve_environ(os.environ),
+        file=args.config,
+    )
+    check_environ(os.environ)
+    check_settings(settings)
     setup_logging(settings.log_level)
+    for line in env_warnings(os.environ):
+        warn(line)
     engine = build_engine(settings)
     failure: list[str] = []
     server: uvicorn.Server | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -98,7 +99,7 @@ class ServeSettings(HaloSettings):
     )
     n_gpu_layers: int = option(
         -1,
-        "Layers offloaded to the GPU (-1 or 999: all; ignored by a CPU-only build).",
+        "Layers offloaded to the GPU (-1 or 999: all; a CPU-only build warns when it is given).",
         env=("LLAMA_ARG_N_GPU_LAYERS",),
         aliases=("-ngl", "--gpu-layers"),
         ge=-1,
@@ -134,6 +135,84 @@ class ServeSettings(HaloSettings):
         " --poll (0: no spinning, 100: most). Spinning saves a wake-up every step.",
         ge=0,
         le=100,
+    )
+    # llama.cpp model and context parameters `halo plan` and `halo deploy` emit (llama-server's names);
+    # the engine passes each one to llama.cpp, and config/serve_env.py refuses what this build cannot do.
+    rope_scaling: Literal["none", "linear", "yarn"] | None = option(
+        None,
+        "RoPE scaling type (default: the model's own).",
+        env=("LLAMA_ARG_ROPE_SCALING_TYPE",),
+    )
+    rope_scale: float | None = option(
+        None,
+        "RoPE context scaling factor: expands the context by N (sets the frequency scale to 1/N).",
+        env=("LLAMA_ARG_ROPE_SCALE",),
+        gt=0,
+    )
+    rope_freq_base: float = option(
+        0.0, "RoPE base frequency (0: the model's own).", env=("LLAMA_ARG_ROPE_FREQ_BASE",), ge=0
+    )
+    rope_freq_scale: float = option(
+        0.0,
+        "RoPE frequency scaling factor: expands the context by 1/N (0: the model's own).",
+        env=("LLAMA_ARG_ROPE_FREQ_SCALE",),
+        ge=0,
+    )
+    yarn_orig_ctx: int = option(
+        0,
+        "YaRN: the model's original context (0: the model's training context).",
+        env=("LLAMA_ARG_YARN_ORIG_CTX",),
+        ge=0,
+    )
+    yarn_ext_factor: float = option(
+        -1.0, "YaRN extrapolation mix factor (-1: from the model).", env=("LLAMA_ARG_YARN_EXT_FACTOR",)
+    )
+    yarn_attn_factor: float = option(
+        -1.0, "YaRN magnitude scaling factor (-1: from the model).", env=("LLAMA_ARG_YARN_ATTN_FACTOR",)
+    )
+    yarn_beta_slow: float = option(
+        -1.0, "YaRN high correction dim (-1: from the model).", env=("LLAMA_ARG_YARN_BETA_SLOW",)
+    )
+    yarn_beta_fast: float = option(
+        -1.0, "YaRN low correction dim (-1: from the model).", env=("LLAMA_ARG_YARN_BETA_FAST",)
+    )
+    swa_full: bool = option(
+        True,
+        "Full-size caches for sliding-window layers (halo serve needs them to reuse prompt prefixes).",
+        env=("LLAMA_ARG_SWA_FULL",),
+    )
+    kv_offload: bool = option(
+        True,
+        "Keep the KV cache on the GPU with the layers.",
+        env=("LLAMA_ARG_KV_OFFLOAD",),
+        aliases=("-kvo",),
+    )
+    tensor_split: list[float] = option(
+        default_factory=list,
+        description="Fraction of the model on each GPU, e.g. 3,1 (comma or slash separated).",
+        env=("LLAMA_ARG_TENSOR_SPLIT",),
+        aliases=("-ts",),
+        metavar="N0,N1,...",
+    )
+    split_mode: Literal["none", "layer", "row", "tensor"] = option(
+        "layer", "How to split the model across GPUs.", env=("LLAMA_ARG_SPLIT_MODE",), aliases=("-sm",)
+    )
+    main_gpu: int = option(
+        0,
+        "GPU for the whole model with --split-mode none.",
+        env=("LLAMA_ARG_MAIN_GPU",),
+        aliases=("-mg",),
+        ge=0,
+    )
+    mlock: bool = option(False, "Lock the model in RAM (no swapping out).", env=("LLAMA_ARG_MLOCK",))
+    numa: Literal["distribute", "isolate", "numactl"] | None = option(
+        None, "NUMA optimisations, as llama-server's --numa (default: none).", env=("LLAMA_ARG_NUMA",)
+    )
+    rpc: list[str] = option(
+        default_factory=list,
+        description="llama.cpp rpc-server workers host:port (not supported by halo serve yet: refused).",
+        env=("LLAMA_ARG_RPC",),
+        metavar="HOST:PORT",
     )
     n_predict: int = option(
         -1,
@@ -207,6 +286,16 @@ class ServeSettings(HaloSettings):
         if isinstance(v, bool):
             return "on" if v else "off"
         return mapping.get(str(v).lower(), v) if isinstance(v, str) else v
+
+    @field_validator("tensor_split", mode="before")
+    @classmethod
+    def _split_list(cls, v: object) -> object:
+        # llama-server accepts "3,1" and "3/1"; flags arrive as a list of such strings
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, list):
+            return [p for item in v for p in re.split(r"[,/]", str(item).strip()) if p.strip()]
+        return v
 
     @model_validator(mode="after")
     def _batches(self) -> ServeSettings:

@@ -25,6 +25,7 @@ from typing import Any
 from haloserve.config.serve import ServeSettings
 from haloserve.engine.base import EngineInfo, EngineStats, GenerationRequest, Output, TokenLogprob
 from haloserve.engine.bridge import RequestStream, deliver
+from haloserve.engine.llama_params import backend_report, context_params, context_report, model_params
 from haloserve.engine.logits import logprobs_of
 from haloserve.engine.slots import Slot, choose_slot, plan_prefill
 from haloserve.engine.textstream import TextStream
@@ -134,30 +135,11 @@ class LlamaEngine:
 
     def start(self) -> None:
         """Load the model and context, then start the compute thread (blocking)."""
-        from haloserve.engine.llamacpp import Batch, ContextParams, LlamaContext, LlamaModel, uses_openmp
+        from haloserve.engine.llamacpp import Batch, LlamaContext, LlamaModel, uses_openmp
 
         s = self.settings
-        self._model = LlamaModel(
-            self.model_path, n_gpu_layers=s.n_gpu_layers, use_mmap=s.mmap, repack=s.repack
-        )
-        n_ctx = s.ctx_size or self._model.n_ctx_train
-        n_batch = max(s.batch_size, s.parallel + 16)
-        self._ctx = LlamaContext(
-            self._model,
-            ContextParams(
-                n_ctx=n_ctx,
-                n_seq_max=s.parallel,
-                n_batch=n_batch,
-                n_ubatch=s.ubatch_size,
-                type_k=s.cache_type_k,
-                type_v=s.cache_type_v,
-                flash_attn=s.flash_attn,
-                n_threads=s.threads,
-                n_threads_batch=s.threads_batch,
-                poll=s.poll,
-                kv_unified=s.kv_unified,
-            ),
-        )
+        self._model = LlamaModel(self.model_path, model_params(s))
+        self._ctx = LlamaContext(self._model, context_params(s, self._model.n_ctx_train))
         ctx = self._ctx
         n_ctx_slot = ctx.n_ctx // s.parallel if s.kv_unified else ctx.n_ctx_seq
         self._batch = Batch(ctx.n_batch)
@@ -172,7 +154,13 @@ class LlamaEngine:
             n_ctx_train=self._model.n_ctx_train,
             kv_cache_bytes=ctx.kv_cache_bytes,
             description=self._model.description,
-            extra={"n_batch": ctx.n_batch, "n_ubatch": ctx.n_ubatch, "threads": ctx.n_threads},
+            extra={
+                "n_batch": ctx.n_batch,
+                "n_ubatch": ctx.n_ubatch,
+                "threads": ctx.n_threads,
+                "backend": backend_report(self._model, ctx),
+                "context": context_report(ctx),
+            },
             features=frozenset({"grammar", "logprobs"}),
         )
         if uses_openmp() and ctx.n_threads > 1:

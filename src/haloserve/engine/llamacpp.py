@@ -8,7 +8,6 @@ edits, and llama.cpp's log routed to Python logging.
 from __future__ import annotations
 
 import ctypes
-import functools
 import logging
 import re
 import threading
@@ -20,6 +19,9 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
+from haloserve.engine.devices import Placement, kv_buffers, model_placement
+from haloserve.engine.llamalog import init_backend
+from haloserve.engine.threadpool import CpuThreadpools
 from haloserve.errors import CommandError, ConfigError
 from haloserve.printable import printable
 
@@ -38,8 +40,24 @@ KV_CACHE_TYPES: dict[str, int] = {
     "bf16": 30,
 }
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
-
-_KV_SIZE_RE = re.compile(r"KV buffer size\s*=\s*([0-9.]+)\s*MiB")
+ROPE_SCALING = {
+    None: lc.LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED,
+    "none": lc.LLAMA_ROPE_SCALING_TYPE_NONE,
+    "linear": lc.LLAMA_ROPE_SCALING_TYPE_LINEAR,
+    "yarn": lc.LLAMA_ROPE_SCALING_TYPE_YARN,
+}
+SPLIT_MODES = {
+    "none": lc.LLAMA_SPLIT_MODE_NONE,
+    "layer": lc.LLAMA_SPLIT_MODE_LAYER,
+    "row": lc.LLAMA_SPLIT_MODE_ROW,
+    "tensor": getattr(lc, "LLAMA_SPLIT_MODE_TENSOR", -1),
+}
+NUMA = {
+    "distribute": lc.GGML_NUMA_STRATEGY_DISTRIBUTE,
+    "isolate": lc.GGML_NUMA_STRATEGY_ISOLATE,
+    "numactl": lc.GGML_NUMA_STRATEGY_NUMACTL,
+}
+_FREQ_RE = re.compile(r"llama_context: (freq_base|freq_scale)\s*=\s*([0-9.eE+-]+)")
 
 
 def _header_fault(path: Path) -> str | None:
@@ -51,61 +69,6 @@ def _header_fault(path: Path) -> str | None:
     except ConfigError as exc:
         return exc.message
     return None
-
-
-class _LogRouter:
-    """Routes llama.cpp's log lines to Python logging and lets a caller capture them for a while."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._captures: list[list[str]] = []
-        self._partial = ""
-        self._cb = lc.llama_log_callback(self._on_log)
-        lc.llama_log_set(self._cb, ctypes.c_void_p(0))
-
-    def _on_log(self, level: int, text: bytes, _user: Any) -> None:
-        try:
-            line = text.decode("utf-8", errors="replace")
-        except Exception:  # pragma: no cover - never let a log line raise into C
-            return
-        with self._lock:
-            for cap in self._captures:
-                cap.append(line)
-        # ggml levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line; lines can
-        # quote tensor names and metadata from the file, so controls are shown escaped
-        shown = printable(line.rstrip())
-        if level == 4:
-            log.error("%s", shown)
-        elif level == 3:
-            log.warning("%s", shown)
-        else:
-            log.debug("%s", shown)
-
-    def capture(self) -> list[str]:
-        """Start capturing log lines into the returned list (stop with :meth:`release`)."""
-        cap: list[str] = []
-        with self._lock:
-            self._captures.append(cap)
-        return cap
-
-    def release(self, cap: list[str]) -> None:
-        """Stop capturing into ``cap``."""
-        with self._lock:
-            self._captures = [c for c in self._captures if c is not cap]
-
-
-_router: _LogRouter | None = None
-_init_lock = threading.Lock()
-
-
-def init_backend() -> _LogRouter:
-    """Initialise llama.cpp once per process and route its log."""
-    global _router
-    with _init_lock:
-        if _router is None:
-            lc.llama_backend_init()
-            _router = _LogRouter()
-        return _router
 
 
 def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -126,36 +89,85 @@ def uses_openmp(maps: Path = Path("/proc/self/maps")) -> bool:
     return any(lib in text for lib in ("/libgomp.so", "/libomp.so", "/libiomp5.so"))
 
 
-def _set_load_mode(params: Any, use_mmap: bool) -> None:
-    # llama.cpp replaced the use_mmap flag with a load_mode enum; ctypes silently accepts unknown
-    # attributes, so set whichever field this build's struct really has.
+def _set_load_mode(params: Any, use_mmap: bool, mlock: bool = False) -> None:
+    # llama.cpp replaced the use_mmap/use_mlock flags with a load_mode enum; ctypes silently accepts
+    # unknown attributes, so set whichever fields this build's struct really has.
     fields = {name for name, *_ in type(params)._fields_}
     if "load_mode" in fields:
-        params.load_mode = lc.LLAMA_LOAD_MODE_MMAP if use_mmap else lc.LLAMA_LOAD_MODE_NONE
-    elif "use_mmap" in fields:
+        modes = {
+            (True, False): lc.LLAMA_LOAD_MODE_MMAP,
+            (False, False): lc.LLAMA_LOAD_MODE_NONE,
+            (True, True): lc.LLAMA_LOAD_MODE_MMAP_MLOCK,
+            (False, True): lc.LLAMA_LOAD_MODE_MLOCK,
+        }
+        params.load_mode = modes[(use_mmap, mlock)]
+    else:
         params.use_mmap = use_mmap
+        params.use_mlock = mlock
+
+
+@dataclass(slots=True)
+class ModelParams:
+    """How the model is loaded and split across devices (llama-server's meaning for each)."""
+
+    n_gpu_layers: int = -1
+    use_mmap: bool = True
+    mlock: bool = False
+    repack: str = "auto"
+    split_mode: str = "layer"
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] = ()
+    numa: str | None = None
+
+
+_numa_done = False
+_numa_lock = threading.Lock()
+
+
+def _numa_init(strategy: str | None) -> None:
+    # process-wide in ggml and allowed once, before the first model loads (as llama-server does)
+    global _numa_done
+    with _numa_lock:
+        if strategy and not _numa_done:
+            lc.llama_numa_init(NUMA[strategy])
+            _numa_done = True
 
 
 class LlamaModel:
     """A loaded GGUF model and its vocabulary."""
 
-    def __init__(
-        self, path: Path, *, n_gpu_layers: int = -1, use_mmap: bool = True, repack: str = "auto"
-    ) -> None:
-        init_backend()
+    def __init__(self, path: Path, p: ModelParams | None = None) -> None:
+        p = p or ModelParams()
+        router = init_backend()
         if not path.is_file():
             raise CommandError(f"model file not found: {path}")
+        _numa_init(p.numa)
         params = lc.llama_model_default_params()
-        params.n_gpu_layers = 2**31 - 1 if n_gpu_layers < 0 else n_gpu_layers
-        _set_load_mode(params, use_mmap)
-        params.use_extra_bufts = repack == "on" or (repack == "auto" and not cpu_has_amx())
+        params.n_gpu_layers = 2**31 - 1 if p.n_gpu_layers < 0 else p.n_gpu_layers
+        _set_load_mode(params, p.use_mmap, p.mlock)
+        params.use_extra_bufts = p.repack == "on" or (p.repack == "auto" and not cpu_has_amx())
+        params.split_mode = SPLIT_MODES[p.split_mode]
+        params.main_gpu = p.main_gpu
+        # llama.cpp reads llama_max_devices() floats; the array must outlive the load
+        self._split = (ctypes.c_float * max(1, int(lc.llama_max_devices())))(*p.tensor_split)
+        if p.tensor_split:
+            params.tensor_split = ctypes.cast(self._split, ctypes.POINTER(ctypes.c_float))
         self.path = path
-        self.ptr = lc.llama_model_load_from_file(str(path).encode(), params)
+        self.params = p
+        cap = router.capture()
+        try:
+            self.ptr = lc.llama_model_load_from_file(str(path).encode(), params)
+        finally:
+            router.release(cap)
         if not self.ptr:
             fault = _header_fault(path)
             raise CommandError(
                 fault or f"llama.cpp could not load {printable(path)} (not a valid GGUF model?)"
             )
+        self.placement: Placement = model_placement(cap)
+        # the llguidance tokenizer built from this vocabulary (tools/constraint.py), freed with the model
+        self.llg_tokenizer: Any = None
+        self.llg_lock = threading.Lock()
         self.vocab = lc.llama_model_get_vocab(self.ptr)
         self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
         self.n_ctx_train = int(lc.llama_model_n_ctx_train(self.ptr))
@@ -164,7 +176,6 @@ class LlamaModel:
         self.add_bos = bool(lc.llama_vocab_get_add_bos(self.vocab))
         self._pieces: dict[int, bytes] = {}
         self._special_pieces: dict[int, bytes] = {}
-        self._buf = ctypes.create_string_buffer(256)
         self.eog_tokens = frozenset(t for t in range(self.n_vocab) if lc.llama_vocab_is_eog(self.vocab, t))
         self.description = self._desc()
 
@@ -214,17 +225,21 @@ class LlamaModel:
         return list(arr[:n])
 
     def piece(self, token: int, special: bool = False) -> bytes:
-        """The bytes of one token (cached); control tokens are empty unless ``special``."""
+        """The bytes of one token (cached); control tokens are empty unless ``special``.
+
+        Thread-safe: it is called from the engine thread, the event loop and the grammar thread, and
+        ctypes releases the GIL during the call, so each call writes into its own buffer (a shared one
+        let a caller read another's bytes). Racing callers compute the same bytes; the cache keeps one.
+        """
         cache = self._special_pieces if special else self._pieces
         got = cache.get(token)
         if got is None:
-            n = lc.llama_token_to_piece(self.vocab, token, self._buf, len(self._buf), 0, special)
+            buf = ctypes.create_string_buffer(64)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
             if n < 0:
                 buf = ctypes.create_string_buffer(-n)
                 n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
-                got = buf.raw[:n]
-            else:
-                got = self._buf.raw[:n]
+            got = buf.raw[: max(0, n)]
             cache[token] = got
         return got
 
@@ -243,126 +258,11 @@ class LlamaModel:
         return self.piece(self.eos, special=True).decode("utf-8", "replace") if self.eos >= 0 else ""
 
     def close(self) -> None:
-        """Free the model."""
+        """Free the model (and the llguidance tokenizer that points into its vocabulary)."""
+        self.llg_tokenizer = None
         if self.ptr:
             lc.llama_model_free(self.ptr)
             self.ptr = None
-
-
-GGML_MAX_N_THREADS = 512  # ggml.h
-
-
-class _ThreadpoolParams(ctypes.Structure):
-    """ggml.h's ``struct ggml_threadpool_params``."""
-
-    _fields_ = [
-        ("cpumask", ctypes.c_bool * GGML_MAX_N_THREADS),
-        ("n_threads", ctypes.c_int),
-        ("prio", ctypes.c_int),
-        ("poll", ctypes.c_uint32),
-        ("strict_cpu", ctypes.c_bool),
-        ("paused", ctypes.c_bool),
-    ]
-
-
-@dataclass(frozen=True)
-class _ThreadpoolApi:
-    init: Any
-    new: Any
-    free: Any
-    attach: Any
-    detach: Any
-
-
-@functools.cache
-def _threadpool_api() -> _ThreadpoolApi | None:
-    """ggml's CPU threadpool functions, found as llama.cpp's tools find them (through the CPU backend's
-    registry, which also works when backends are loaded dynamically); None when this build has none."""
-    try:
-        from llama_cpp._ggml import libggml
-
-        ggml = libggml
-        ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
-        ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
-        ggml.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
-        ggml.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
-        ggml.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        ggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
-        ggml.ggml_threadpool_params_init.argtypes = [ctypes.POINTER(_ThreadpoolParams), ctypes.c_int]
-        ggml.ggml_threadpool_params_init.restype = None
-        dev = ggml.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
-        reg = ggml.ggml_backend_dev_backend_reg(dev) if dev else None
-        new = ggml.ggml_backend_reg_get_proc_address(reg, b"ggml_threadpool_new") if reg else None
-        free = ggml.ggml_backend_reg_get_proc_address(reg, b"ggml_threadpool_free") if reg else None
-        if not new or not free:
-            return None
-        llama = lc.llama_cpp._lib
-        llama.llama_attach_threadpool.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-        llama.llama_attach_threadpool.restype = None
-        llama.llama_detach_threadpool.argtypes = [ctypes.c_void_p]
-        llama.llama_detach_threadpool.restype = None
-    except (ImportError, AttributeError, OSError) as exc:  # an older or unusual build: ggml's own fallback
-        log.debug("no ggml threadpool API: %s", exc)
-        return None
-    return _ThreadpoolApi(
-        init=ggml.ggml_threadpool_params_init,
-        new=ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.POINTER(_ThreadpoolParams))(new),
-        free=ctypes.CFUNCTYPE(None, ctypes.c_void_p)(free),
-        attach=llama.llama_attach_threadpool,
-        detach=llama.llama_detach_threadpool,
-    )
-
-
-class CpuThreadpools:
-    """Persistent CPU worker threads attached to a context, as llama.cpp's tools attach them.
-
-    Without them, llama.cpp built without OpenMP (as haloserve builds it) creates and joins
-    ``n_threads - 1`` threads for every graph it computes, that is for every decode step. ``poll``
-    is llama-server's ``--poll``: how long idle workers spin for the next graph before they sleep
-    (0 no spinning, 50 llama.cpp's default, 100 most).
-    """
-
-    def __init__(self, ctx: Any, n_threads: int, n_threads_batch: int, poll: int) -> None:
-        self._api = _threadpool_api()
-        self._pools: list[int] = []
-        self._ctx = ctx
-        if self._api is None or n_threads < 1:
-            return
-        split = n_threads_batch != n_threads  # a second pool for prompt batches; the first one waits paused
-        gen = self._new(n_threads, poll, paused=split)
-        batch = self._new(n_threads_batch, poll) if split else None
-        if gen is None or (split and batch is None):
-            self.close()
-            return
-        self._api.attach(ctx, gen, batch)
-
-    def _new(self, n: int, poll: int, paused: bool = False) -> int | None:
-        assert self._api is not None
-        params = _ThreadpoolParams()
-        self._api.init(ctypes.byref(params), n)
-        params.poll = poll
-        params.paused = paused
-        pool = self._api.new(ctypes.byref(params))
-        if not pool:
-            log.warning("could not create a CPU threadpool of %d threads; llama.cpp makes one per step", n)
-            return None
-        self._pools.append(pool)
-        return pool
-
-    @property
-    def attached(self) -> bool:
-        """True when the context computes on these persistent threads."""
-        return bool(self._pools)
-
-    def close(self) -> None:
-        """Detach from the context and stop the threads (call it before the context is freed)."""
-        if self._api is None or not self._pools:
-            return
-        if self._ctx:
-            self._api.detach(self._ctx)
-        for pool in self._pools:
-            self._api.free(pool)
-        self._pools.clear()
 
 
 @dataclass(slots=True)
@@ -380,6 +280,16 @@ class ContextParams:
     n_threads_batch: int = 0
     kv_unified: bool = False
     poll: int = 50
+    rope_scaling: str | None = None
+    rope_freq_base: float = 0.0
+    rope_freq_scale: float = 0.0
+    yarn_orig_ctx: int = 0
+    yarn_ext_factor: float = -1.0
+    yarn_attn_factor: float = -1.0
+    yarn_beta_fast: float = -1.0
+    yarn_beta_slow: float = -1.0
+    swa_full: bool = True
+    offload_kqv: bool = True
 
 
 class LlamaContext:
@@ -399,6 +309,16 @@ class LlamaContext:
         if p.n_threads_batch > 0 or p.n_threads > 0:
             params.n_threads_batch = p.n_threads_batch or p.n_threads
         params.kv_unified = p.kv_unified
+        params.rope_scaling_type = ROPE_SCALING[p.rope_scaling]
+        params.rope_freq_base = p.rope_freq_base
+        params.rope_freq_scale = p.rope_freq_scale
+        params.yarn_orig_ctx = p.yarn_orig_ctx
+        params.yarn_ext_factor = p.yarn_ext_factor
+        params.yarn_attn_factor = p.yarn_attn_factor
+        params.yarn_beta_fast = p.yarn_beta_fast
+        params.yarn_beta_slow = p.yarn_beta_slow
+        params.swa_full = p.swa_full
+        params.offload_kqv = p.offload_kqv
         params.no_perf = True
         router = init_backend()
         cap = router.capture()
@@ -420,7 +340,10 @@ class LlamaContext:
             self.ptr, self.n_threads, int(lc.llama_n_threads_batch(self.ptr)), p.poll
         )
         self.memory = lc.llama_get_memory(self.ptr)
-        self.kv_cache_bytes = int(sum(float(m) for line in cap for m in _KV_SIZE_RE.findall(line)) * 2**20)
+        self.kv_buffers = kv_buffers(cap)  # device buffer name -> bytes: where the KV cache lives
+        self.kv_cache_bytes = sum(self.kv_buffers.values())
+        # the RoPE values llama.cpp settled on (the model's own unless overridden), from its own log
+        self.rope = {k: float(v) for line in cap for k, v in _FREQ_RE.findall(line)}
 
     def warmup(self, batch: Batch) -> None:
         """An empty run as llama.cpp's tools do at start-up (BOS, EOS), so the first request is not slow."""

@@ -102,6 +102,9 @@ async def props(request: Request) -> JSONResponse:
             "default_generation_settings": {"n_ctx": info.n_ctx_slot},
             "chat_template": state.template.source if state.template else None,
             "build_info": "haloserve",
+            # haloserve's own: ggml devices, layers offloaded, where weights and KV cache live, and the
+            # context's RoPE/YaRN, KV and attention parameters (what `halo serve` prints at start-up)
+            **{k: info.extra[k] for k in ("backend", "context") if k in info.extra},
         }
     )
 

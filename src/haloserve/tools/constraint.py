@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import json
 import re
-import threading
 from typing import Any
 
 import numpy as np
@@ -19,19 +18,18 @@ import numpy as np
 from haloserve.errors import InvalidRequestError
 
 NEG_INF = np.float32(-np.inf)
-_lock = threading.Lock()
-_tokenizers: dict[int, Any] = {}
 
 
 def llg_tokenizer(model: Any) -> Any:
-    """The llguidance tokenizer of a loaded :class:`~haloserve.engine.llamacpp.LlamaModel` (cached)."""
-    key = id(model)
-    with _lock:
-        tok = _tokenizers.get(key)
-        if tok is None:
-            tok = _build_tokenizer(model)
-            _tokenizers[key] = tok
-        return tok
+    """The llguidance tokenizer of a loaded :class:`~haloserve.engine.llamacpp.LlamaModel` (cached).
+
+    It is kept on the model object, so it is freed with the model; a process-wide cache keyed by
+    ``id(model)`` outlived the model and could hand a new model (at a reused address) a stale tokenizer.
+    """
+    with model.llg_lock:
+        if model.llg_tokenizer is None:
+            model.llg_tokenizer = _build_tokenizer(model)
+        return model.llg_tokenizer
 
 
 def _build_tokenizer(model: Any) -> Any:
