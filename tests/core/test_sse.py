@@ -122,6 +122,12 @@ def test_an_event_past_the_limit_is_refused_however_it_arrives() -> None:
         sse.Framer(limit=1024).cut(b"data: " + b"x" * 2000 + b"\n\n")  # whole, in one read
     many = b"".join(b"data: %d\n\n" % i for i in range(500))  # a read past the limit of small events
     assert sse.Framer(limit=1024).cut(many) == many
+    late = sse.Framer(limit=1024)  # the whole events before the long one still go out, then it fails
+    assert late.cut(b"data: a\r\n\r\n" + b"data: " + b"z" * 2000) == b"data: a\r\n\r\n"
+    with pytest.raises(sse.EventTooLarge):
+        late.cut(b"\n\n")
+    with pytest.raises(sse.EventTooLarge):
+        late.flush()
     ok = sse.Framer(limit=1024)
     assert ok.cut(b"data: " + b"y" * 1000) == b"" and ok.cut(b"\n\n").endswith(b"y\n\n")
 

@@ -107,12 +107,22 @@ def _last_end(buf: bytes | bytearray, pos: int) -> int:
     return _pair_end(buf, i) if i >= 0 else 0
 
 
-def _check(buf: bytes | bytearray, start: int, last: int, limit: int) -> None:
-    """Raise when an event in ``buf[start:last]`` (whole events) is longer than ``limit``."""
-    while start < last and (end := _first_end(buf, start)):
-        if end - start > limit:
-            raise EventTooLarge(limit)
-        start = end
+def _misfit(buf: bytes | bytearray, first: int, last: int, limit: int) -> int | None:
+    """None when every event in ``buf`` fits in ``limit`` bytes, else the end of the whole events
+    before the first one that does not (``first``: end of the first event, 0 when not known)."""
+    start = 0
+    if first:
+        if first > limit:
+            return 0
+        start = first
+    if len(buf) - start > limit:  # only then can a later event (or the tail) be too long
+        while start < last and (end := _first_end(buf, start)):
+            if end - start > limit:
+                return start
+            start = end
+        if len(buf) - last > limit:
+            return last
+    return None
 
 
 class Framer:
@@ -121,11 +131,12 @@ class Framer:
     ``limit`` bounds one event (and so what is held between reads); ``None`` means no bound.
     """
 
-    __slots__ = ("_held", "limit")
+    __slots__ = ("_held", "_over", "limit")
 
     def __init__(self, limit: int | None = DEFAULT_MAX_EVENT) -> None:
         self.limit = limit
         self._held = bytearray()
+        self._over = False  # an event passed the limit after the events returned last
 
     @property
     def held(self) -> int:
@@ -135,41 +146,50 @@ class Framer:
     def cut(self, chunk: bytes) -> bytes:
         """The whole events that ``chunk`` completes, as one block (b'' when none); holds the rest.
 
-        Raises :class:`EventTooLarge` when an event passes the limit.
+        Raises :class:`EventTooLarge` once an event passes the limit (the whole events before it
+        are returned first).
         """
+        if self._over:
+            raise EventTooLarge(self.limit or 0)
         limit = self.limit
         held = self._held
+        first = 0
         if not held:  # the common case: nothing waiting, search the chunk itself (no copy)
+            buf: bytes | bytearray = chunk
             last = _last_end(chunk, 0)
-            if limit is not None and len(chunk) > limit:
-                _check(chunk, 0, last, limit)
-                if len(chunk) - last > limit:
+        else:
+            # A separator cut by the previous read began at most 3 bytes before its end; the bytes
+            # before that were searched already (which keeps the cost linear in the stream).
+            pos = max(0, len(held) - 3)
+            held += chunk
+            buf = held
+            first = _first_end(held, pos)
+            last = max(first, _last_end(held, first)) if first else 0
+        if limit is not None and len(buf) > limit:
+            bad = _misfit(buf, first, last, limit)
+            if bad is not None:
+                if not bad:
+                    held.clear()
                     raise EventTooLarge(limit)
+                self._over = True
+                done = bytes(buf[:bad])
+                held.clear()
+                return done
+        if buf is chunk:
             if last == len(chunk):
                 return chunk
             held += chunk[last:]
             return chunk[:last] if last else b""
-        # A separator cut by the previous read began at most 3 bytes before its end; the bytes
-        # before that were searched already (which keeps the cost linear in the stream).
-        pos = max(0, len(held) - 3)
-        held += chunk
-        first = _first_end(held, pos)
-        if limit is not None:
-            if (first or len(held)) > limit:
-                raise EventTooLarge(limit)
-            if len(chunk) > limit:
-                _check(held, first, len(held), limit)
-                if len(held) - _last_end(held, first) > limit:
-                    raise EventTooLarge(limit)
-        if not first:
+        if not last:
             return b""
-        last = max(first, _last_end(held, first))
         done = bytes(held[:last])
         del held[:last]
         return done
 
     def flush(self) -> bytes:
         """What is still held (an event the stream ended without closing)."""
+        if self._over:
+            raise EventTooLarge(self.limit or 0)
         rest = bytes(self._held)
         self._held.clear()
         return rest
