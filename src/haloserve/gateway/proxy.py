@@ -39,6 +39,7 @@ from haloserve.gateway.http1 import (
 from haloserve.gateway.policy import RouteInfo
 from haloserve.gateway.store import KeyRecord
 from haloserve.gateway.stream import UsageScanner, body_usage, wants_usage
+from haloserve.protocol import sse
 from haloserve.protocol.sse import EventTooLarge
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def error_response(exc: HaloError) -> web.Response:
 
 def sse_error_event(exc: HaloError) -> bytes:
     """The one event that ends a stream which failed after it started."""
-    return b"data: " + json.dumps(exc.to_dict()).encode() + b"\n\n"
+    return sse.encode(exc.to_dict())
 
 
 def prompt_text(obj: dict[str, Any]) -> str:

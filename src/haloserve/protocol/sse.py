@@ -155,6 +155,10 @@ class Framer:
         held = self._held
         first = 0
         if not held:  # the common case: nothing waiting, search the chunk itself (no copy)
+            if (chunk.endswith(b"\n\n") or chunk.endswith(b"\r\n\r\n")) and (
+                limit is None or len(chunk) <= limit
+            ):
+                return chunk  # a read of whole events (a backend writes one or more per token)
             buf: bytes | bytearray = chunk
             last = _last_end(chunk, 0)
         else:
