@@ -205,6 +205,13 @@ async def test_heads_and_buffered_bodies_are_bounded() -> None:
             writer.write(b"HTTP/1.1 100 Continue\r\nX-Pad: " + b"p" * 64 + b"\r\n\r\n")
             await writer.drain()
 
+    async def endless_trailer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Trailer: ")
+        for _ in range(64):
+            writer.write(b"t" * 65536)
+            await writer.drain()
+
     async def big_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"b" * 100_000)
@@ -215,6 +222,11 @@ async def test_heads_and_buffered_bodies_are_bounded() -> None:
         async with scripted(script) as (url, _):
             with pytest.raises(TooLarge, match="head is over 8192 bytes"):
                 await p.request(url, "/", b"", {}, 10)
+    async with scripted(endless_trailer) as (url, _):
+        r = await p.request(url, "/", b"", {}, 10)
+        with pytest.raises(TooLarge, match="trailer is over 8192 bytes"):
+            await r.read()
+        r.close()
     async with scripted(big_body) as (url, _):
         r = await p.request(url, "/", b"", {}, 10)
         with pytest.raises(TooLarge, match="body is over 50000 bytes"):

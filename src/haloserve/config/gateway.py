@@ -143,7 +143,9 @@ class GatewaySettings(HaloSettings):
         ge=1024,
     )
     max_backend_head_bytes: int = option(
-        64 << 10, "Largest backend response head (status line and headers), in bytes (502 beyond).", ge=1024
+        64 << 10,
+        "Largest backend response head (status line and headers), or trailer, in bytes (502 beyond).",
+        ge=1024,
     )
     max_backend_body_bytes: int = option(
         256 << 20, "Largest non-streamed backend response body, in bytes (502 beyond).", ge=1024

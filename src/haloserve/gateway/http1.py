@@ -250,7 +250,7 @@ class _Connection(asyncio.Protocol):
         self._eof_body = False  # no length and not chunked: the body ends when the connection does
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
-        self._head_bytes = 0  # bytes received while the response head is incomplete
+        self._unparsed = 0  # bytes received since the last body byte (head, chunk framing, trailer)
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -263,7 +263,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Parse; httptools calls back the ``on_*`` methods below."""
-        head = self._head
+        self._unparsed += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -272,12 +272,12 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(BrokenBody(f"malformed response from the backend: {exc}"))
             return
-        if head is not None and not head.done():
-            # httptools holds a header until it ends: bound what an unfinished head may take (one
-            # read more at most), else an endless header grows the gateway without limit.
-            self._head_bytes += len(data)
-            if self._head_bytes > self.pool.max_head:
-                self._fail(TooLarge(f"the backend's response head is over {self.pool.max_head} bytes"))
+        head = self._head
+        if head is not None and self._unparsed > self.pool.max_head:
+            # httptools holds a header (or trailer) until it ends: bound the bytes that are not body
+            # (one read more at most), else an endless header grows the gateway without limit.
+            what = "head" if not head.done() else "framing or trailer"
+            self._fail(TooLarge(f"the backend's response {what} is over {self.pool.max_head} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The socket closed: end (or fail) the exchange in progress and leave the pool."""
@@ -308,6 +308,7 @@ class _Connection(asyncio.Protocol):
         if 100 <= status < 200:  # an interim response (we never ask for one): wait for the real one
             self._headers = {}
             return
+        self._unparsed = 0
         h = self._headers
         self._eof_body = "content-length" not in h and "chunked" not in h.get("transfer-encoding", "")
         resp = Response(self, status, h, self.pool.max_body)
@@ -318,6 +319,7 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         """A piece of the body."""
+        self._unparsed = 0
         if self._response is not None:
             self._response._data(body)
 
@@ -348,7 +350,7 @@ class _Connection(asyncio.Protocol):
         self._head = loop.create_future()
         self._response = None
         self._headers = {}
-        self._head_bytes = 0
+        self._unparsed = 0
         self._timer = loop.call_at(deadline, self._timed_out)
         self.transport.write(data)
         return self._head
