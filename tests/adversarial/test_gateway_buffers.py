@@ -197,3 +197,13 @@ def test_framing_costs_linear_time(piece: bytes) -> None:
     with pytest.raises(sse.EventTooLarge):
         for _ in range(2 << 10):
             scanner.feed(piece)
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_splitting_many_events_costs_linear_time(eol: bytes) -> None:
+    event = sse.encode({"choices": [{"delta": {"content": " lorem"}}], "usage": None}).replace(b"\n", eol)
+    block = event * (8_000_000 // len(event))  # ~8 MB of whole events in one piece
+    start = time.perf_counter()
+    events = sse.Decoder().feed(block)
+    assert len(events) == len(block) // len(event) and events[-1].json()["choices"][0]["delta"]["content"]
+    assert time.perf_counter() - start < 10.0  # ~1 s here: each event is searched for once
