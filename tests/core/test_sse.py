@@ -1,10 +1,13 @@
-"""The SSE decoder handles any chunking, line-end style, comments and multi-line data."""
+"""The SSE framer and decoder handle any chunking, any mix of line ends, comments, multi-line data and
+a bound on event size."""
 
 from __future__ import annotations
 
 import json
+import re
 
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haloserve.protocol import sse
@@ -55,3 +58,96 @@ def test_any_chunking_and_line_end_gives_the_same_events(
         i += step
         k += 1
     assert [e.json() for e in _decode_all(chunks)] == objs
+
+
+def _spec_events(raw: bytes) -> list[str]:
+    """An oracle read literally from the WHATWG rules: split into lines, dispatch on a blank line."""
+    out: list[str] = []
+    data: list[str] = []
+    for line in re.split(r"\r\n|\n|\r", raw.decode())[:-1]:  # the last piece has no line end yet
+        if line == "":
+            if data:
+                out.append("\n".join(data))
+            data = []
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            if name == "data":
+                data.append(value[1:] if value.startswith(" ") else value)
+    return out
+
+
+_PIECES = [b"\r", b"\n", b"\r\n", b"data: x", b"data:y", b": note", b"event: e", b"z"]
+
+
+@settings(max_examples=400)
+@given(st.lists(st.sampled_from(_PIECES), max_size=24), st.lists(st.integers(0, 60), max_size=5))
+def test_framer_cuts_any_mix_of_line_ends_like_the_spec(pieces: list[bytes], cuts: list[int]) -> None:
+    raw = b"".join(pieces)
+    framer = sse.Framer(limit=None)
+    forwarded: list[bytes] = []
+    events: list[str] = []
+    prev = 0
+    for cut in [*sorted({min(c, len(raw)) for c in cuts}), len(raw)]:
+        block = framer.cut(raw[prev:cut])
+        prev = cut
+        forwarded.append(block)
+        events += [e.data for r in sse.split(block) if (e := sse.parse_event(r)) is not None]
+    assert b"".join(forwarded) + framer.flush() == raw  # a proxy forwards every byte, in order
+    assert events == _spec_events(raw)
+
+
+def test_a_read_split_between_cr_and_lf() -> None:
+    framer = sse.Framer()
+    assert framer.cut(b"data: a\r") == b""
+    assert framer.cut(b"\ndata: b\r\n\r") == b"data: a\r\ndata: b\r\n\r"  # the event ended at "\r\n\r"
+    assert framer.cut(b"\ndata: c\r\n\r\n") == b"\ndata: c\r\n\r\n"
+    dec = sse.Decoder()
+    got = [e.data for part in (b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n") for e in dec.feed(part)]
+    assert got == ["a\nb"]
+
+
+def test_each_separator_style_ends_an_event_at_once() -> None:
+    for sep in (b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r\n", b"\r\n\n"):
+        framer = sse.Framer()
+        assert framer.cut(b"data: 1" + sep) == b"data: 1" + sep, sep
+        assert framer.held == 0
+
+
+def test_an_event_past_the_limit_is_refused_however_it_arrives() -> None:
+    framer = sse.Framer(limit=1024)
+    with pytest.raises(sse.EventTooLarge):
+        for _ in range(30):
+            framer.cut(b"data: " + b"x" * 60 + b"\r\n")  # lines, but never a blank one
+    with pytest.raises(sse.EventTooLarge):
+        sse.Framer(limit=1024).cut(b"data: " + b"x" * 2000 + b"\n\n")  # whole, in one read
+    many = b"".join(b"data: %d\n\n" % i for i in range(500))  # a read past the limit of small events
+    assert sse.Framer(limit=1024).cut(many) == many
+    late = sse.Framer(limit=1024)  # the whole events before the long one still go out, then it fails
+    assert late.cut(b"data: a\r\n\r\n" + b"data: " + b"z" * 2000) == b"data: a\r\n\r\n"
+    with pytest.raises(sse.EventTooLarge):
+        late.cut(b"\n\n")
+    with pytest.raises(sse.EventTooLarge):
+        late.flush()
+    ok = sse.Framer(limit=1024)
+    assert ok.cut(b"data: " + b"y" * 1000) == b"" and ok.cut(b"\n\n").endswith(b"y\n\n")
+
+
+def test_usage_scanner_strips_the_injected_chunk_in_every_line_end_style() -> None:
+    from haloserve.gateway.stream import UsageScanner
+
+    for eol in (b"\n", b"\r\n", b"\r"):
+        events = [
+            sse.encode({"choices": [{"delta": {"content": "hi"}}], "usage": None}).replace(b"\n", eol),
+            sse.encode({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}).replace(
+                b"\n", eol
+            ),
+            sse.DONE.replace(b"\n", eol),
+        ]
+        raw = b"".join(events)
+        want = [e.data for e in sse.Decoder().feed(events[0] + events[2])]
+        for cut in range(1, len(raw)):
+            sc = UsageScanner(strip=True)
+            got = sc.feed(raw[:cut]) + sc.feed(raw[cut:]) + sc.flush()
+            dec = sse.Decoder()
+            assert [e.data for e in dec.feed(got) + dec.close()] == want, (eol, cut)
+            assert b"prompt_tokens" not in got and (sc.prompt, sc.completion) == (7, 3)

@@ -17,6 +17,10 @@ from haloserve.testing.upstream_config import UpstreamConfig
 MakeUpstream = Callable[..., FakeUpstream]
 MakeGateway = Callable[..., ThreadedGateway]
 
+# Stream, usage and quota tests run against both SSE line-end styles: LF as OpenAI and llama.cpp send
+# them, CRLF as sse-starlette does ("\r\n\r\n" between events).
+BOTH_LINE_ENDS = pytest.mark.parametrize("line_end", ["lf", "crlf"])
+
 
 @pytest.fixture
 def stack() -> Iterator[ExitStack]:

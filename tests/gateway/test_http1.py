@@ -17,6 +17,7 @@ from haloserve.gateway.http1 import (
     ConnectFailed,
     Dropped,
     Origin,
+    TooLarge,
     UpstreamTimeout,
     request_head,
 )
@@ -187,6 +188,51 @@ async def test_failures_are_told_apart() -> None:
         with pytest.raises(UpstreamTimeout):
             await p.request(url, "/", b"", {}, 0.3)
     assert p.idle_count() == 0  # no failed connection went back to the pool
+
+
+@on_uvloop
+async def test_heads_and_buffered_bodies_are_bounded() -> None:
+    async def endless_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        for _ in range(64):  # 4 MiB, unless the client hangs up first
+            writer.write(b"a" * 65536)
+            await writer.drain()
+
+    async def interim_forever(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        for _ in range(4096):
+            writer.write(b"HTTP/1.1 100 Continue\r\nX-Pad: " + b"p" * 64 + b"\r\n\r\n")
+            await writer.drain()
+
+    async def endless_trailer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Trailer: ")
+        for _ in range(64):
+            writer.write(b"t" * 65536)
+            await writer.drain()
+
+    async def big_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"b" * 100_000)
+        await writer.drain()
+
+    p = ClientPool(connect_timeout=2.0, max_head=8192, max_body=50_000)
+    for script in (endless_head, interim_forever):
+        async with scripted(script) as (url, _):
+            with pytest.raises(TooLarge, match="head is over 8192 bytes"):
+                await p.request(url, "/", b"", {}, 10)
+    async with scripted(endless_trailer) as (url, _):
+        r = await p.request(url, "/", b"", {}, 10)
+        with pytest.raises(TooLarge, match="trailer is over 8192 bytes"):
+            await r.read()
+        r.close()
+    async with scripted(big_body) as (url, _):
+        r = await p.request(url, "/", b"", {}, 10)
+        with pytest.raises(TooLarge, match="body is over 50000 bytes"):
+            await r.read()
+        r.close()
+    assert p.idle_count() == 0
 
 
 @on_uvloop

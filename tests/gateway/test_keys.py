@@ -14,7 +14,7 @@ import pytest
 
 from haloserve.cli import main
 from haloserve.testing.gateway import gateway_process
-from tests.gateway.conftest import MakeGateway, MakeUpstream
+from tests.gateway.conftest import BOTH_LINE_ENDS, MakeGateway, MakeUpstream
 
 MSG = [{"role": "user", "content": "one two three"}]
 
@@ -80,6 +80,25 @@ def test_keys_quotas_and_models_through_the_gateway(
             time.sleep(0.1)
     else:
         pytest.fail("a revoked key kept working")
+
+
+@BOTH_LINE_ENDS
+def test_streamed_usage_is_recorded_and_charged_to_the_token_quota(
+    make_upstream: MakeUpstream, make_gateway: MakeGateway, line_end: str
+) -> None:
+    up = make_upstream(models=["m1"], line_end=line_end)
+    gw = make_gateway([up.url], require_keys=True)
+    secret = gw.gateway.store.create_key("streamer", tpm=20).secret
+    gw.run(gw.gateway.refresh_keys())
+    client = gw.client(secret)
+    chunks = list(client.chat.completions.create(model="m1", messages=MSG, stream=True, max_tokens=20))
+    assert all(c.usage is None for c in chunks), "the usage chunk the gateway asked for is not leaked"
+    assert len("".join(c.choices[0].delta.content or "" for c in chunks if c.choices).split()) == 20
+    with pytest.raises(openai.RateLimitError, match="20 tokens per minute"):
+        list(client.chat.completions.create(model="m1", messages=MSG, stream=True, max_tokens=1))
+    gw.run(gw.gateway.flush_usage())
+    rows = gw.gateway.store.usage()
+    assert sum(r.prompt_tokens for r in rows) == 3 and sum(r.completion_tokens for r in rows) == 20
 
 
 def _call_into(client: openai.OpenAI, result: list[object]) -> None:

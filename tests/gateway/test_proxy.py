@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 import openai
 import pytest
 
-from tests.gateway.conftest import MakeGateway, MakeUpstream
+from haloserve.protocol import sse
+from tests.gateway.conftest import BOTH_LINE_ENDS, MakeGateway, MakeUpstream
 
 MSG = [{"role": "user", "content": "hello there"}]
 
@@ -57,10 +59,11 @@ def test_openai_shaped_errors(make_upstream: MakeUpstream, make_gateway: MakeGat
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
+@BOTH_LINE_ENDS
 def test_stream_usage_injected_stripped_and_counted(
-    make_upstream: MakeUpstream, make_gateway: MakeGateway
+    make_upstream: MakeUpstream, make_gateway: MakeGateway, line_end: str
 ) -> None:
-    up = make_upstream()
+    up = make_upstream(line_end=line_end)
     gw = make_gateway([up.url])
     client = gw.client()
     chunks = list(client.chat.completions.create(model="fake-model", messages=MSG, stream=True, max_tokens=5))
@@ -89,10 +92,13 @@ def test_stream_usage_injected_stripped_and_counted(
     ]
 
 
-def test_failover_before_first_byte(make_upstream: MakeUpstream, make_gateway: MakeGateway) -> None:
+@BOTH_LINE_ENDS
+def test_failover_before_first_byte(
+    make_upstream: MakeUpstream, make_gateway: MakeGateway, line_end: str
+) -> None:
     bad = make_upstream(drop_rate=1.0)
     erring = make_upstream(error_rate=1.0, error_status=503)
-    good = make_upstream()
+    good = make_upstream(line_end=line_end)
     gw = make_gateway([bad.url, erring.url, good.url], policy="round-robin", retries=2, eject_failures=100)
     client = gw.client()
     for stream in (False, True) * 5:
@@ -104,10 +110,11 @@ def test_failover_before_first_byte(make_upstream: MakeUpstream, make_gateway: M
     assert bad.stats.injected["drop"] > 0 and erring.stats.injected["error"] > 0
 
 
+@BOTH_LINE_ENDS
 def test_mid_stream_failure_ends_with_one_error_event(
-    make_upstream: MakeUpstream, make_gateway: MakeGateway
+    make_upstream: MakeUpstream, make_gateway: MakeGateway, line_end: str
 ) -> None:
-    up = make_upstream(cut_rate=1.0, cut_after_tokens=2, itl_ms=5)
+    up = make_upstream(cut_rate=1.0, cut_after_tokens=2, itl_ms=5, line_end=line_end)
     gw = make_gateway([up.url])
     with httpx.stream(
         "POST",
@@ -193,8 +200,11 @@ def test_queue_then_429_when_full_and_on_timeout(
     threads[0].join()
 
 
-def test_client_disconnect_cancels_upstream(make_upstream: MakeUpstream, make_gateway: MakeGateway) -> None:
-    up = make_upstream(ttft_ms=50, itl_ms=50)
+@BOTH_LINE_ENDS
+def test_client_disconnect_cancels_upstream(
+    make_upstream: MakeUpstream, make_gateway: MakeGateway, line_end: str
+) -> None:
+    up = make_upstream(ttft_ms=50, itl_ms=50, line_end=line_end)
     gw = make_gateway([up.url])
     body = {"model": "fake-model", "messages": MSG, "max_tokens": 200}
     with httpx.stream("POST", gw.base_url + "/chat/completions", json={**body, "stream": True}) as r:
@@ -246,7 +256,9 @@ def test_reload_under_load(make_upstream: MakeUpstream, make_gateway: MakeGatewa
     assert gw.run(gw.gateway.reload_now()) is False, "a bad file keeps the running config"
 
 
-def _raw_post(url: str, body: bytes, version: str = "1.1", read_after: float = 0.0) -> bytes:
+def _raw_post(
+    url: str, body: bytes, version: str = "1.1", before_read: Callable[[], object] | None = None
+) -> bytes:
     """POST over a plain socket and read the whole reply (until the server closes), optionally late."""
     import socket
     from urllib.parse import urlsplit
@@ -259,39 +271,77 @@ def _raw_post(url: str, body: bytes, version: str = "1.1", read_after: float = 0
             "Connection: close\r\n\r\n".encode()
             + body
         )
-        time.sleep(read_after)
+        if before_read is not None:
+            before_read()
         parts = []
         while data := s.recv(1 << 16):
             parts.append(data)
     return b"".join(parts)
 
 
+@BOTH_LINE_ENDS
 def test_http10_clients_get_an_unchunked_stream(
-    make_upstream: MakeUpstream, make_gateway: MakeGateway
+    make_upstream: MakeUpstream, make_gateway: MakeGateway, line_end: str
 ) -> None:
-    up = make_upstream()
+    up = make_upstream(line_end=line_end)
     gw = make_gateway([up.url])
     body = json.dumps({"model": "fake-model", "messages": MSG, "stream": True, "max_tokens": 4}).encode()
     reply = _raw_post(gw.url, body, version="1.0")
     head, _, payload = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 200") and b"chunked" not in head.lower()
-    events = [e for e in payload.split(b"\n\n") if e]
-    assert events[-1] == b"data: [DONE]" and all(e.startswith(b"data: ") for e in events)
+    decoder = sse.Decoder()
+    events = decoder.feed(payload) + decoder.close()
+    assert events[-1].done and all(e.event == "message" for e in events)
     assert len(events) == 1 + 4 + 1 + 1  # role, four tokens, finish, [DONE] (usage stripped)
+    assert all(e.json()["choices"] for e in events[:-1])
+    eol = b"\r\n" if line_end == "crlf" else b"\n"
+    assert payload.endswith(b"data: [DONE]" + eol + eol)  # relayed as the backend wrote it
 
 
-def test_a_slow_client_holds_the_backend_back(make_upstream: MakeUpstream, make_gateway: MakeGateway) -> None:
+@BOTH_LINE_ENDS
+def test_stream_chunks_arrive_as_they_are_sent(
+    make_upstream: MakeUpstream, make_gateway: MakeGateway, line_end: str
+) -> None:
+    # Issue 12.5: with CRLF separators the gateway held the whole stream and sent its 5 chunks over
+    # 2.5 s in one read at the end. Each chunk must reach the client when the backend sends it.
+    up = make_upstream(ttft_ms=100, itl_ms=500, line_end=line_end)
+    gw = make_gateway([up.url])
+    body = {"model": "fake-model", "messages": MSG, "stream": True, "max_tokens": 5}
+    arrivals: list[float] = []
+    decoder = sse.Decoder()
+    start = time.monotonic()
+    with httpx.stream("POST", gw.base_url + "/chat/completions", json=body, timeout=30) as r:
+        for piece in r.iter_raw():
+            for event in decoder.feed(piece):
+                if not event.done and event.json()["choices"][0]["delta"].get("content"):
+                    arrivals.append(time.monotonic() - start)
+    assert len(arrivals) == 5
+    # sent at 0.1, 0.6, 1.1, 1.6 and 2.1 s: the first must not wait for the last
+    assert arrivals[-1] - arrivals[0] > 1.0 and arrivals[-1] - arrivals[1] > 0.5, arrivals
+
+
+@BOTH_LINE_ENDS
+def test_a_slow_client_holds_the_backend_back(
+    make_upstream: MakeUpstream, make_gateway: MakeGateway, line_end: str
+) -> None:
     # 120,000 chunks of ~230 bytes (~28 MB) as fast as the fake can write them, to a client that reads
-    # nothing for 2 s: once the socket buffers between them are full, the gateway stops reading the
-    # backend (whose writes then block) instead of buffering the rest of the stream in memory.
-    up = make_upstream(itl_ms=0, ttft_ms=0)
+    # nothing at first: once the socket buffers between them are full, the gateway stops reading the
+    # backend (whose writes then block) instead of buffering the rest of the stream in memory. The
+    # client starts reading once the backend stalled (or finished: then the gateway buffered it all).
+    up = make_upstream(itl_ms=0, ttft_ms=0, line_end=line_end)
     gw = make_gateway([up.url], request_timeout=120)
     n = 120_000
     body = json.dumps({"model": "fake-model", "messages": MSG, "stream": True, "max_tokens": n}).encode()
     sent: list[int] = []
-    timers = [threading.Timer(t, lambda: sent.append(up.stats.tokens_sent)) for t in (1.2, 1.9)]
-    for t in timers:
-        t.start()
-    reply = _raw_post(gw.url, body, read_after=2.0)
+
+    def until_stalled() -> None:  # samples every 0.25 s; stalled: < 100 tokens in the last second
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            sent.append(up.stats.tokens_sent)
+            if sent[-1] >= n or (len(sent) >= 5 and sent[-1] - sent[-5] < 100 and sent[-1] > 0):
+                return
+            time.sleep(0.25)
+
+    reply = _raw_post(gw.url, body, before_read=until_stalled)
     assert reply.count(b"data: ") == 1 + n + 1 + 1 and reply.rstrip().endswith(b"0")  # all of it, chunked
-    assert sent[0] < n and sent[1] - sent[0] < 100, sent  # stalled with the client, not finished
+    assert sent[-1] < n and sent[-1] - sent[-5] < 100, sent  # stalled with the client, not finished

@@ -136,6 +136,22 @@ class GatewaySettings(HaloSettings):
         metavar="FILE",
     )
     request_timeout: float = option(600.0, "Seconds a backend may take for a whole response.", gt=0)
+    # Bounds on what one backend response may make the gateway hold (see docs/security.md, "Gateway
+    # buffers"): past one, the request ends with a clean error instead of growing without limit.
+    max_backend_event_bytes: int = option(
+        1 << 20,
+        "Longest SSE event accepted from a backend, in bytes (beyond: 502, or one error event once the"
+        " stream started).",
+        ge=1024,
+    )
+    max_backend_head_bytes: int = option(
+        64 << 10,
+        "Largest backend response head (status line and headers), or trailer, in bytes (502 beyond).",
+        ge=1024,
+    )
+    max_backend_body_bytes: int = option(
+        256 << 20, "Largest non-streamed backend response body, in bytes (502 beyond).", ge=1024
+    )
     shutdown_timeout: float = option(30.0, "Seconds in-flight requests get to finish on SIGTERM.", ge=0)
     workers: int = option(1, "Worker processes sharing the port (SO_REUSEPORT).", ge=1, le=64)
     access_log: bool = option(True, "One JSON line per request on stderr (never prompts or keys).")

@@ -71,7 +71,11 @@ class Gateway:
         self.client: aiohttp.ClientSession = None  # type: ignore[assignment]  # probes, discovery
         self.tls = backend_ssl_context(settings.backend_ca)
         self.upstream = ClientPool(  # API requests
-            connect_timeout=settings.connect_timeout, keepalive=4.0, ssl_context=self.tls
+            connect_timeout=settings.connect_timeout,
+            keepalive=4.0,
+            ssl_context=self.tls,
+            max_head=settings.max_backend_head_bytes,
+            max_body=settings.max_backend_body_bytes,
         )
         self.draining = False
         self.active = 0

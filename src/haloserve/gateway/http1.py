@@ -10,8 +10,9 @@ benchmark: see ``BENCHMARKS.md``.
 
 Failures are told apart the way the proxy needs them: :class:`ConnectFailed` (nothing listens: the
 node is down), :class:`Dropped` (the connection closed before a complete response head: the backend
-did not answer, safe to retry), :class:`BrokenBody` (it closed or sent garbage mid-body) and
-:class:`UpstreamTimeout` (the whole exchange took longer than its deadline).
+did not answer, safe to retry), :class:`BrokenBody` (it closed or sent garbage mid-body),
+:class:`TooLarge` (a response head or buffered body past its bound: the connection is dropped rather
+than held without limit) and :class:`UpstreamTimeout` (the whole exchange took longer than its deadline).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class Dropped(Exception):
 
 class BrokenBody(Exception):
     """The connection closed, reset or sent unparsable bytes in the middle of a body."""
+
+
+class TooLarge(BrokenBody):
+    """The backend sent a response head or a buffered body larger than its bound."""
 
 
 class UpstreamTimeout(Exception):
@@ -91,14 +96,18 @@ class Response:
         "_conn",
         "_ended",
         "_error",
+        "_limit",
         "_sink",
+        "_size",
         "_waiter",
         "headers",
         "paused",
         "status",
     )
 
-    def __init__(self, conn: _Connection, status: int, headers: dict[str, str]) -> None:
+    def __init__(
+        self, conn: _Connection, status: int, headers: dict[str, str], limit: int | None = None
+    ) -> None:
         self._conn: _Connection | None = conn
         self.status = status
         self.headers = headers
@@ -107,6 +116,8 @@ class Response:
         self._ended = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._limit = limit  # most bytes held in _buffer (a relayed body is not held here)
+        self._size = 0
         self.paused = False
 
     @property
@@ -124,9 +135,13 @@ class Response:
         sink = self._sink
         if sink is not None:
             sink(chunk)
-        else:
-            self._buffer.append(chunk)
-            self._wake()
+            return
+        self._size += len(chunk)
+        if self._limit is not None and self._size > self._limit and self._conn is not None:
+            self._conn._fail(TooLarge(f"the backend's response body is over {self._limit} bytes"))
+            return
+        self._buffer.append(chunk)
+        self._wake()
 
     def _end(self, error: BaseException | None = None) -> None:
         if self._ended or self._error is not None:
@@ -146,6 +161,7 @@ class Response:
     def _take(self) -> bytes:
         data = b"".join(self._buffer)
         self._buffer.clear()
+        self._size = 0
         return data
 
     # Used by the proxy
@@ -201,6 +217,14 @@ class Response:
             if self._conn is not None:
                 self._conn.resume_reading()
 
+    def fail(self, exc: BaseException) -> None:
+        """End the exchange with ``exc`` (the relay found the body unacceptable): drop the connection."""
+        conn = self._conn
+        if conn is not None:
+            conn._fail(exc)
+        else:
+            self._end(exc)
+
     def close(self) -> None:
         """Abandon the response: a body not fully read closes its connection (never reused)."""
         conn, self._conn = self._conn, None
@@ -226,6 +250,7 @@ class _Connection(asyncio.Protocol):
         self._eof_body = False  # no length and not chunked: the body ends when the connection does
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
+        self._unparsed = 0  # bytes received since the last body byte (head, chunk framing, trailer)
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -238,12 +263,21 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Parse; httptools calls back the ``on_*`` methods below."""
+        self._unparsed += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(BrokenBody("the backend switched protocols"))
+            return
         except httptools.HttpParserError as exc:
             self._fail(BrokenBody(f"malformed response from the backend: {exc}"))
+            return
+        head = self._head
+        if head is not None and self._unparsed > self.pool.max_head:
+            # httptools holds a header (or trailer) until it ends: bound the bytes that are not body
+            # (one read more at most), else an endless header grows the gateway without limit.
+            what = "head" if not head.done() else "framing or trailer"
+            self._fail(TooLarge(f"the backend's response {what} is over {self.pool.max_head} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The socket closed: end (or fail) the exchange in progress and leave the pool."""
@@ -274,9 +308,10 @@ class _Connection(asyncio.Protocol):
         if 100 <= status < 200:  # an interim response (we never ask for one): wait for the real one
             self._headers = {}
             return
+        self._unparsed = 0
         h = self._headers
         self._eof_body = "content-length" not in h and "chunked" not in h.get("transfer-encoding", "")
-        resp = Response(self, status, h)
+        resp = Response(self, status, h, self.pool.max_body)
         self._response = resp
         head = self._head
         if head is not None and not head.done():
@@ -284,6 +319,7 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         """A piece of the body."""
+        self._unparsed = 0
         if self._response is not None:
             self._response._data(body)
 
@@ -314,6 +350,7 @@ class _Connection(asyncio.Protocol):
         self._head = loop.create_future()
         self._response = None
         self._headers = {}
+        self._unparsed = 0
         self._timer = loop.call_at(deadline, self._timed_out)
         self.transport.write(data)
         return self._head
@@ -378,8 +415,12 @@ class ClientPool:
         keepalive: float = 4.0,
         max_idle: int = 256,
         ssl_context: ssl.SSLContext | None = None,
+        max_head: int = 64 << 10,
+        max_body: int | None = 256 << 20,
     ) -> None:
         self.connect_timeout = connect_timeout
+        self.max_head = max_head  # bytes of a response head before it is refused as too large
+        self.max_body = max_body  # bytes of a buffered (not relayed) body
         self.keepalive = keepalive
         self.max_idle = max_idle
         self._idle: dict[Origin, deque[_Connection]] = {}
@@ -508,6 +549,7 @@ __all__ = [
     "Dropped",
     "Origin",
     "Response",
+    "TooLarge",
     "UpstreamTimeout",
     "describe",
     "request_head",

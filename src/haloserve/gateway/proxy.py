@@ -29,10 +29,20 @@ from haloserve.errors import (
 from haloserve.gateway.accounting import Reservation, check_model, reserve_estimate
 from haloserve.gateway.backends import Backend
 from haloserve.gateway.blame import BACKEND_FAULT, Suspect, record
-from haloserve.gateway.http1 import BrokenBody, ConnectFailed, Dropped, Response, UpstreamTimeout, describe
+from haloserve.gateway.http1 import (
+    BrokenBody,
+    ConnectFailed,
+    Dropped,
+    Response,
+    TooLarge,
+    UpstreamTimeout,
+    describe,
+)
 from haloserve.gateway.policy import RouteInfo
 from haloserve.gateway.store import KeyRecord
 from haloserve.gateway.stream import UsageScanner, body_usage, wants_usage
+from haloserve.protocol import sse
+from haloserve.protocol.sse import EventTooLarge
 
 if TYPE_CHECKING:
     from haloserve.gateway.app import Gateway
@@ -59,7 +69,7 @@ def error_response(exc: HaloError) -> web.Response:
 
 def sse_error_event(exc: HaloError) -> bytes:
     """The one event that ends a stream which failed after it started."""
-    return b"data: " + json.dumps(exc.to_dict()).encode() + b"\n\n"
+    return sse.encode(exc.to_dict())
 
 
 def prompt_text(obj: dict[str, Any]) -> str:
@@ -265,6 +275,8 @@ async def _attempts(
             if status >= 500 and suspect is None and out.attempts < max_attempts:
                 try:
                     data = await upstream.read()
+                except TooLarge as exc:
+                    raise _too_large(b, exc) from None
                 except (BrokenBody, UpstreamTimeout) as exc:
                     last = _failed(gw, b, exclude, f"{b.url} failed mid-response: {describe(exc)}")
                     continue
@@ -275,6 +287,8 @@ async def _attempts(
             if not (stream and is_sse and upstream.status == 200):
                 try:
                     data = await upstream.read()
+                except TooLarge as exc:
+                    raise _too_large(b, exc) from None
                 except BrokenBody as exc:
                     last = _failed(gw, b, exclude, f"{b.url} failed mid-response: {exc}")
                     continue
@@ -313,6 +327,15 @@ def upstream_timeout(gw: Gateway, b: Backend) -> NoReturn:
     raise UpstreamTimeoutError(f"backend {b.url} did not answer within {gw.settings.request_timeout:g}s")
 
 
+def _too_large(b: Backend, exc: Exception) -> UpstreamError:
+    """A response past a buffer bound: a clean 502, neither retried nor counted against the backend.
+
+    Its size may come from the request (an echoed long prompt, a large batch), so counting it would
+    let one client eject healthy backends; the bound itself keeps the gateway safe.
+    """
+    return UpstreamError(f"backend {b.url} sent too much: {exc}")
+
+
 def _failed(gw: Gateway, b: Backend, exclude: set[str], message: str, *, fatal: bool = False) -> HaloError:
     gw.on_failure(b, fatal=fatal)
     exclude.add(b.url)
@@ -334,7 +357,7 @@ async def _stream(
     ``data_received`` (one parse, one write, no task switch); this task only waits for the end, and
     for the client's socket to drain when it reads slower than the backend writes.
     """
-    scanner = UsageScanner(strip)
+    scanner = UsageScanner(strip, gw.settings.max_backend_event_bytes)
     first = b""
     try:
         while not first:
@@ -342,6 +365,8 @@ async def _stream(
             if not chunk:
                 break
             first = scanner.feed(chunk)
+    except EventTooLarge as exc:
+        raise _too_large(b, exc) from None
     except (BrokenBody, UpstreamTimeout) as exc:
         raise _BeforeFirstByte(f"{b.url} failed before its first byte: {describe(exc)}") from exc
     if not first:
@@ -360,7 +385,11 @@ async def _stream(
     chunked = resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
 
     def forward(chunk: bytes) -> None:
-        data = scanner.feed(chunk)
+        try:
+            data = scanner.feed(chunk)
+        except EventTooLarge as exc:
+            upstream.fail(exc)  # ends the wait below; the connection is dropped, not drained
+            return
         if not data or transport.is_closing():
             return
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
@@ -380,6 +409,9 @@ async def _stream(
         if tail:
             await resp.write(tail)
         b.succeeded()
+    except EventTooLarge as exc:
+        out.error = True
+        await resp.write(sse_error_event(_too_large(b, exc)))
     except (BrokenBody, UpstreamTimeout) as exc:
         gw.on_failure(b, fatal=False)
         out.error = True

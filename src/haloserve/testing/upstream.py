@@ -10,7 +10,9 @@ tokenizer (see :mod:`haloserve.testing.upstream_config`). What it gives that a r
   ``record_timings`` it keeps the ``time.perf_counter()`` of every token write (CLOCK_MONOTONIC, the
   same clock in every process on Linux) so a load generator's own error can be measured exactly;
 - failure injection: HTTP errors, connections dropped before headers, streams cut mid-way, malformed
-  SSE events, slow headers, a required API key, errors caused by request content (``error_on``);
+  SSE events, streams whose events never end (no blank line), response heads that never end, slow
+  headers, a required API key, errors caused by request content (``error_on``);
+- line ends: LF as OpenAI sends them, CRLF as sse-starlette does, or bare CR (``line_end``);
 - counters at ``GET /fake/stats`` (requests, connections accepted, tokens, injections),
   behaviour changed at run time with ``POST /fake/config``,
   ``POST /fake/reset`` and ``GET /fake/timings``.
@@ -23,6 +25,7 @@ Use it in-process (``async with FakeUpstream(config) as up: up.url``), in a thre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import ssl
@@ -58,6 +61,8 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 _JSON = "application/json"
 _WORDS_JSON = [json.dumps(token_text(i)).encode() for i in range(len(OUTPUT_WORDS))]
 _BROKEN_EVENT = b'data: {"choices": [{"delta": {"content": "unterminated\n\n'
+_LINE_ENDS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
+_FLOOD_PIECE = 64 * 1024
 
 
 class _Dropped(web.Response):
@@ -296,6 +301,10 @@ class FakeUpstream:
             assert request.transport is not None
             request.transport.abort()
             return _Dropped()
+        if inj.endless_header:
+            self.stats.injected["endless_header"] += 1
+            await self._endless_head(request)
+            return _Dropped()
         if cfg.header_delay_ms:
             await asyncio.sleep(cfg.header_delay_ms / 1000)
         if inj.error:
@@ -338,6 +347,7 @@ class FakeUpstream:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         chunks = _Chunks(chat, model, include_usage)
+        eol = _LINE_ENDS[cfg.line_end]
         fault_at = min(cfg.cut_after_tokens, n_out - 1)
         ttft, itl = cfg.ttft_ms / 1000, cfg.itl_ms / 1000
         for i in range(n_out):
@@ -348,6 +358,10 @@ class FakeUpstream:
                 stats.injected["cut"] += 1
                 assert request.transport is not None
                 request.transport.close()
+                return resp
+            if inj.unframed and i == fault_at:
+                stats.injected["unframed"] += 1
+                await self._unframed(resp, chunks.token(i), eol)
                 return resp
             parts = [chunks.role()] if (i == 0 and chat) else []
             if inj.broken and i == fault_at:
@@ -361,11 +375,36 @@ class FakeUpstream:
                 parts.append(b"data: [DONE]\n\n")
             if record is not None:
                 record["tokens"].append(time.perf_counter())
-            await resp.write(b"".join(parts))
+            data = b"".join(parts)
+            await resp.write(data if eol == b"\n" else data.replace(b"\n", eol))
             stats.tokens_sent += 1
         await resp.write_eof()
         stats.completed += 1
         return resp
+
+    async def _unframed(self, resp: web.StreamResponse, event: bytes, eol: bytes) -> None:
+        """Data lines with no blank line between them, until the client leaves or flood_bytes went."""
+        line = event.rstrip(b"\n") + eol
+        piece = line * max(1, _FLOOD_PIECE // len(line))
+        sent = 0
+        with contextlib.suppress(ConnectionResetError):
+            while sent < self.config.flood_bytes:
+                await resp.write(piece)  # waits while the client's socket buffer is full
+                sent += len(piece)
+
+    async def _endless_head(self, request: web.BaseRequest) -> None:
+        """A status line and one header whose value never ends, written raw (then the connection drops)."""
+        transport = request.transport
+        assert transport is not None
+        transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Endless: ")
+        piece = b"a" * _FLOOD_PIECE
+        sent = 0
+        while sent < self.config.flood_bytes and not transport.is_closing():
+            transport.write(piece)
+            sent += len(piece)
+            while transport.get_write_buffer_size() > 4 * _FLOOD_PIECE and not transport.is_closing():
+                await asyncio.sleep(0.002)
+        transport.abort()
 
     async def _get_stats(self, request: web.BaseRequest) -> web.StreamResponse:
         return _json_response(self.stats.as_dict())

@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
         elif name == "models":
             p.add_argument(flag, default=argparse.SUPPRESS, help="comma-separated model ids")
+        elif typing.get_origin(ann) is typing.Literal:
+            p.add_argument(
+                flag, choices=typing.get_args(ann), default=argparse.SUPPRESS, help=field.description
+            )
         else:
             kind = ann if isinstance(ann, type) else next(iter(args))
             p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=field.description)

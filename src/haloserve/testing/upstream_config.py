@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -59,6 +59,27 @@ class UpstreamConfig(BaseModel):
     cut_after_tokens: int = Field(default=2, ge=0, description="Tokens sent before a cut or a broken event.")
     broken_rate: float = Field(
         default=0.0, ge=0, le=1, description="Share of streams carrying a malformed SSE event."
+    )
+    unframed_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of streams that, after cut_after_tokens tokens, send data lines without the "
+        "blank line that ends an event, without end (until the client leaves or flood_bytes were sent).",
+    )
+    endless_header_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of requests answered by a response head whose last header never ends.",
+    )
+    flood_bytes: int = Field(
+        default=1 << 30, ge=1, description="Most bytes an unframed stream or endless header sends."
+    )
+    line_end: Literal["lf", "crlf", "cr"] = Field(
+        default="lf",
+        description="Line end of streamed SSE events: 'crlf' as sse-starlette sends them ('\\r\\n\\r\\n' "
+        "between events), 'cr' for bare carriage returns.",
     )
     header_delay_ms: float = Field(default=0.0, ge=0, description="Delay before response headers are sent.")
     seed: int = Field(default=0, description="Seed of the failure-injection draws.")
@@ -126,6 +147,8 @@ class Injection:
     drop: bool = False
     cut: bool = False
     broken: bool = False
+    unframed: bool = False
+    endless_header: bool = False
 
 
 def draw_injection(config: UpstreamConfig, rng: random.Random) -> Injection:
@@ -138,6 +161,10 @@ def draw_injection(config: UpstreamConfig, rng: random.Random) -> Injection:
         return Injection(cut=True)
     if config.broken_rate and rng.random() < config.broken_rate:
         return Injection(broken=True)
+    if config.unframed_rate and rng.random() < config.unframed_rate:
+        return Injection(unframed=True)
+    if config.endless_header_rate and rng.random() < config.endless_header_rate:
+        return Injection(endless_header=True)
     return Injection()
 
 
@@ -156,7 +183,16 @@ class UpstreamStats:
     by_path: dict[str, int] = field(default_factory=dict)
     by_status: dict[str, int] = field(default_factory=dict)
     injected: dict[str, int] = field(
-        default_factory=lambda: {"error": 0, "poisoned": 0, "drop": 0, "reused": 0, "cut": 0, "broken": 0}
+        default_factory=lambda: {
+            "error": 0,
+            "poisoned": 0,
+            "drop": 0,
+            "reused": 0,
+            "cut": 0,
+            "broken": 0,
+            "unframed": 0,
+            "endless_header": 0,
+        }
     )
     lateness_ms_max: float = 0.0
 
