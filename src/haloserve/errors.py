@@ -95,6 +95,30 @@ class PayloadTooLargeError(HaloError):
     code = "request_too_large"
 
 
+class RequestTimeoutError(HaloError):
+    """The client took too long to send a request's head or body (408; the connection is closed)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class UriTooLongError(HaloError):
+    """The request line is longer than the configured limit (414)."""
+
+    status = 414
+    type = "invalid_request_error"
+    code = "uri_too_long"
+
+
+class HeadersTooLargeError(HaloError):
+    """The request headers are larger than the configured limits (431)."""
+
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_too_large"
+
+
 class RateLimitError(HaloError):
     """Too many requests: a full queue or a quota (429, with ``Retry-After``)."""
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -329,7 +330,9 @@ def test_oversized_headers_never_put_the_key_in_the_log(upstream: Any, tmp_path:
         r = httpx.get(srv.url + "/v1/models", headers={"Authorization": f"Bearer {SECRET}"})
         assert r.status_code == 200
         deadline = time.monotonic() + 10
-        while srv.log_path.read_text().count("rejected a malformed request") < 3:
+        # one line per refused request, from the connection guard (431/414/400) or, for what reaches
+        # aiohttp's own parser, from ServerLog
+        while len(re.findall(r"rejected a (?:malformed )?request from", srv.log_path.read_text())) < 3:
             assert time.monotonic() < deadline, srv.log_tail()
             time.sleep(0.1)
         srv.stop()

@@ -28,9 +28,12 @@ def run(args: argparse.Namespace) -> int:
     from haloserve.cli.serve import setup_logging
     from haloserve.gateway.app import check_settings
     from haloserve.gateway.run import run as run_gateway
+    from haloserve.protocol.connlimits import ConnLimits, raise_nofile_limit
 
     flags = settings_flags(args, GatewaySettings)
     settings = load_settings(GatewaySettings, flags=flags, file=args.config)
     check_settings(settings)
+    raise_nofile_limit()  # before the workers fork; the connection cap is sized from it
+    ConnLimits.from_settings(settings, fds_per_connection=2)  # a cap the descriptors cannot hold: exit 2
     setup_logging(settings.log_level)
     return run_gateway(settings, config_path=args.config, flags=flags)

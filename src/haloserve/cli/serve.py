@@ -111,6 +111,18 @@ def _server_class() -> Any:
     return Server
 
 
+def connection_protocol(settings: ServeSettings) -> Any:
+    """uvicorn's HTTP protocol with the head, timeout and connection limits of ``settings``.
+
+    The descriptor limit is raised to its hard limit first, so the automatic cap is sized from it.
+    """
+    from haloserve.protocol.connlimits import ConnLimits, raise_nofile_limit
+    from haloserve.server.limits import guarded_protocol
+
+    raise_nofile_limit()
+    return guarded_protocol(ConnLimits.from_settings(settings))
+
+
 def run(args: argparse.Namespace) -> int:
     """Load settings, bind, load the model in the background and serve until SIGINT/SIGTERM."""
     import uvicorn
@@ -129,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
     for line in env_warnings(os.environ):
         warn(line)
+    protocol = connection_protocol(settings)
     engine = build_engine(settings)
     failure: list[str] = []
     server: uvicorn.Server | None = None
@@ -148,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         loop="auto",
-        http="auto",
+        http=protocol,
+        timeout_keep_alive=max(1, round(settings.keepalive_timeout)),  # the protocol uses the exact value
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,

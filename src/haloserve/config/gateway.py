@@ -152,6 +152,32 @@ class GatewaySettings(HaloSettings):
     max_backend_body_bytes: int = option(
         256 << 20, "Largest non-streamed backend response body, in bytes (502 beyond).", ge=1024
     )
+    # Connection limits: request head size, timeouts and the connection cap (docs/security.md)
+    max_header_bytes: int = option(
+        65536, "Largest request head (request line and headers) in bytes; 431 beyond.", ge=1024, le=1 << 24
+    )
+    max_header_line_bytes: int = option(
+        8192, "Longest request line (414 beyond) or header line (431 beyond) in bytes.", ge=256, le=1 << 24
+    )
+    header_timeout: float = option(
+        10.0,
+        "Seconds a client has to send a complete request head, from connecting or from the first byte"
+        " after a keep-alive pause (408 and close beyond).",
+        gt=0,
+    )
+    body_timeout: float = option(
+        30.0, "Seconds a request body may take to arrive after its head (408 and close beyond).", gt=0
+    )
+    keepalive_timeout: float = option(
+        15.0, "Seconds an idle keep-alive connection stays open between requests.", gt=0
+    )
+    max_connections: int = option(
+        0,
+        "Open client connections per worker at most (0: sized below the descriptor limit at two descriptors"
+        " a connection, at most 4096). At the cap the oldest idle connection is closed; when none is idle"
+        " a new one gets 503.",
+        ge=0,
+    )
     shutdown_timeout: float = option(30.0, "Seconds in-flight requests get to finish on SIGTERM.", ge=0)
     workers: int = option(1, "Worker processes sharing the port (SO_REUSEPORT).", ge=1, le=64)
     access_log: bool = option(True, "One JSON line per request on stderr (never prompts or keys).")

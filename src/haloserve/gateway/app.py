@@ -29,6 +29,7 @@ from haloserve.gateway.accounting import KeyCache, Quotas, UsageBuffer
 from haloserve.gateway.backends import Backend, BreakerConfig
 from haloserve.gateway.health import probe_loop, probe_once
 from haloserve.gateway.http1 import ClientPool
+from haloserve.gateway.limits import GuardedServer, LimitsSource
 from haloserve.gateway.metrics import GatewayMetrics
 from haloserve.gateway.policy import Balancer
 from haloserve.gateway.pool import Pool
@@ -109,7 +110,13 @@ class Gateway:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._first_probes(), s.health_timeout + 0.5)
         loop = asyncio.get_running_loop()
-        self._server = web.Server(self.handle, handler_cancellation=True, access_log=None, logger=ServerLog())
+        self._server = GuardedServer(
+            self.handle,
+            LimitsSource(lambda: self.settings),
+            handler_cancellation=True,
+            access_log=None,
+            logger=ServerLog(),
+        )
         self._tcp = await loop.create_server(
             self._server, s.host, s.port, backlog=4096, reuse_port=self.reuse_port or None
         )

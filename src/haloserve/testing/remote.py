@@ -42,6 +42,7 @@ class RemoteServer:
         api_key: str | None = None,
         ready_timeout: float = 120.0,
         health_path: str = "/health",
+        nofile: tuple[int, int] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.command = command
@@ -50,6 +51,7 @@ class RemoteServer:
         self.api_key = api_key
         self.ready_timeout = ready_timeout
         self.health_path = health_path
+        self.nofile = nofile  # (soft, hard) RLIMIT_NOFILE of the child, e.g. to test descriptor exhaustion
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="halo-server-", suffix=".log", delete=False)  # noqa: SIM115
         self.log_path = Path(self._log.name)
@@ -67,9 +69,18 @@ class RemoteServer:
     def start(self) -> RemoteServer:
         """Start the process and wait until it is healthy (raises with the log tail if it dies)."""
         cmd = [sys.executable, "-m", "haloserve", self.command, "--port", str(self.port), *self.args]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        limit = self._limit if self.nofile else None
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, preexec_fn=limit
+        )
         self.wait_ready()
         return self
+
+    def _limit(self) -> None:
+        if self.nofile is not None:  # runs in the child, before exec
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, self.nofile)
 
     def wait_ready(self) -> None:
         """Poll the health endpoint until it answers 200."""
