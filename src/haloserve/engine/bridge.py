@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,7 @@ class StreamCancelled(Exception):
 _CANCELLED = Output(finish_reason="cancelled", error="cancelled")
 # Put in a failed stream's queue: its reader gets the stream's error (see :meth:`RequestStream.fail`).
 _FAILED = Output(finish_reason="error", error="failed")
+_SEQ = itertools.count()
 
 
 class RequestStream:
@@ -40,6 +42,7 @@ class RequestStream:
         "job",
         "loop",
         "outputs",
+        "seq",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, cancel_cb: Callable[[RequestStream], None]) -> None:
@@ -53,6 +56,7 @@ class RequestStream:
         # Set by the engine (from any thread) when the request gets a slot; until then it is only queued.
         self.admitted = False
         self.outputs = 0  # outputs delivered so far
+        self.seq = next(_SEQ)  # arrival order (an engine admits in this order)
 
     @property
     def started(self) -> bool:

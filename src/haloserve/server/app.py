@@ -53,6 +53,7 @@ class ServerState:
     load_error: str | None = None
     # Shutdown (see server/shutdown.py): no new work once draining; the live streams get their end.
     draining: bool = False
+    deadline_passed: bool = False
     streams: weakref.WeakSet[RequestStream] = field(default_factory=weakref.WeakSet)
 
     def check_model(self, requested: str) -> None:

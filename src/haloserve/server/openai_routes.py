@@ -17,6 +17,7 @@ from haloserve.engine.bridge import RequestStream, StreamCancelled
 from haloserve.errors import EngineError, HaloError, InvalidRequestError
 from haloserve.protocol import sse
 from haloserve.protocol.openai import ChatCompletionRequest, CompletionRequest
+from haloserve.server import shutdown
 from haloserve.server.app import ServerState, check_api_key
 from haloserve.server.convert import (
     chat_messages,
@@ -165,9 +166,10 @@ async def _respond(
     reply: serving.Reply | None = None,
 ) -> Response:
     timing = _Timing(state, greq.arrival_time)
-    state.require_ready()  # shutdown may have begun while the prompt was prepared
     stream = state.engine.generate(greq)  # raises 429 / 503 before anything is sent
     state.streams.add(stream)  # a shutdown ends it: 503 while queued, an error event at the deadline
+    if state.draining:  # shutdown began while the prompt was prepared
+        shutdown.on_new_stream(state, stream)
     watcher = asyncio.create_task(_watch_disconnect(request, stream))
     try:
         first = await anext(stream)

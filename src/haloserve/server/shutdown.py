@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from haloserve.engine.bridge import RequestStream
 from haloserve.errors import ServiceUnavailableError
 from haloserve.server.app import ServerState
 
@@ -28,26 +29,45 @@ def begin_shutdown(state: ServerState, timeout: float) -> None:
     if state.draining:
         return
     state.draining = True
-    queued = [s for s in list(state.streams) if not s.started]
-    for stream in queued:
+    refused = refuse_queued(state)
+    log.info(
+        "shutting down: %d queued request(s) refused, %d running (%gs to finish)",
+        refused,
+        len(state.streams) - refused,
+        timeout,
+    )
+    asyncio.get_running_loop().call_later(timeout, cut_running, state, timeout)
+
+
+def refuse_queued(state: ServerState) -> int:
+    """503 for the requests that wait for a slot and will not get one (those that fit in the slots free
+    now are admitted at the engine's next step and run). Returns how many were refused."""
+    waiting = sorted((s for s in state.streams if not s.started and not s.cancelled), key=lambda s: s.seq)
+    try:
+        free = max(0, state.engine.info.n_parallel - state.engine.stats().busy_slots)
+    except Exception:  # the engine is gone: nothing will be admitted
+        free = 0
+    for stream in waiting[free:]:
         stream.fail(
             ServiceUnavailableError(
                 "the server is shutting down; this request was still queued and was not started",
                 retry_after=RETRY_AFTER,
             )
         )
-    running = len(state.streams) - len(queued)
-    log.info(
-        "shutting down: %d queued request(s) refused, %d running (%.0fs to finish)",
-        len(queued),
-        max(0, running),
-        timeout,
-    )
-    asyncio.get_running_loop().call_later(timeout, cut_running, state, timeout)
+    return len(waiting[free:])
+
+
+def on_new_stream(state: ServerState, stream: RequestStream) -> None:
+    """A request prepared while shutdown began: queued ones are refused, and after the deadline all."""
+    if state.deadline_passed:
+        stream.fail(ServiceUnavailableError("the server is shutting down", retry_after=RETRY_AFTER))
+    elif state.draining:
+        refuse_queued(state)
 
 
 def cut_running(state: ServerState, timeout: float) -> None:
     """End every request still running (its stream gets one error event, then ends)."""
+    state.deadline_passed = True
     live = list(state.streams)
     if live:
         log.warning("shutdown deadline: ending %d request(s) still running", len(live))
