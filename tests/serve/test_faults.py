@@ -89,17 +89,23 @@ def test_health_is_503_while_loading_then_200() -> None:
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits_cleanly() -> None:
-    srv = RemoteServer(["--parallel", "2", "--ctx-size", "2048", "--shutdown-timeout", "20"]).start()
+    srv = RemoteServer(["--parallel", "2", "--ctx-size", "2048", "--shutdown-timeout", "90"]).start()
     result: dict[str, object] = {}
+
+    flowing = threading.Event()
 
     def stream() -> None:
         body = {"prompt": "Once", "max_tokens": 40, "ignore_eos": True, "stream": True}
+        events = result["events"] = []
         with httpx.stream("POST", srv.base_url + "/completions", json=body, timeout=60) as r:
-            result["events"] = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
+            for ln in r.iter_lines():
+                if ln.startswith("data: "):
+                    events.append(ln)
+                    flowing.set()
 
     t = threading.Thread(target=stream)
     t.start()
-    time.sleep(0.5)
+    assert flowing.wait(60)  # in flight (a fixed sleep raced the connection on a loaded machine)
     assert srv.proc is not None
     srv.proc.send_signal(signal.SIGTERM)
     t.join(60)
@@ -109,7 +115,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly() -> None:
     assert srv.stop(timeout=30) == 0
 
 
-def test_sigterm_cancels_what_cannot_finish_in_time() -> None:
+def test_sigterm_ends_what_cannot_finish_in_time_with_an_error_event() -> None:
     srv = RemoteServer(["--parallel", "1", "--ctx-size", "2048", "--shutdown-timeout", "1"]).start()
     body = {"prompt": "Once", "max_tokens": 2000, "ignore_eos": True, "stream": True}
     with httpx.stream("POST", srv.base_url + "/completions", json=body, timeout=60) as r:
@@ -118,9 +124,8 @@ def test_sigterm_cancels_what_cannot_finish_in_time() -> None:
         started = time.monotonic()
         assert srv.proc is not None
         srv.proc.send_signal(signal.SIGTERM)
-        with pytest.raises(httpx.HTTPError):
-            for _ in lines:
-                pass
+        rest = [ln for ln in lines if ln.startswith("data: ")]  # the body ends properly: no HTTPError
+    assert json.loads(rest[-1][6:])["error"]["type"] == "service_unavailable"
     assert srv.stop(timeout=30) == 0
     assert time.monotonic() - started < 15
 

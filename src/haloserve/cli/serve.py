@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -98,15 +99,21 @@ def _startup_banner(state: Any, host: str, port: int) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def _server_class() -> Any:
+def _server_class(on_shutdown: Any = None) -> Any:
     import uvicorn
 
     class Server(uvicorn.Server):
-        """uvicorn, minus re-raising SIGTERM/SIGINT after a graceful shutdown (we exit 0 instead)."""
+        """uvicorn, minus re-raising SIGTERM/SIGINT after a graceful shutdown (we exit 0 instead), and
+        telling the app when shutdown begins (server/shutdown.py ends its requests properly)."""
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             super().handle_exit(sig, frame)
             self._captured_signals.clear()
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            if on_shutdown is not None:
+                on_shutdown()
+            await super().shutdown(sockets)
 
     return Server
 
@@ -129,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
     from haloserve.config.serve_env import check_environ, check_settings, env_warnings, serve_environ
     from haloserve.server.app import create_app
+    from haloserve.server.shutdown import FLUSH_MARGIN, begin_shutdown
 
     settings = load_settings(
         ServeSettings,
@@ -165,10 +173,11 @@ def run(args: argparse.Namespace) -> int:
         timeout_keep_alive=max(1, round(settings.keepalive_timeout)),  # the protocol uses the exact value
         log_level=settings.log_level,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,
+        # Ours ends the requests at --shutdown-timeout; uvicorn's, later, only lets those ends be written.
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout + FLUSH_MARGIN),
         server_header=False,
     )
-    server = _server_class()(config)
+    server = _server_class(lambda: begin_shutdown(app.state.halo, settings.shutdown_timeout))(config)
     server.run()
     if failure:
         raise CommandError(f"model failed to load: {failure[0]}")

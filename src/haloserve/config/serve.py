@@ -293,6 +293,11 @@ class ServeSettings(HaloSettings):
         15.0, "Seconds in-flight requests get to finish on SIGTERM before they are cancelled.", ge=0
     )
     metrics: bool = option(True, "Serve Prometheus metrics at /metrics.", env=("LLAMA_ARG_ENDPOINT_METRICS",))
+    metrics_auth: bool = option(
+        True,
+        "Require the API key on /metrics when --api-key is set (--no-metrics-auth: open, for a scraper"
+        " without the key; /health is always open).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = option("info", "Log verbosity.")
     log_prompts: bool = option(False, "Log prompts and outputs (off by default: they are private).")
     # Fake engine (tests and benchmarks)

@@ -90,7 +90,12 @@ class Constraint(Protocol):
 
     @property
     def error(self) -> str:
-        """Why the matcher failed ('' when it has not)."""
+        """Why the matcher failed, in one short line for the client ('' when it has not)."""
+        ...
+
+    @property
+    def param(self) -> str:
+        """The request parameter the grammar came from (``response_format`` or ``tools``)."""
         ...
 
 
@@ -106,6 +111,9 @@ class Output:
     cached_tokens: int = 0
     error: str | None = None
     logprobs: list[TokenLogprob] | None = None
+    # Set when the request's own content caused the error (say, a schema no output can satisfy): the
+    # parameter at fault. Such an error is the client's (400), not the server's (500).
+    error_param: str | None = None
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -22,20 +23,45 @@ class StreamCancelled(Exception):
 
 # Put in a cancelled stream's queue so that a reader waiting for the next output wakes up at once.
 _CANCELLED = Output(finish_reason="cancelled", error="cancelled")
+# Put in a failed stream's queue: its reader gets the stream's error (see :meth:`RequestStream.fail`).
+_FAILED = Output(finish_reason="error", error="failed")
+_SEQ = itertools.count()
 
 
 class RequestStream:
     """Async iterator over one request's outputs; :meth:`cancel` tells the engine to stop it."""
 
-    __slots__ = ("_cancel_cb", "_done", "_queue", "cancelled", "job", "loop")
+    __slots__ = (
+        "__weakref__",
+        "_cancel_cb",
+        "_done",
+        "_error",
+        "_queue",
+        "admitted",
+        "cancelled",
+        "job",
+        "loop",
+        "outputs",
+        "seq",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, cancel_cb: Callable[[RequestStream], None]) -> None:
         self.loop = loop
         self._queue: asyncio.Queue[Output] = asyncio.Queue()
         self._cancel_cb = cancel_cb
         self._done = False
+        self._error: BaseException | None = None
         self.cancelled = False
         self.job: Any = None
+        # Set by the engine (from any thread) when the request gets a slot; until then it is only queued.
+        self.admitted = False
+        self.outputs = 0  # outputs delivered so far
+        self.seq = next(_SEQ)  # arrival order (an engine admits in this order)
+
+    @property
+    def started(self) -> bool:
+        """True once the engine has taken the request into a slot (or it has produced output)."""
+        return self.admitted or self.outputs > 0
 
     def __aiter__(self) -> RequestStream:
         return self
@@ -47,12 +73,17 @@ class RequestStream:
         if out is _CANCELLED:
             self._done = True
             raise StreamCancelled
+        if out is _FAILED:
+            self._done = True
+            assert self._error is not None
+            raise self._error
         if out.finish_reason is not None:
             self._done = True
         return out
 
     def put(self, out: Output) -> None:
         """Deliver one output (event-loop thread only)."""
+        self.outputs += 1
         self._queue.put_nowait(out)
 
     @property
@@ -67,6 +98,16 @@ class RequestStream:
             self.cancelled = True
             self._cancel_cb(self)
             self._queue.put_nowait(_CANCELLED)
+
+    def fail(self, error: BaseException) -> None:
+        """End the request with ``error`` (event-loop thread): the engine stops it as on :meth:`cancel`,
+        and the reader gets ``error`` raised instead of the rest of the outputs. Idempotent."""
+        if self._done or self.cancelled:
+            return
+        self._error = error
+        self.cancelled = True
+        self._cancel_cb(self)
+        self._queue.put_nowait(_FAILED)
 
     async def aclose(self) -> None:
         """Cancel, as closing an async generator would."""

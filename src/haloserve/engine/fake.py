@@ -128,6 +128,7 @@ class FakeEngine:
             async with self._sem:
                 self._waiting -= 1
                 waiting = False
+                stream.admitted = True
                 self._busy += 1
                 try:
                     await self._produce(req, stream, s.fake_ttft, s.fake_itl)

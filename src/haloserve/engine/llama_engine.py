@@ -301,6 +301,7 @@ class LlamaEngine:
                 self._reset_slot(slot)
                 continue
             slot.job = job
+            job.stream.admitted = True  # no longer queued: a shutdown lets it run until its deadline
             self._tick += 1
             slot.used = self._tick
             job.slot = slot
@@ -414,7 +415,7 @@ class LlamaEngine:
         finish = None
         error = None
         if req.constraint is not None and tok not in model.eog_tokens and not req.constraint.accept(tok):
-            finish, error = "error", f"grammar matcher failed: {req.constraint.error}"
+            finish, error = "error", req.constraint.error or f"{req.constraint.param}: grammar matcher failed"
         if finish is not None:
             text = ""
         elif tok in model.eog_tokens:
@@ -436,6 +437,9 @@ class LlamaEngine:
                 out.append((job.stream, job.output(text, tok, logprobs=lps)))
             return
         job.pending = None
-        out.append((job.stream, job.output(text, tok, finish, error, lps)))
+        final = job.output(text, tok, finish, error, lps)
+        if error is not None:  # the request's grammar failed: its fault, a 400 (see Output.error_param)
+            final.error_param = req.constraint.param if req.constraint is not None else None
+        out.append((job.stream, final))
         self._stats.requests_finished += 1
         self._release(job)

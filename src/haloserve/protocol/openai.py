@@ -7,11 +7,64 @@ send newer OpenAI parameters keep working.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 MAX_STOP_SEQUENCES = 16
+# A lone UTF-16 surrogate: JSON lets a client send one ("\\ud800"), but it is not a character, cannot be
+# encoded as UTF-8 and would fail deep inside the tokenizer, the template or the error response.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+LONE_SURROGATE = "lone_surrogate"
+TOO_DEEP = "too_deep"
+# Deepest nesting of arrays and objects accepted in a request body. Real schemas and tool parameters
+# nest a few levels (OpenAI allows 10 in strict schemas); the code that walks them (schema rewriting,
+# templates, grammars) recurses, and Python's stack must never be what refuses a request.
+MAX_NESTING = 64
+
+
+def find_invalid_text(value: Any, path: str = "") -> tuple[str, str] | None:
+    """``(kind, dotted path)`` of the first problem in a raw JSON value: a string (key or value) holding a
+    lone surrogate (:data:`LONE_SURROGATE`), or nesting deeper than :data:`MAX_NESTING` (``TOO_DEEP``)."""
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while stack:  # iterative: the walk itself must not exhaust the Python stack
+        item, where, depth = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return LONE_SURROGATE, where or "body"
+            continue
+        if isinstance(item, (dict, list)) and depth >= MAX_NESTING:
+            return TOO_DEEP, where or "body"
+        if isinstance(item, dict):
+            for key, sub in item.items():
+                if isinstance(key, str) and _SURROGATE.search(key):
+                    return LONE_SURROGATE, where or "body"
+                stack.append((sub, f"{where}.{key}" if where else str(key), depth + 1))
+        elif isinstance(item, list):
+            stack.extend((sub, f"{where}.{i}" if where else str(i), depth + 1) for i, sub in enumerate(item))
+    return None
+
+
+_MESSAGES = {
+    LONE_SURROGATE: "{param}: text must be valid Unicode (a lone UTF-16 surrogate is not a character)",
+    TOO_DEEP: "{param}: nested deeper than " + str(MAX_NESTING) + " levels",
+}
+
+
+def invalid_text_message(kind: str, where: str) -> str:
+    """The client-facing message for a :func:`find_invalid_text` finding."""
+    return _MESSAGES[kind].format(param=where)
+
+
+def check_text(value: Any) -> Any:
+    """Refuse (a 400 naming the field) a raw request body with a lone surrogate or too deep nesting."""
+    found = find_invalid_text(value)
+    if found is not None:
+        kind, where = found
+        raise PydanticCustomError(kind, _MESSAGES[kind], {"param": where})
+    return value
 
 
 class _Model(BaseModel):
@@ -99,6 +152,12 @@ class SamplingFields(_Model):
     repeat_last_n: Annotated[int, Field(ge=-1)] | None = None
     ignore_eos: bool | None = False
     min_tokens: Annotated[int, Field(ge=0)] | None = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        # Once per request body, before any field is parsed: every string of it, nested ones included.
+        return check_text(data)
 
     @field_validator("stop")
     @classmethod

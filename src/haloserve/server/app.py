@@ -7,8 +7,8 @@ The model loads in a worker thread after the app starts, so ``/health`` answers 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,11 +19,12 @@ from fastapi import FastAPI, Request
 from haloserve import __version__
 from haloserve.config.serve import ServeSettings
 from haloserve.engine.base import Engine
+from haloserve.engine.bridge import RequestStream
 from haloserve.engine.chat_template import CHATML, ChatTemplate
-from haloserve.errors import AuthenticationError, ConfigError, ModelNotFoundError, ServiceUnavailableError
+from haloserve.errors import ConfigError, ModelNotFoundError, ServiceUnavailableError
 from haloserve.server.errors import install_error_handlers
 from haloserve.server.metrics import ServerMetrics
-from haloserve.server.middleware import RequestContext
+from haloserve.server.middleware import RequestContext, authenticate
 
 log = logging.getLogger("haloserve.server")
 
@@ -50,6 +51,10 @@ class ServerState:
     template_source: str | None = None
     template: ChatTemplate | None = None
     load_error: str | None = None
+    # Shutdown (see server/shutdown.py): no new work once draining; the live streams get their end.
+    draining: bool = False
+    deadline_passed: bool = False
+    streams: weakref.WeakSet[RequestStream] = field(default_factory=weakref.WeakSet)
 
     def check_model(self, requested: str) -> None:
         """404 ``model_not_found`` unless ``requested`` is ours (an empty model means the default)."""
@@ -59,7 +64,9 @@ class ServerState:
             )
 
     def require_ready(self) -> None:
-        """503 while the model loads (or failed to load)."""
+        """503 while the model loads (or failed to load), and once shutdown has begun."""
+        if self.draining:
+            raise ServiceUnavailableError("the server is shutting down", retry_after=5.0)
         if not self.engine.ready or self.template is None:
             why = (
                 f"model failed to load: {self.load_error}"
@@ -74,19 +81,19 @@ def _auth_keys(settings: ServeSettings) -> list[bytes]:
 
 
 def check_api_key(state: ServerState, request: Request) -> None:
-    """401 in OpenAI shape unless a configured key is presented (compared in constant time)."""
-    if not state.api_keys:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    presented = token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key", "")
-    candidate = presented.encode()
-    ok = False
-    for key in state.api_keys:  # compare against every key so timing does not tell which one matched
-        ok |= hmac.compare_digest(candidate, key)
-    if not ok:
-        message = "Missing API key" if not presented else "Incorrect API key provided"
-        raise AuthenticationError(f"{message}: pass it as 'Authorization: Bearer <key>'")
+    """401 in OpenAI shape unless a configured key is presented (the middleware checks first)."""
+    h = request.headers
+    authenticate(state.api_keys, h.get("authorization", ""), h.get("x-api-key", ""))
+
+
+# Paths anyone may read: readiness for load balancers and the API description. /metrics joins them
+# only with --no-metrics-auth; every other path (404s included) needs the key when keys are set.
+OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+
+def open_paths(settings: ServeSettings) -> frozenset[str]:
+    """The paths served without an API key under ``settings``."""
+    return OPEN_PATHS if settings.metrics_auth else OPEN_PATHS | {"/metrics"}
 
 
 def create_app(
@@ -165,7 +172,12 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "X-Request-Id", "X-Api-Key"],
             expose_headers=["X-Request-Id", "Retry-After"],
         )
-    app.add_middleware(RequestContext, max_body=settings.max_body_bytes)
+    app.add_middleware(
+        RequestContext,
+        max_body=settings.max_body_bytes,
+        api_keys=app.state.halo.api_keys,
+        open_paths=open_paths(settings),
+    )
     return app
 
 

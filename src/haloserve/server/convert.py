@@ -66,6 +66,52 @@ def fit_max_tokens(prompt_len: int, requested: int | None, n_ctx_slot: int) -> i
     return requested if requested is not None else n_ctx_slot - prompt_len
 
 
+# No vocabulary we know has a token longer than this many characters, so a text longer than this many
+# characters per token of a slot cannot fit a slot, whatever it tokenises to: it is refused before the
+# (costly) template rendering and tokenising.
+MAX_CHARS_PER_TOKEN = 256
+
+
+def check_size(req: ChatCompletionRequest | CompletionRequest, n_ctx_slot: int) -> None:
+    """400 ``context_length_exceeded`` at once for a request too large for one slot by its size alone:
+    more messages or prompt token ids than the slot has tokens, or more characters than it could hold."""
+    limit = n_ctx_slot * MAX_CHARS_PER_TOKEN
+    if isinstance(req, ChatCompletionRequest):
+        if len(req.messages) > n_ctx_slot:
+            raise ContextLengthExceededError(
+                f"{len(req.messages)} messages cannot fit in one slot of {n_ctx_slot} tokens "
+                "(every message takes at least one token)",
+                param="messages",
+            )
+        chars = 0
+        for m in req.messages:
+            if isinstance(m.content, str):
+                chars += len(m.content)
+            elif m.content:
+                chars += sum(len(p.text or "") for p in m.content)
+            chars += len(m.reasoning_content or "")
+            chars += sum(len(tc.function.arguments) for tc in m.tool_calls or ())
+        param = "messages"
+    else:
+        prompt: Any = req.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0] if len(prompt) == 1 else ""  # several prompts: refused later, by name
+        if isinstance(prompt, list):
+            if len(prompt) >= n_ctx_slot:
+                raise ContextLengthExceededError(
+                    f"a prompt of {len(prompt)} tokens cannot fit in one slot of {n_ctx_slot} tokens",
+                    param="prompt",
+                )
+            return
+        chars, param = len(prompt), "prompt"
+    if chars > limit:
+        raise ContextLengthExceededError(
+            f"{param}: {chars} characters cannot fit in one slot of {n_ctx_slot} tokens "
+            f"(refused above {limit} characters, {MAX_CHARS_PER_TOKEN} per token)",
+            param=param,
+        )
+
+
 def chat_messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
     """Messages as plain dicts for the template, content flattened to text."""
     out: list[dict[str, Any]] = []

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from haloserve.errors import HaloError
+from haloserve.protocol.openai import LONE_SURROGATE, TOO_DEEP
 
 log = logging.getLogger("haloserve.server")
 
@@ -26,9 +27,17 @@ def error_body(message: str, type_: str, code: str | None = None, param: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+class ErrorResponse(JSONResponse):
+    """A JSON error body that always encodes: non-ASCII is escaped, so text echoed from a hostile request
+    (a lone surrogate in a model name, say) cannot turn a 4xx into a 500 while it is being written."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def sse_error(exc: HaloError) -> bytes:
     """The single SSE event sent when a stream fails after it started."""
-    return b"data: " + json.dumps(exc.to_dict(), ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + json.dumps(exc.to_dict(), ensure_ascii=True).encode("ascii") + b"\n\n"
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -42,6 +51,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         return f"malformed JSON body: {err.get('ctx', {}).get('error', err.get('msg'))}", None
     if err.get("type") == "missing" and not loc:
         return "request body is required", None
+    if err.get("type") in (LONE_SURROGATE, TOO_DEEP):
+        where = str(err.get("ctx", {}).get("param", "")) or None
+        return str(err.get("msg")), where
     msg = str(err.get("msg", "invalid value"))
     more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
     return (f"{param}: {msg}{more}" if param else f"{msg}{more}"), param
@@ -52,23 +64,22 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HaloError)
     async def _halo(request: Request, exc: HaloError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=exc.headers)
+        return ErrorResponse(exc.to_dict(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        return JSONResponse(error_body(message, "invalid_request_error", None, param), status_code=400)
+        return ErrorResponse(error_body(message, "invalid_request_error", None, param), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_, code = _HTTP_TYPES.get(exc.status_code, ("invalid_request_error", None))
         message = f"{request.method} {request.url.path}: {exc.detail}"
-        return JSONResponse(
-            error_body(message, type_, code), status_code=exc.status_code, headers=exc.headers
-        )
+        body = error_body(message, type_, code)
+        return ErrorResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         body = error_body(f"internal error: {type(exc).__name__}", "server_error", "internal_error")
-        return JSONResponse(body, status_code=500)
+        return ErrorResponse(body, status_code=500)

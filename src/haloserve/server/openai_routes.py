@@ -14,13 +14,15 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from haloserve.engine.base import GenerationRequest, Output
 from haloserve.engine.bridge import RequestStream, StreamCancelled
-from haloserve.errors import EngineError, HaloError
+from haloserve.errors import EngineError, HaloError, InvalidRequestError
 from haloserve.protocol import sse
 from haloserve.protocol.openai import ChatCompletionRequest, CompletionRequest
+from haloserve.server import shutdown
 from haloserve.server.app import ServerState, check_api_key
 from haloserve.server.convert import (
     chat_messages,
     chat_prompt,
+    check_size,
     check_unsupported,
     completion_prompt,
     generation_request,
@@ -42,7 +44,15 @@ def _prepare(request: Request, body: Any) -> ServerState:
     state.require_ready()
     state.check_model(body.model)
     check_unsupported(body)
+    check_size(body, state.engine.info.n_ctx_slot)  # before any rendering or tokenising
     return state
+
+
+def output_error(out: Output) -> HaloError:
+    """The error of a failed output: the client's (400) when its content caused it, else ours (500)."""
+    if out.error_param is not None:
+        return InvalidRequestError(out.error or "invalid request", param=out.error_param)
+    return EngineError(out.error or "engine error")
 
 
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI)")
@@ -59,7 +69,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         tool_parser=settings.tool_parser,
         reasoning_format=settings.reasoning_format,
     )
-    prompt, text = chat_prompt(body, state.engine, state.template, plan.messages, plan.tools)
+    # Rendering and tokenising take milliseconds per hundred kilobytes: off the event loop, so that
+    # one large request does not stall every other stream.
+    prompt, text = await asyncio.to_thread(
+        chat_prompt, body, state.engine, state.template, plan.messages, plan.tools
+    )
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     greq = generation_request(rid, body, prompt, max_tokens, state.engine, settings)
     n_logprobs = serving.chat_logprobs_count(body)
@@ -85,7 +99,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     """Text completion, streamed as SSE when ``stream`` is true."""
     state = _prepare(request, body)
     rid = request.scope["state"]["request_id"]
-    prompt, prompt_text = completion_prompt(body, state.engine)
+    prompt, prompt_text = await asyncio.to_thread(completion_prompt, body, state.engine)
     greq = generation_request(rid, body, prompt, body.max_tokens, state.engine, state.settings)
     n_logprobs = serving.completion_logprobs_count(body)
     await serving.attach(greq, state.engine, grammar=None, param="", logprobs=n_logprobs, preserved=[])
@@ -153,13 +167,17 @@ async def _respond(
 ) -> Response:
     timing = _Timing(state, greq.arrival_time)
     stream = state.engine.generate(greq)  # raises 429 / 503 before anything is sent
+    state.streams.add(stream)  # a shutdown ends it: 503 while queued, an error event at the deadline
+    if state.draining:  # shutdown began while the prompt was prepared
+        shutdown.on_new_stream(state, stream)
     watcher = asyncio.create_task(_watch_disconnect(request, stream))
     try:
         first = await anext(stream)
         timing.saw(first)
         if first.finish_reason == "error":
-            timing.finished(endpoint, first, 500)
-            raise EngineError(first.error or "engine error")
+            exc = output_error(first)
+            timing.finished(endpoint, first, exc.status)
+            raise exc
         if not streaming:
             parts, out = [echo, first.text], first
             if reply is not None:
@@ -171,8 +189,9 @@ async def _respond(
                 if reply is not None:
                     reply.collect(out)
             if out.finish_reason == "error":
-                timing.finished(endpoint, out, 500)
-                raise EngineError(out.error or "engine error")
+                exc = output_error(out)
+                timing.finished(endpoint, out, exc.status)
+                raise exc
             timing.finished(endpoint, out, 200)
             _log_done(greq, out, timing)
             text = "".join(parts)
@@ -182,6 +201,12 @@ async def _respond(
             return JSONResponse(body)
     except StreamCancelled:
         pass  # the client left: answered with 499 below
+    except HaloError as exc:  # a failed output, or a shutdown ending the request (503)
+        stream.cancel()
+        if not timing.done:
+            timing.done = True
+            state.metrics.request_done(endpoint, exc.status)
+        raise
     except BaseException:
         stream.cancel()
         if not timing.done:
@@ -222,8 +247,9 @@ async def _sse(
             yield writer.text(echo)
         while True:
             if out.finish_reason == "error":
-                timing.finished(endpoint, out, 500)
-                yield sse_error(EngineError(out.error or "engine error"))
+                exc = output_error(out)
+                timing.finished(endpoint, out, exc.status)
+                yield sse_error(exc)
                 return
             if reply is not None:
                 for event in reply.chunks(writer, out):
@@ -242,7 +268,10 @@ async def _sse(
         yield sse.DONE
         timing.finished(endpoint, out, 200)
         _log_done(greq, out, timing)
-    except HaloError as exc:
+    except HaloError as exc:  # a shutdown's deadline (503), or a failure while building a chunk
+        if not timing.done:
+            timing.done = True
+            timing.state.metrics.request_done(endpoint, exc.status)
         yield sse_error(exc)
     except StreamCancelled:
         pass  # the client left

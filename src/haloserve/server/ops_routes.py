@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -10,6 +11,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from haloserve.errors import InvalidRequestError, ModelNotFoundError, NotFoundError
+from haloserve.protocol.openai import find_invalid_text, invalid_text_message
 from haloserve.server.app import ServerState, check_api_key
 
 router = APIRouter()
@@ -120,7 +122,9 @@ async def tokenize(request: Request) -> JSONResponse:
     if not isinstance(content, str):
         raise InvalidRequestError("content must be a string", param="content")
     add_special = bool(body.get("add_special", False))
-    return JSONResponse({"tokens": state.engine.tokenizer.tokenize(content, add_special=add_special)})
+    # Up to --max-body-bytes of text: tokenised in a worker thread so that other streams keep flowing.
+    tokens = await asyncio.to_thread(state.engine.tokenizer.tokenize, content, add_special=add_special)
+    return JSONResponse({"tokens": tokens})
 
 
 @router.post("/detokenize", summary="llama-server compatible detokenizer")
@@ -140,8 +144,11 @@ async def detokenize(request: Request) -> JSONResponse:
 async def _json_object(request: Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the JSON parser goes
         raise InvalidRequestError("malformed JSON body") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("the body must be a JSON object")
+    found = find_invalid_text(body)
+    if found is not None:
+        raise InvalidRequestError(invalid_text_message(*found), param=found[1])
     return body

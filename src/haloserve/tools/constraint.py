@@ -83,7 +83,7 @@ def check_grammar(grammar: str, tokenizer: Any, param: str) -> None:
 
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
     if is_error or messages:
-        detail = "; ".join(_first_line(m) for m in messages) or "invalid grammar"
+        detail = "; ".join(short_error(m) for m in messages) or "invalid grammar"
         raise InvalidRequestError(f"{param}: this schema cannot be enforced: {detail}", param=param)
 
 
@@ -92,17 +92,40 @@ def _first_line(message: str) -> str:
     return re.sub(r"^at \d+\(\d+\): ", "", line).removeprefix("failed to compile JSON schema: ")
 
 
+_MAX_ERROR = 300
+
+
+def short_error(message: str) -> str:
+    """llguidance's error without the parser state it appends (``<state>`` dumps, token lists): one line,
+    at most a few hundred characters. The state is internal and can be many kilobytes."""
+    line = _first_line(message).split("<state>", 1)[0].strip()
+    return line if len(line) <= _MAX_ERROR else line[: _MAX_ERROR - 3] + "..."
+
+
 class GrammarConstraint:
     """One request's llguidance matcher, its mask buffer and the model's end-of-generation tokens."""
 
-    __slots__ = ("_eog", "_eos", "_mask", "_matcher", "_n_vocab")
+    __slots__ = ("_eog", "_eos", "_mask", "_matcher", "_n_vocab", "param")
 
-    def __init__(self, grammar: str, tokenizer: Any, *, n_vocab: int, eos: int, eog: frozenset[int]) -> None:
+    def __init__(
+        self,
+        grammar: str,
+        tokenizer: Any,
+        *,
+        n_vocab: int,
+        eos: int,
+        eog: frozenset[int],
+        param: str = "response_format",
+    ) -> None:
         from llguidance import LLMatcher
 
+        self.param = param
         self._matcher = LLMatcher(tokenizer, grammar, log_level=0)
         if self._matcher.is_error():
-            raise InvalidRequestError(f"grammar rejected: {self._matcher.get_error()}")
+            raise InvalidRequestError(
+                f"{param}: this schema cannot be enforced: {short_error(self._matcher.get_error())}",
+                param=param,
+            )
         self._n_vocab = n_vocab
         self._mask = np.zeros((max(n_vocab, tokenizer.vocab_size) + 31) // 32, dtype=np.int32)
         self._eos = eos
@@ -135,13 +158,26 @@ class GrammarConstraint:
 
     @property
     def error(self) -> str:
-        """The matcher's error ('' if none)."""
-        return str(self._matcher.get_error())
+        """Why the matcher failed, for the client: one short line naming the parameter ('' if none)."""
+        err = self._matcher.get_error()
+        if not err:
+            return ""
+        return f"{self.param}: the output cannot satisfy this schema: {short_error(str(err))}"
 
 
 def build_constraint(grammar: str, param: str, model: Any) -> GrammarConstraint:
     """Compile ``grammar`` for ``model`` (blocking: run it off the event loop); 400 if unenforceable."""
-    tokenizer = llg_tokenizer(model)
-    lark = resolve_literals(grammar, model)
-    check_grammar(lark, tokenizer, param)
-    return GrammarConstraint(lark, tokenizer, n_vocab=model.n_vocab, eos=model.eos, eog=model.eog_tokens)
+    tokenizer = llg_tokenizer(model)  # the model's, not the request's: a failure here is ours
+    try:
+        lark = resolve_literals(grammar, model)
+        check_grammar(lark, tokenizer, param)
+        return GrammarConstraint(
+            lark, tokenizer, n_vocab=model.n_vocab, eos=model.eos, eog=model.eog_tokens, param=param
+        )
+    except InvalidRequestError:
+        raise
+    except Exception as exc:  # the grammar comes from the request: whatever llguidance refuses is a 400
+        raise InvalidRequestError(
+            f"{param}: this schema cannot be enforced: {short_error(str(exc)) or type(exc).__name__}",
+            param=param,
+        ) from None
