@@ -30,13 +30,22 @@ def test_an_unmarked_test_cannot_start_python() -> None:
 
 
 def test_an_unmarked_test_cannot_load_a_model_or_start_halo_serve(tmp_path: Path) -> None:
+    params = llama_cpp.llama_model_default_params()
     with pytest.raises(pytest.fail.Exception, match=r"loads a model into llama\.cpp"):
-        llama_cpp.llama_model_load_from_file(str(tmp_path / "none.gguf").encode(), None)
+        llama_cpp.llama_model_load_from_file(str(tmp_path / "none.gguf").encode(), params)
     server = RemoteServer(["--threads", "1"])
-    with pytest.raises(pytest.fail.Exception, match=r"starts `halo serve` with the llama\.cpp engine"):
-        server.start()
-    assert server.proc is None  # refused before anything started
-    server.log_path.unlink()
+    try:
+        with pytest.raises(pytest.fail.Exception, match=r"starts `halo serve` with the llama\.cpp engine"):
+            server.start()
+        assert server.proc is None  # refused before anything started
+    finally:
+        server.stop()
+        server.log_path.unlink()
+    fake = RemoteServer(["--engine", "fake"])
+    with pytest.raises(pytest.fail.Exception, match="Python child process"):  # a process all the same
+        fake.start()
+    fake.stop()
+    fake.log_path.unlink()
 
 
 class _Item:
