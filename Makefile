@@ -1,6 +1,7 @@
 # haloserve: two commands on a fresh clone.
 #   make serve   installs everything into .venv and serves the bundled model on http://127.0.0.1:8080
-#   make test    installs everything into .venv and runs lint, types and the whole test suite
+#   make test    installs everything into .venv and runs lint, types and the whole test suite, fast layer first
+#   make test-fast   the fast layer alone: no model, no child Python process, nothing slow (under 30 s)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -13,7 +14,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 # on a 2-CPU machine); ggml's own thread pool has no such penalty. Set CMAKE_ARGS to override.
 export CMAKE_ARGS ?= -DGGML_OPENMP=OFF
 
-.PHONY: install serve test lint typecheck pytest bench clean
+.PHONY: install serve test test-fast lint typecheck pytest bench clean
 
 install: $(STAMP)
 
@@ -35,6 +36,11 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Tests marked model, process or slow are the slow layer (tests/conftest.py fails a test that loads a
+# model or starts a Python process unmarked); the five slowest fast tests are listed, to see creep.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not model and not process and not slow" --durations=5 $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

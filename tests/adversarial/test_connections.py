@@ -389,6 +389,7 @@ def test_descriptor_limit_holds_against_many_idle_sockets(command: str, tmp_path
         assert "Too many open files" not in log and "EMFILE" not in log
 
 
+@pytest.mark.process
 def test_a_cap_the_descriptors_cannot_hold_is_refused() -> None:
     """``--max-connections`` above what the descriptor limit allows: one line, exit 2, before loading."""
     import resource

@@ -172,6 +172,7 @@ REF_CHARS = st.sampled_from([*"abcXYZ019-_./@$'\"`;|&<>(){}#!%,=+é✓", "\n", "
 
 @SETTINGS
 @given(ref=st.text(REF_CHARS, min_size=1, max_size=20))
+@pytest.mark.slow
 def test_git_refs_round_trip_through_every_file(ref: str) -> None:
     try:
         files = _render(_spec({"llama_cpp_ref": ref, "vllm_ref": ref}))
@@ -208,6 +209,7 @@ ARG_TEXT = st.lists(ARG_PIECE, max_size=8).map("".join)
 
 @SETTINGS
 @given(extra=st.lists(ARG_TEXT, min_size=1, max_size=3))
+@pytest.mark.slow
 def test_engine_arguments_round_trip_through_compose_and_shell(extra: list[str]) -> None:
     try:
         files = _render(_spec(extra_args=extra))
@@ -239,6 +241,7 @@ def test_engine_arguments_round_trip_through_compose_and_shell(extra: list[str])
         st.one_of(st.characters(), st.sampled_from(["\ud800", "\udfff", "\x85", "\u2028", "\ufeff"]))
     )
 )
+@pytest.mark.slow
 def test_the_yaml_and_compose_filters_round_trip_any_string(text: str) -> None:
     assert yaml.safe_load(f"k: {yaml_value(text)}\n")["k"] == text
     assert yaml.safe_load(f"k: {compose_value([text])}\n")["k"] == [text.replace("$", "$$")]
@@ -267,6 +270,7 @@ def _problems(root: Path) -> dict[str, tuple[str, ...]]:
     return {r.path: r.problems for r in check_dir(root) if r.problems}
 
 
+@pytest.mark.slow
 def test_check_passes_a_fresh_render_and_value_edits(rendered_dir: Path) -> None:
     assert _problems(rendered_dir) == {}
     docker = rendered_dir / "docker/llamacpp-rocm.Dockerfile"
@@ -278,6 +282,7 @@ def test_check_passes_a_fresh_render_and_value_edits(rendered_dir: Path) -> None
     assert _problems(rendered_dir) == {}
 
 
+@pytest.mark.slow
 def test_check_flags_what_the_old_keys_db_injection_rendered(rendered_dir: Path) -> None:
     """The issue's reproduction: newlines in gateway.keys_db made the Swarm gateway privileged."""
     stack = rendered_dir / "swarm/stack.yml"
@@ -334,6 +339,7 @@ def test_check_flags_what_the_old_keys_db_injection_rendered(rendered_dir: Path)
         ),
     ],
 )
+@pytest.mark.slow
 def test_check_flags_added_instructions_and_commands(
     rendered_dir: Path, rel: str, old: str, new: str, expect: str
 ) -> None:

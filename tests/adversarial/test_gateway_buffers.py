@@ -87,6 +87,7 @@ def _backend(gw: ThreadedGateway, url: str) -> tuple[str, int]:
 
 
 @pytest.mark.parametrize("line_end", ["lf", "crlf"])
+@pytest.mark.slow
 def test_a_stream_without_separators_ends_cleanly_at_the_event_bound(
     upstream: Callable[..., FakeUpstream], gateway: Callable[..., ThreadedGateway], line_end: str
 ) -> None:
@@ -129,6 +130,7 @@ def test_an_unframed_tail_mid_stream_ends_with_one_error_event(
     assert err["type"] == "server_error" and "longer than 65536 bytes" in err["message"]
 
 
+@pytest.mark.slow
 def test_an_endless_response_head_is_cut_and_the_healthy_backend_keeps_serving(
     upstream: Callable[..., FakeUpstream], gateway: Callable[..., ThreadedGateway]
 ) -> None:
@@ -200,6 +202,7 @@ def test_framing_costs_linear_time(piece: bytes) -> None:
 
 
 @pytest.mark.parametrize("eol", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+@pytest.mark.slow
 def test_splitting_many_events_costs_linear_time(eol: bytes) -> None:
     event = sse.encode({"choices": [{"delta": {"content": " lorem"}}], "usage": None}).replace(b"\n", eol)
     block = event * (8_000_000 // len(event))  # ~8 MB of whole events in one piece

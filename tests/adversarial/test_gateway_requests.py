@@ -82,6 +82,7 @@ def chats(up: FakeUpstream) -> int:
 # 13.2: one client must not take a backend out
 
 
+@pytest.mark.slow
 def test_poisoned_requests_do_not_eject_backends(upstream: Any, gateway: Any) -> None:
     ups = [upstream(error_on=POISON) for _ in range(3)]
     gw = gateway([u.url for u in ups], policy="round-robin", eject_failures=3, retries=2)
@@ -110,6 +111,7 @@ def test_poison_is_retried_once_and_single_backend_stays(upstream: Any, gateway:
     assert chat(gw, {"model": "fake-model", "messages": MSG}).status_code == 200
 
 
+@pytest.mark.slow
 def test_backends_that_really_fail_are_still_ejected(upstream: Any, gateway: Any, stack: ExitStack) -> None:
     broken = upstream(error_rate=1.0, error_status=500)  # 500 for everything, whatever the request
     busy = upstream(error_rate=1.0, error_status=503)
@@ -149,6 +151,7 @@ def test_4xx_is_passed_on_and_counts_against_nobody(upstream: Any, gateway: Any)
 # 13.8: tokens reserved at admission, settled after
 
 
+@pytest.mark.slow
 def test_token_quota_holds_under_concurrency(upstream: Any, gateway: Any) -> None:
     up = upstream(models=["m"], ttft_ms=400)
     gw = gateway([up.url], require_keys=True)
@@ -181,6 +184,7 @@ def test_token_quota_holds_under_concurrency(upstream: Any, gateway: Any) -> Non
             assert err["type"] == "rate_limit_error" and int(r.headers["Retry-After"]) >= 1
 
 
+@pytest.mark.slow
 def test_token_reservations_are_refunded(upstream: Any, gateway: Any) -> None:
     up = upstream(models=["m"], eos_after=2)  # asked for up to 60 tokens, it stops after 2
     gw = gateway([up.url], require_keys=True, reserve_tokens=10)
@@ -263,6 +267,7 @@ def test_chunked_body_over_the_limit_is_413(upstream: Any, gateway: Any) -> None
     assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_too_large"
 
 
+@pytest.mark.slow
 def test_authentication_comes_before_the_body(upstream: Any, gateway: Any) -> None:
     gw = gateway([upstream().url], require_keys=True, max_body_bytes=4096)
     key = gw.gateway.store.create_key("k").secret
@@ -280,6 +285,7 @@ def test_authentication_comes_before_the_body(upstream: Any, gateway: Any) -> No
     assert statuses == [400, 400, 413, 400]
 
 
+@pytest.mark.slow
 def test_metrics_auth(upstream: Any, gateway: Any) -> None:
     up = upstream()
     locked = gateway([up.url], require_keys=True)  # metrics_auth defaults to on
@@ -306,6 +312,7 @@ def _send(port: int, data: bytes) -> bytes:
     return out
 
 
+@pytest.mark.process
 def test_oversized_headers_never_put_the_key_in_the_log(upstream: Any, tmp_path: Path) -> None:
     up = upstream()
     srv = gateway_process(

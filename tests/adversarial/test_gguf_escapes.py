@@ -61,6 +61,7 @@ def _gguf_with_duplicate_tensor(name: str) -> bytes:
     return head + bytes(-len(head) % 32 + 128)
 
 
+@pytest.mark.process
 def test_serve_refuses_a_damaged_gguf_without_raw_escapes(tmp_path: Path) -> None:
     # llama.cpp refuses the file and logs the tensor name; halo names the damage with the planner's reader
     path = tmp_path / "evil.gguf"
@@ -112,6 +113,7 @@ def hostile_peer() -> Iterator[str]:
         server.server_close()
 
 
+@pytest.mark.slow
 def test_bench_shows_server_messages_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # a peer's text reaches the table title, the error lines, the notes and the final error
     with hostile_peer() as url:

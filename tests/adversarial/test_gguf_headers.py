@@ -200,6 +200,7 @@ HOSTILE_HEADERS = {
 
 
 @pytest.mark.parametrize("case", list(HOSTILE_HEADERS))
+@pytest.mark.process
 def test_hostile_header_on_a_2tb_sparse_file(case: str, tmp_path: Path) -> None:
     head, what = HOSTILE_HEADERS[case]
     path = sparse(tmp_path, bytes(head.data))
@@ -209,6 +210,7 @@ def test_hostile_header_on_a_2tb_sparse_file(case: str, tmp_path: Path) -> None:
     assert elapsed < 60  # ~1 s here, mostly start-up; the old reader ran for 40 s and 2.6 GB
 
 
+@pytest.mark.process
 def test_header_byte_cap_on_a_sparse_file(tmp_path: Path) -> None:
     # eight arrays of 4M u64 (32 MiB each) in a 2 TB sparse file: the 128 MiB header cap stops the
     # reader in the fourth, whatever the file size claims
@@ -225,6 +227,7 @@ def test_header_byte_cap_on_a_sparse_file(tmp_path: Path) -> None:
     assert elapsed < 60
 
 
+@pytest.mark.process
 def test_string_budget_on_a_sparse_file(tmp_path: Path) -> None:
     # two arrays of 4M empty strings: skipping strings costs a loop step each, so the header may hold
     # MAX_STRINGS of them in all (Llama 3 has 410k, Gemma 3 262k)
@@ -241,6 +244,7 @@ def test_string_budget_on_a_sparse_file(tmp_path: Path) -> None:
     assert elapsed < 60
 
 
+@pytest.mark.process
 def test_short_arrays_cannot_amplify_memory(tmp_path: Path) -> None:
     # short arrays are decoded (4 bytes of u32 become ~36 bytes of Python): 300 arrays of 4,096 would be
     # 44 MB of objects from a 5 MB file; the decoded-entry budget stops it at 1M entries
@@ -373,6 +377,7 @@ def test_bad_alignment(tmp_path: Path) -> None:
         assert_damaged(*plan_in_process(path), what)
 
 
+@pytest.mark.slow
 def test_truncated_at_every_field_boundary(tmp_path: Path) -> None:
     h = header()
     full = valid_model()
@@ -389,6 +394,7 @@ def test_truncated_at_every_field_boundary(tmp_path: Path) -> None:
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4))
+@pytest.mark.slow
 def test_random_byte_flips_never_crash(flips: list[tuple[int, int]], tmp_path: Path) -> None:
     data = bytearray(valid_model(name="flip\x1b[2J"))
     n_header = len(header().data)
@@ -407,6 +413,7 @@ def test_random_byte_flips_never_crash(flips: list[tuple[int, int]], tmp_path: P
 HOSTILE_NAME = "\x1b]0;pwned\x07\x1b[31m[bold]x\x9b2J\u202e"
 
 
+@pytest.mark.process
 def test_escape_sequences_in_metadata_are_not_printed(tmp_path: Path) -> None:
     path = tmp_path / "evil[red].gguf"
     path.write_bytes(valid_model(name=HOSTILE_NAME))

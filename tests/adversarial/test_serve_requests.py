@@ -104,6 +104,7 @@ SURROGATE_CASES = [
 ]
 
 
+@pytest.mark.model
 def test_lone_surrogates_are_400_naming_the_field_and_keep_the_connection(real: InProcessServer) -> None:
     """Was: 500 UnicodeEncodeError, two tracebacks, and the keep-alive connection dropped."""
     with socket.create_connection(("127.0.0.1", real.port), timeout=60) as sock:
@@ -134,6 +135,7 @@ RECURSIVE_REQUIRED = {
 
 
 @pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.model
 def test_unsatisfiable_recursive_schema_is_400_without_parser_state(
     real: InProcessServer, stream: bool
 ) -> None:
@@ -157,6 +159,7 @@ def test_unsatisfiable_recursive_schema_is_400_without_parser_state(
     assert len(err["message"]) < 400, err["message"]
 
 
+@pytest.mark.model
 def test_deep_nesting_is_400_not_a_recursion_error(real: InProcessServer) -> None:
     deep: Any = "x"
     for _ in range(MAX_NESTING + 5):
@@ -267,6 +270,7 @@ REQUESTS = st.one_of(
 )
 
 
+@pytest.mark.model
 def test_fuzz_request_strings_never_5xx(real: InProcessServer) -> None:
     """Every string field drawn from all of Unicode: never a 5xx, errors in OpenAI shape, server lives."""
     with httpx.Client(base_url=real.url, timeout=120) as client:
@@ -360,6 +364,7 @@ def _loop_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+@pytest.mark.model
 def test_huge_requests_do_not_stall_other_streams() -> None:
     """Was: a 7 MB prompt or 10,000 messages froze every stream for ~2.3 s before its 400.
 

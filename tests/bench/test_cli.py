@@ -21,6 +21,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.slow
 def test_table_reports_and_plots(
     upstream: FakeUpstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -112,6 +113,7 @@ def test_results_schema_is_versioned_and_validated(
         assert code == 2 and message in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_compare_prints_ratios_and_plots_runs_together(
     upstream: FakeUpstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -176,7 +178,7 @@ def test_bad_flags_are_one_line_exit_2(
 def test_unreachable_url_and_refused_key_fail_fast(
     upstream: FakeUpstream, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.conftest import free_port
+    from haloserve.testing.remote import free_port
 
     code, _, err = run(capsys, "--url", f"http://127.0.0.1:{free_port()}", *SMALL)
     assert code == 1 and "cannot connect to http://127.0.0.1:" in err and err.count("\n") == 1

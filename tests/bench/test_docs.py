@@ -23,6 +23,7 @@ def test_docs_have_tested_examples() -> None:
     assert len(examples()) >= 5 and all(line.startswith("halo bench") for line in examples())
 
 
+@pytest.mark.slow
 def test_documented_examples_run(
     upstream: FakeUpstream,
     tmp_path: Path,

@@ -11,6 +11,7 @@ from haloserve.testing.upstream_config import UpstreamConfig
 from tests.bench.conftest import bench
 
 
+@pytest.mark.process
 def test_metrics_equal_the_fake_servers_known_timing() -> None:
     ttft, itl, n = 40.0, 10.0, 20
     with spawn(UpstreamConfig(ttft_ms=ttft, itl_ms=itl)) as url:
@@ -36,6 +37,7 @@ def test_metrics_equal_the_fake_servers_known_timing() -> None:
     assert c4.request_throughput > 2.5 * c1.request_throughput  # four streams at a time
 
 
+@pytest.mark.slow
 def test_rate_mode_spreads_arrivals_and_caps_concurrency(upstream: FakeUpstream) -> None:
     result = bench(upstream.url, rate=[20], num_prompts=20, seed=1)
     (lv,) = result.levels
@@ -49,6 +51,7 @@ def test_rate_mode_spreads_arrivals_and_caps_concurrency(upstream: FakeUpstream)
     assert upstream.stats.max_in_flight <= 3 + 1  # + the connection warm-up GETs
 
 
+@pytest.mark.slow
 def test_goodput_counts_requests_within_every_slo(upstream: FakeUpstream) -> None:
     upstream.configure(ttft_ms=30)
     strict = bench(upstream.url, concurrency=[2], num_prompts=6, slo="ttft=10ms").levels[0].metrics
@@ -57,6 +60,7 @@ def test_goodput_counts_requests_within_every_slo(upstream: FakeUpstream) -> Non
     assert loose.good == 6 and loose.request_goodput == pytest.approx(loose.request_throughput)
 
 
+@pytest.mark.slow
 def test_duration_mode_stops_issuing_after_the_duration(upstream: FakeUpstream) -> None:
     upstream.configure(itl_ms=10)
     lv = bench(upstream.url, concurrency=[2], duration=0.5).levels[0]
@@ -90,6 +94,7 @@ def test_errors_are_counted_by_kind_and_the_run_goes_on(upstream: FakeUpstream) 
     assert min(injected[k] for k in ("error", "drop", "cut", "broken")) > 0
 
 
+@pytest.mark.process
 def test_one_process_drives_500_concurrent_streams() -> None:
     raise_fd_limit()
     with spawn(UpstreamConfig(ttft_ms=1500, itl_ms=20)) as url:
@@ -98,6 +103,7 @@ def test_one_process_drives_500_concurrent_streams() -> None:
     assert lv.metrics.peak_concurrency == 500
 
 
+@pytest.mark.slow
 def test_connections_are_kept_alive_unless_told_otherwise(upstream: FakeUpstream) -> None:
     kept = bench(upstream.url, concurrency=[2], num_prompts=16).levels[0]
     opened = upstream.stats.connections
@@ -109,6 +115,7 @@ def test_connections_are_kept_alive_unless_told_otherwise(upstream: FakeUpstream
     assert upstream.stats.connections >= 16  # one per request, as asked
 
 
+@pytest.mark.slow
 def test_the_cyclic_gc_is_off_while_a_level_runs_and_back_on_after(upstream: FakeUpstream) -> None:
     import gc
 
@@ -136,6 +143,7 @@ def test_the_cyclic_gc_is_off_while_a_level_runs_and_back_on_after(upstream: Fak
     assert gc.isenabled() and gc.get_freeze_count() == 0  # a level that fails still restores the GC
 
 
+@pytest.mark.slow
 def test_a_server_closing_kept_alive_connections_costs_no_failures(upstream: FakeUpstream) -> None:
     upstream.configure(drop_reused=True)
     result = bench(upstream.url, concurrency=[2], num_prompts=12)

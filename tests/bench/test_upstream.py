@@ -150,6 +150,7 @@ def test_client_disconnect_is_counted_as_cancelled() -> None:
     assert stats["cancelled"] == 1 and stats["in_flight"] == 0 and stats["completed"] == 0
 
 
+@pytest.mark.process
 def test_child_process_with_flags_and_timings() -> None:
     with spawn(UpstreamConfig(models=["m1", "m2"], ttft_ms=5, record_timings=True)) as url:
         assert [m["id"] for m in get(url + "/v1/models")["data"]] == ["m1", "m2"]

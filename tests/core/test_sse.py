@@ -81,6 +81,7 @@ _PIECES = [b"\r", b"\n", b"\r\n", b"data: x", b"data:y", b": note", b"event: e",
 
 @settings(max_examples=400)
 @given(st.lists(st.sampled_from(_PIECES), max_size=24), st.lists(st.integers(0, 60), max_size=5))
+@pytest.mark.slow
 def test_framer_cuts_any_mix_of_line_ends_like_the_spec(pieces: list[bytes], cuts: list[int]) -> None:
     raw = b"".join(pieces)
     framer = sse.Framer(limit=None)

@@ -12,12 +12,12 @@ from haloserve.deploy import RenderedFile, check_fit, load_spec_text
 from haloserve.deploy.check import check_file
 from haloserve.deploy.examples import example_spec
 from haloserve.planner import PlanInputs, plan_model, resolve_model
-
-from .conftest import write
+from tests.deploy.conftest import write
 
 Rendered = dict[str, dict[str, RenderedFile]]
 
 
+@pytest.mark.process
 def test_init_writes_a_spec_that_renders_and_checks(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -47,6 +47,7 @@ def test_init_to_stdout_and_bad_node_count(capsys: pytest.CaptureFixture[str]) -
 
 
 @pytest.mark.parametrize("nodes", [2, 3, 5])
+@pytest.mark.slow
 def test_every_init_size_renders(nodes: int) -> None:
     from haloserve.deploy import render_files
     from haloserve.deploy.check import check_compose
@@ -70,6 +71,7 @@ def test_fit_uses_the_planners_numbers() -> None:
     assert node.budget.usable_bytes == 120 * 2**30
 
 
+@pytest.mark.process
 def test_render_refuses_a_foreign_directory_and_removes_stale_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -115,6 +117,7 @@ BREAKS = [
 
 
 @pytest.mark.parametrize(("rel", "old", "new", "message"), BREAKS, ids=[b[3] for b in BREAKS])
+@pytest.mark.slow
 def test_check_catches_a_hand_edit(
     rel: str, old: str, new: str, message: str, rendered: Rendered, tmp_path: Path
 ) -> None:

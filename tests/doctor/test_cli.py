@@ -12,8 +12,7 @@ import pytest
 
 from haloserve.cli import main
 from haloserve.doctor import REGISTRY
-
-from .conftest import FIXTURES
+from tests.doctor.conftest import FIXTURES
 
 REQUIRED = {"id", "status", "observed", "expected", "fix"}
 
@@ -139,6 +138,7 @@ def test_this_machine(capsys: pytest.CaptureFixture[str]) -> None:
     assert all("doctor could not evaluate" not in d["observed"] for d in data.values())
 
 
+@pytest.mark.process
 def test_entry_point_on_this_machine() -> None:
     """The installed ``halo`` script, end to end, with a human report."""
     halo = Path(sys.executable).with_name("halo")

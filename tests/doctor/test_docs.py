@@ -37,6 +37,7 @@ def test_the_page_has_examples() -> None:
 
 
 @pytest.mark.parametrize("steps", BLOCKS, ids=[steps[0][0][:60] for steps in BLOCKS])
+@pytest.mark.process
 def test_example(steps: list[tuple[str, list[str]]], tmp_path: Path) -> None:
     env = {
         **os.environ,

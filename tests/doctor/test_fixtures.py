@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from haloserve.doctor import REGISTRY, Status
-
-from .conftest import FIXTURE_NAMES, FIXTURES, results_for
+from tests.doctor.conftest import FIXTURE_NAMES, FIXTURES, results_for
 
 OK, WARN, FAIL, SKIP = Status.OK, Status.WARN, Status.FAIL, Status.SKIP
 NO_RDMA = {f"rdma{s}": SKIP for s in ("", ".gid", ".mtu", ".ecn", ".memlock", ".nccl")}

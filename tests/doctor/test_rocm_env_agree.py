@@ -13,8 +13,7 @@ import pytest
 import yaml
 
 from haloserve.deploy import load_spec_text, render_files
-
-from .conftest import FIXTURES, edit_manifest, results_for
+from tests.doctor.conftest import FIXTURES, edit_manifest, results_for
 
 SPEC = """
 rocm_version: "{version}"

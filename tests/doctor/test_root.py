@@ -12,8 +12,7 @@ import pytest
 
 from haloserve.doctor.root import ArchiveBackend, Root, live_root, open_root
 from haloserve.errors import ConfigError
-
-from .conftest import FIXTURES, results_for, write_tree
+from tests.doctor.conftest import FIXTURES, results_for, write_tree
 
 
 def test_symlinks_resolve_inside_the_root(tmp_path: Path) -> None:

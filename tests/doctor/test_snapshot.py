@@ -14,8 +14,7 @@ from haloserve.doctor import diagnose, facts_for, live_root, open_root, options_
 from haloserve.doctor.facts import ENV_KEYS, live_facts
 from haloserve.doctor.snapshot import Recorder, write_snapshot
 from haloserve.errors import ConfigError
-
-from .conftest import FIXTURE_NAMES, FIXTURES, edit_manifest, write_tree
+from tests.doctor.conftest import FIXTURE_NAMES, FIXTURES, edit_manifest, write_tree
 
 
 def snapshot(root_spec: str | Path, out: Path, *checks: str, **options: str) -> list[dict[str, object]]:

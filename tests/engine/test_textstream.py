@@ -25,6 +25,7 @@ def test_multibyte_characters_split_across_pieces() -> None:
     assert all("\ufffd" not in part for part in out)
 
 
+@pytest.mark.model
 def test_real_tokenizer_pieces_round_trip(model_path: Path) -> None:
     from haloserve.engine.llamacpp import LlamaModel
 

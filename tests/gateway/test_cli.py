@@ -23,6 +23,7 @@ def test_no_backends_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["gateway", "--backend", "http://a:1", "--policy", "fastest"]) == 2
 
 
+@pytest.mark.process
 def test_sighup_reloads_the_config_file(make_upstream: MakeUpstream, tmp_path: Path) -> None:
     a = make_upstream(models=["m1"])
     b = make_upstream(models=["m2"])
@@ -41,6 +42,7 @@ def test_sighup_reloads_the_config_file(make_upstream: MakeUpstream, tmp_path: P
         assert reply.model == "m2"
 
 
+@pytest.mark.process
 def test_workers_share_the_port_keys_and_usage(
     make_upstream: MakeUpstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

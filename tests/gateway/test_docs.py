@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from haloserve.config import load_settings
@@ -34,6 +35,7 @@ def test_yaml_example_is_a_valid_config(tmp_path: Path) -> None:
     assert [b.weight for b in s.backends] == [1.0, 2.0] and s.backends[1].models == ["qwen3-30b"]
 
 
+@pytest.mark.slow
 def test_examples_run(make_upstream: MakeUpstream, make_gateway: MakeGateway) -> None:
     up = make_upstream(models=["smollm2"])
     gw = make_gateway([up.url], require_keys=True)

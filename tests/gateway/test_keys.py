@@ -41,6 +41,7 @@ def test_keys_cli_create_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert halo(capsys, "keys", "--keys-db", db, "revoke", "team-a")[0] == 1
 
 
+@pytest.mark.slow
 def test_keys_quotas_and_models_through_the_gateway(
     make_upstream: MakeUpstream, make_gateway: MakeGateway, tmp_path: Path
 ) -> None:
@@ -83,6 +84,7 @@ def test_keys_quotas_and_models_through_the_gateway(
 
 
 @BOTH_LINE_ENDS
+@pytest.mark.slow
 def test_streamed_usage_is_recorded_and_charged_to_the_token_quota(
     make_upstream: MakeUpstream, make_gateway: MakeGateway, line_end: str
 ) -> None:
@@ -105,6 +107,7 @@ def _call_into(client: openai.OpenAI, result: list[object]) -> None:
     result.append(client.chat.completions.create(model="m1", messages=MSG, max_tokens=4))
 
 
+@pytest.mark.process
 def test_usage_survives_restart_and_sigterm_drains(
     make_upstream: MakeUpstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

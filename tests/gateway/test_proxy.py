@@ -24,6 +24,7 @@ def wait_for(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-de
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_routes_by_model_and_lists_the_union(make_upstream: MakeUpstream, make_gateway: MakeGateway) -> None:
     a = make_upstream(models=["alpha"])
     b = make_upstream(models=["alpha", "beta"])
@@ -40,6 +41,7 @@ def test_routes_by_model_and_lists_the_union(make_upstream: MakeUpstream, make_g
     assert a.stats.by_path.get("/v1/completions", 0) > 0 and b.stats.by_path.get("/v1/completions", 0) > 0
 
 
+@pytest.mark.slow
 def test_openai_shaped_errors(make_upstream: MakeUpstream, make_gateway: MakeGateway) -> None:
     up = make_upstream()
     gw = make_gateway([up.url], max_body_bytes=2048)
@@ -111,6 +113,7 @@ def test_failover_before_first_byte(
 
 
 @BOTH_LINE_ENDS
+@pytest.mark.slow
 def test_mid_stream_failure_ends_with_one_error_event(
     make_upstream: MakeUpstream, make_gateway: MakeGateway, line_end: str
 ) -> None:
@@ -130,6 +133,7 @@ def test_mid_stream_failure_ends_with_one_error_event(
         list(gw.client().chat.completions.create(model="fake-model", messages=MSG, stream=True))
 
 
+@pytest.mark.slow
 def test_ejection_and_return(make_upstream: MakeUpstream, make_gateway: MakeGateway) -> None:
     flaky = make_upstream(error_rate=1.0, error_status=500)
     good = make_upstream()
@@ -169,6 +173,7 @@ def test_no_healthy_backend_is_503_with_retry_after(
     assert httpx.get(gw.url + "/ready").status_code == 200  # probes still see it up
 
 
+@pytest.mark.slow
 def test_queue_then_429_when_full_and_on_timeout(
     make_upstream: MakeUpstream, make_gateway: MakeGateway
 ) -> None:
@@ -201,6 +206,7 @@ def test_queue_then_429_when_full_and_on_timeout(
 
 
 @BOTH_LINE_ENDS
+@pytest.mark.slow
 def test_client_disconnect_cancels_upstream(
     make_upstream: MakeUpstream, make_gateway: MakeGateway, line_end: str
 ) -> None:
@@ -217,6 +223,7 @@ def test_client_disconnect_cancels_upstream(
     wait_for(lambda: gw.call(lambda: gw.gateway.pool.backends[0].in_flight) == 0)
 
 
+@pytest.mark.slow
 def test_reload_under_load(make_upstream: MakeUpstream, make_gateway: MakeGateway, tmp_path) -> None:  # type: ignore[no-untyped-def]
     a = make_upstream(itl_ms=2)
     b = make_upstream(itl_ms=2)
@@ -299,6 +306,7 @@ def test_http10_clients_get_an_unchunked_stream(
 
 
 @BOTH_LINE_ENDS
+@pytest.mark.slow
 def test_stream_chunks_arrive_as_they_are_sent(
     make_upstream: MakeUpstream, make_gateway: MakeGateway, line_end: str
 ) -> None:
@@ -321,6 +329,7 @@ def test_stream_chunks_arrive_as_they_are_sent(
 
 
 @BOTH_LINE_ENDS
+@pytest.mark.slow
 def test_a_slow_client_holds_the_backend_back(
     make_upstream: MakeUpstream, make_gateway: MakeGateway, line_end: str
 ) -> None:

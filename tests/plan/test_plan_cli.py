@@ -40,6 +40,7 @@ def test_issue_example_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["source_kind"] == "catalog"
 
 
+@pytest.mark.model
 def test_gguf_json_uses_exact_sizes(model_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = plan_json([str(model_path)], capsys)
     assert data["source_kind"] == "gguf"
@@ -51,7 +52,7 @@ def test_gguf_json_uses_exact_sizes(model_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_split_gguf_from_any_part(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from plan_ggufs import Shape, write_model
+    from tests.plan.plan_ggufs import Shape, write_model
 
     written = write_model(tmp_path / "m.gguf", Shape(n_layer=4), split_max_tensors=12)
     parts = sorted(tmp_path.glob("m-*.gguf"))
@@ -188,6 +189,7 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize(("argv", "message"), BAD_INPUTS)
+@pytest.mark.model
 def test_bad_input_is_one_line_and_exit_2(
     argv,
     message: str,
@@ -202,6 +204,7 @@ def test_bad_input_is_one_line_and_exit_2(
     assert len(lines) == 1 and lines[0].startswith("halo plan: error: ") and message in lines[0], err
 
 
+@pytest.mark.process
 def test_real_process_exit_codes(tmp_path: Path) -> None:
     halo = shutil.which("halo", path=str(Path(sys.executable).parent))
     assert halo is not None

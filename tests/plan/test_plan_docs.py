@@ -51,6 +51,7 @@ def test_the_docs_have_the_required_examples() -> None:
 
 
 @pytest.mark.parametrize(("mode", "command", "expected"), examples(), ids=lambda v: str(v)[:60])
+@pytest.mark.model
 def test_documented_example(
     mode: str,
     command: str,

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import gguf
 import pytest
-from plan_ggufs import Shape, write_metadata_only, write_model
 
 from haloserve.errors import ConfigError
 from haloserve.planner.gguf_header import SkippedArray, read_header
 from haloserve.planner.gguf_source import read_gguf, split_paths, swa_pattern
+from tests.plan.plan_ggufs import Shape, write_metadata_only, write_model
 
 
 def test_header_reader_agrees_with_gguf_reader(tmp_path: Path) -> None:
@@ -28,6 +28,7 @@ def test_header_reader_agrees_with_gguf_reader(tmp_path: Path) -> None:
     assert set(meta) == set(reader.fields) - {"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count"}
 
 
+@pytest.mark.model
 def test_bundled_model_spec_and_exact_weights(model_path: Path) -> None:
     spec, weights = read_gguf(model_path)
     assert (spec.architecture, spec.n_layer, spec.n_head, spec.n_head_kv[0], spec.head_dim_k) == (
@@ -102,6 +103,7 @@ def test_not_a_gguf(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("keep", [0.999, 0.5, 0.02])
+@pytest.mark.model
 def test_truncated_gguf(tmp_path: Path, model_path: Path, keep: float) -> None:
     data = model_path.read_bytes()
     path = tmp_path / "cut.gguf"

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from plan_ggufs import Shape, write_model
 
 from haloserve.planner.gguf_source import read_gguf
 from haloserve.planner.llama_probe import RESOLUTION, parse_log, probe_llama_cpp
 from haloserve.planner.memory import compute_buffer_bytes, kv_cache
+from tests.plan.plan_ggufs import Shape, write_model
 
 
 @pytest.mark.model
@@ -77,6 +77,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (30_000, 2, False, True, "q5_1"),
     ],
 )
+@pytest.mark.model
 def test_sliding_window_model_matches_llama_cpp(
     synthetic: dict[str, Path], ctx: int, n_seq: int, unified: bool, swa_full: bool, cache_type: str
 ) -> None:
@@ -98,6 +99,7 @@ def test_sliding_window_model_matches_llama_cpp(
 @pytest.mark.parametrize(
     ("ctx", "n_seq", "unified"), [(32768, 1, False), (50_000, 4, False), (50_000, 4, True)]
 )
+@pytest.mark.model
 def test_moe_model_matches_llama_cpp(synthetic: dict[str, Path], ctx: int, n_seq: int, unified: bool) -> None:
     spec, weights = read_gguf(synthetic["moe"])
     assert spec.is_moe and spec.n_expert_used == 2

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -77,6 +78,7 @@ models:
     carveout=st.sampled_from([512 * MiB, GiB, 2 * GiB, 4 * GiB]),
     hidden=st.integers(min_value=0, max_value=2 * GiB // KiB).map(lambda k: k * KiB),
 )
+@pytest.mark.slow
 def test_doctor_plan_and_deploy_recommend_the_same_ttm_limit(
     ram_gib: int, carveout: int, hidden: int
 ) -> None:
@@ -88,6 +90,7 @@ def test_doctor_plan_and_deploy_recommend_the_same_ttm_limit(
     assert pages == (ram - carveout - 8 * GiB) // (GiB // 2) * (GiB // 2) // (4 * KiB)
 
 
+@pytest.mark.slow
 def test_the_issue_numbers() -> None:
     """128 GB: 119.5 GiB (31,326,208 pages); 64 GB: 55.5 GiB (14,548,992), in all three commands."""
     for ram, pages in ((128 * GiB, 31_326_208), (64 * GiB, 14_548_992)):

@@ -9,6 +9,8 @@ import pytest
 from haloserve.cli import main
 from haloserve.testing.remote import RemoteServer
 
+pytestmark = pytest.mark.model
+
 
 def test_bench_measures_the_real_server(server: RemoteServer, capsys: pytest.CaptureFixture[str]) -> None:
     before = server.metric('halo_requests_total{endpoint="chat",status="200"}', default=0)

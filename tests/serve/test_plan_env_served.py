@@ -11,7 +11,7 @@ import pytest
 from haloserve.engine.devices import gpu_devices, list_devices
 from haloserve.engine.llamacpp import init_backend
 from haloserve.testing.remote import RemoteServer
-from tests.serve.test_serve_env import plan_env
+from tests.serve.conftest import plan_env
 
 pytestmark = pytest.mark.model
 

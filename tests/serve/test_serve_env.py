@@ -3,11 +3,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 from haloserve.bundled import bundled_model_path
@@ -24,26 +19,9 @@ from haloserve.config.serve_env import (
 )
 from haloserve.engine.llama_params import context_params, model_params
 from haloserve.errors import ConfigError
+from tests.serve.conftest import halo, plan_env
 
 SERVE_ENV = {v for f in ServeSettings.model_fields for v in ServeSettings.env_names(f)}
-
-
-def halo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "haloserve", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def plan_env(*args: str) -> dict[str, str]:
-    """`halo plan --json` for the bundled model: the LLAMA_ARG_* it prints for llama-server / halo serve."""
-    r = halo("plan", str(bundled_model_path()), "--json", *args)
-    assert r.returncode == 0, r.stderr
-    env: dict[str, str] = json.loads(r.stdout)["llama_server_env"]
-    return env
 
 
 def settings_from(env: dict[str, str]) -> ServeSettings:
@@ -54,6 +32,7 @@ def settings_from(env: dict[str, str]) -> ServeSettings:
     return s
 
 
+@pytest.mark.process
 def test_plan_past_the_trained_context_reaches_the_context_params() -> None:
     env = plan_env("--ctx-size", "32768")  # 4x SmolLM2's trained 8192: YaRN factor 4
     assert env["LLAMA_ARG_ROPE_SCALING_TYPE"] == "yarn"
@@ -92,6 +71,7 @@ models:
     assert s.mmap is False and s.top_k == int(env.get("LLAMA_ARG_TOP_K", s.top_k))
 
 
+@pytest.mark.process
 def test_rpc_from_a_cluster_plan_is_refused_in_one_line() -> None:
     env = plan_env("--ctx-size", "16384", "--nodes", "2")
     assert "LLAMA_ARG_RPC" in env and "LLAMA_ARG_TENSOR_SPLIT" in env

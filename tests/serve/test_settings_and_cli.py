@@ -72,6 +72,7 @@ def halo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         (["nosuchcommand"], "invalid choice"),
     ],
 )
+@pytest.mark.process
 def test_bad_flags_are_one_line_and_exit_2(args: list[str], needle: str) -> None:
     r = halo(*args)
     assert r.returncode == 2
@@ -79,6 +80,7 @@ def test_bad_flags_are_one_line_and_exit_2(args: list[str], needle: str) -> None
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.process
 def test_bad_environment_names_the_variable() -> None:
     import os
 
@@ -86,6 +88,7 @@ def test_bad_environment_names_the_variable() -> None:
     assert r.returncode == 2 and r.stderr.startswith("halo serve: error: LLAMA_ARG_N_PARALLEL:")
 
 
+@pytest.mark.process
 def test_missing_and_invalid_model_files(tmp_path: Path) -> None:
     r = halo("serve", "--model", str(tmp_path / "nope.gguf"), "--port", "0")
     assert r.returncode == 1 and "model file not found" in r.stderr and "Traceback" not in r.stderr

@@ -23,11 +23,12 @@ THINKING_TEMPLATE = (
 
 
 @pytest.fixture(scope="session")
-def tools_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteServer]:
-    """4 slots x 1024 tokens, two threads."""
+def tools_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteServer]:
+    """The bundled model, 4 slots x 1024 tokens, two threads."""
     template: Path = tmp_path_factory.mktemp("tpl") / "thinking.jinja"
     template.write_text(THINKING_TEMPLATE)
-    args = ["--parallel", "4", "--ctx-size", "4096", "--threads", "2", "--chat-template", str(template)]
+    args = ["--model", str(model_path), "--parallel", "4", "--ctx-size", "4096", "--threads", "2"]
+    args += ["--chat-template", str(template)]
     with RemoteServer(args) as srv:
         yield srv
 

@@ -101,6 +101,7 @@ def test_whole_output(fmt: str, text: str, content: str, calls: list[Call]) -> N
 @pytest.mark.parametrize(("fmt", "text", "content", "calls"), RECORDED)
 @settings(max_examples=60, deadline=None)
 @given(cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=30))
+@pytest.mark.slow
 def test_streamed_in_odd_chunks(
     fmt: str, text: str, content: str, calls: list[Call], cuts: list[int]
 ) -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from haloserve.engine.output import FinishReason as FinishReason
+from haloserve.engine.output import Output as Output
+from haloserve.engine.output import TokenLogprob as TokenLogprob
 
 if TYPE_CHECKING:
     from haloserve.engine.bridge import RequestStream
-
-FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 
 @dataclass(slots=True)
@@ -58,16 +60,6 @@ class GenerationRequest:
     preserved_tokens: frozenset[int] = frozenset()
 
 
-@dataclass(slots=True)
-class TokenLogprob:
-    """The log-probability of one sampled token and of the most likely alternatives (raw logits)."""
-
-    token: int
-    piece: bytes
-    logprob: float
-    top: list[tuple[int, bytes, float]] = field(default_factory=list)
-
-
 class Constraint(Protocol):
     """A per-request grammar: which tokens may come next, fed each sampled token."""
 
@@ -97,23 +89,6 @@ class Constraint(Protocol):
     def param(self) -> str:
         """The request parameter the grammar came from (``response_format`` or ``tools``)."""
         ...
-
-
-@dataclass(slots=True)
-class Output:
-    """A step's result for one request: new text, and on the last event a finish reason and usage."""
-
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    finish_reason: FinishReason | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    error: str | None = None
-    logprobs: list[TokenLogprob] | None = None
-    # Set when the request's own content caused the error (say, a schema no output can satisfy): the
-    # parameter at fault. Such an error is the client's (400), not the server's (500).
-    error_param: str | None = None
 
 
 @dataclass(slots=True)

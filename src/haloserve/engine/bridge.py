@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from haloserve.engine.base import Output
+from haloserve.engine.output import Output
 
 
 class StreamCancelled(Exception):

@@ -20,10 +20,11 @@ from haloserve.planner.memory import (
     kv_cache_bytes,
     recurrent_state_bytes,
 )
-from haloserve.planner.plan import Plan, PlanInputs, max_context, memory_for, node_need_bytes, plan_model
+from haloserve.planner.plan import Plan, max_context, memory_for, node_need_bytes, plan_model
 from haloserve.planner.source import ResolvedModel, resolve_model
 from haloserve.planner.spec import ModelSpec, RecurrentState, Weights
 from haloserve.planner.speed import Hardware, SpeedEstimate, estimate_speed
+from haloserve.planner.types import MemoryBreakdown, PlanInputs
 from haloserve.planner.weights import estimate_weights
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "ContextLayout",
     "Hardware",
     "KVCache",
+    "MemoryBreakdown",
     "ModelSpec",
     "NodeBudget",
     "Plan",

@@ -16,7 +16,7 @@ from haloserve.units import GiB, MiB, fmt_bytes
 
 if TYPE_CHECKING:
     from haloserve.planner.cluster import ClusterPlan
-    from haloserve.planner.plan import MemoryBreakdown, PlanInputs
+    from haloserve.planner.types import MemoryBreakdown, PlanInputs
     from haloserve.planner.vllm import VllmPlan
 
 OS_FLOOR = 2 * GiB  # RAM a headless Linux needs for itself

@@ -7,18 +7,14 @@ placement and ``memory_for`` / ``max_context`` are exposed for callers that only
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from haloserve.errors import ConfigError
 from haloserve.planner.advice import llama_server_env, vllm_args, warnings_for
 from haloserve.planner.budget import NodeBudget, TTMRecommendation, tuned_budget
-from haloserve.planner.cluster import DEFAULT_LINK_LATENCY, ClusterPlan, nodes_needed, plan_cluster, rpc_split
+from haloserve.planner.cluster import ClusterPlan, nodes_needed, plan_cluster, rpc_split
 from haloserve.planner.memory import (
-    DEFAULT_BATCH,
-    DEFAULT_OVERHEAD,
-    DEFAULT_UBATCH,
-    ContextLayout,
     compute_buffer_bytes,
     kv_cache,
     kv_layer_bytes,
@@ -27,73 +23,9 @@ from haloserve.planner.memory import (
 )
 from haloserve.planner.quant import KV_QUALITY_LADDER, kv_type
 from haloserve.planner.spec import ModelSpec, Weights
-from haloserve.planner.speed import Hardware, SpeedEstimate, estimate_speed
-from haloserve.planner.vllm import VllmPlan, plan_vllm, vllm_format
-
-MAX_CONTEXT = 1 << 26  # 64M tokens: the search for the largest context stops here
-
-
-@dataclass(frozen=True)
-class PlanInputs:
-    """What the user asks for; defaults are llama-server's (``ctx=None`` is the model's trained context)."""
-
-    ctx: int | None = None
-    parallel: int = 1
-    type_k: str = "f16"
-    type_v: str = "f16"
-    unified_kv: bool = False
-    swa_full: bool = False
-    flash_attn: bool = True
-    n_ubatch: int = DEFAULT_UBATCH
-    n_batch: int = DEFAULT_BATCH
-    overhead_bytes: int = DEFAULT_OVERHEAD
-    nodes: int = 1
-    link_latency: float = DEFAULT_LINK_LATENCY
-    hardware: Hardware = field(default_factory=Hardware)
-    model_ref: str | None = None
-    vllm_ref: str | None = None  # the repo vllm serve loads (default: model_ref)
-    vllm_quant: str | None = None  # its checkpoint format (default: from the repo name, else BF16)
-
-    def __post_init__(self) -> None:
-        if self.ctx is not None and self.ctx <= 0:
-            raise ConfigError(f"--ctx must be a positive number of tokens (got {self.ctx})")
-        if self.ctx is not None and self.ctx > MAX_CONTEXT:
-            raise ConfigError(f"--ctx {self.ctx} is beyond any model's reach (limit {MAX_CONTEXT})")
-        if not 1 <= self.parallel <= 256:
-            raise ConfigError(f"--parallel must be between 1 and 256 (got {self.parallel})")
-        if not 1 <= self.nodes <= 64:
-            raise ConfigError(f"--nodes must be between 1 and 64 (got {self.nodes})")
-        kv_type(self.type_k)
-        kv_type(self.type_v)
-        vllm_format(self.vllm_ref, self.vllm_quant)  # a GGUF quant named for vLLM is refused here
-        if not self.flash_attn and kv_type(self.type_v).block_size > 1:
-            raise ConfigError("a quantised V cache needs flash attention in llama.cpp (drop --no-flash-attn)")
-
-
-@dataclass(frozen=True)
-class MemoryBreakdown:
-    """GPU memory of a plan on one node, and what stays in system RAM."""
-
-    weights_bytes: int
-    kv_cache_bytes: int
-    kv_k_bytes: int
-    kv_v_bytes: int
-    recurrent_bytes: int
-    compute_buffer_bytes: int
-    overhead_bytes: int
-    host_bytes: int
-    layout: ContextLayout
-
-    @property
-    def total_bytes(self) -> int:
-        """Everything the GPU needs."""
-        return (
-            self.weights_bytes
-            + self.kv_cache_bytes
-            + self.recurrent_bytes
-            + self.compute_buffer_bytes
-            + self.overhead_bytes
-        )
+from haloserve.planner.speed import SpeedEstimate, estimate_speed
+from haloserve.planner.types import MAX_CONTEXT, MemoryBreakdown, PlanInputs
+from haloserve.planner.vllm import VllmPlan, plan_vllm
 
 
 def memory_for(

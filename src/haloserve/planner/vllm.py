@@ -18,78 +18,23 @@ fraction exceeds :data:`MAX_UTILIZATION` is refused with the numbers.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from haloserve.errors import ConfigError
+from haloserve.planner.checkpoints import FORMATS, vllm_format
 from haloserve.planner.cluster import TensorParallel, tensor_parallel
 from haloserve.planner.quant import kv_type
 from haloserve.planner.spec import ModelSpec, Weights
+from haloserve.planner.types import MemoryBreakdown, PlanInputs
 from haloserve.units import GiB, fmt_bytes
-
-if TYPE_CHECKING:
-    from haloserve.planner.plan import MemoryBreakdown, PlanInputs
 
 MAX_UTILIZATION = 0.95  # vLLM checks free memory against the fraction at start-up; leave the rest
 # vllm serve's default --max-num-batched-tokens on a large-memory device (vLLM V1 engine arguments): the
 # profiling run that measures the activation peak pushes this many tokens through the model at once.
 BATCHED_TOKENS = 8192
 RUNTIME_RESERVE = 2 * GiB  # HIP context, RCCL buffers, HIP graphs, allocator slack (an estimate)
-GROUP_BITS = (16 + 4) / 128  # AWQ/GPTQ: a 16-bit scale and a 4-bit zero point per group of 128 weights
-
-# Bits per weight of the linear layers for each checkpoint format vLLM loads; embeddings and the output
-# matrix stay 16-bit in every quantised format (AutoAWQ, GPTQModel and llm-compressor FP8 leave them).
-FORMATS: dict[str, float] = {
-    "bf16": 16.0,
-    "fp16": 16.0,
-    "fp8": 8.0,
-    "awq": 4 + GROUP_BITS,
-    "gptq": 4 + GROUP_BITS,
-    "gptq-int8": 8 + GROUP_BITS,
-}
-_ALIASES = {
-    "bfloat16": "bf16",
-    "f16": "fp16",
-    "float16": "fp16",
-    "half": "fp16",
-    "fp8_e4m3": "fp8",
-    "f8": "fp8",
-    "gptq-int4": "gptq",
-    "int4": "gptq",
-    "int8": "gptq-int8",
-    "gptq-8bit": "gptq-int8",
-}
-# Names quantised repos carry (``...-AWQ``, ``...-GPTQ-Int8``, ``...-FP8-Dynamic``), checked in order.
-_REPO_MARKERS = (
-    (re.compile(r"awq", re.I), "awq"),
-    (re.compile(r"gptq.*(int8|8bit|8-bit)", re.I), "gptq-int8"),
-    (re.compile(r"gptq", re.I), "gptq"),
-    (re.compile(r"(^|[-_.])fp8($|[-_.])", re.I), "fp8"),
-)
 # vLLM's KV cache dtype for the planner's cache type (``--kv-cache-dtype``; "auto" is the model dtype).
 KV_DTYPES = {"f16": "auto", "bf16": "auto", "f32": "auto", "q8_0": "fp8"}
-
-
-def vllm_format(ref: str | None, quant: str | None) -> tuple[str, str]:
-    """(format, why) of the weights vLLM loads from ``ref`` when the user named ``quant`` (or not).
-
-    A GGUF quantisation name (``Q4_K_M``) is refused: it describes llama.cpp's file, not a repo vLLM loads.
-    """
-    if quant:
-        name = _ALIASES.get(quant.strip().lower(), quant.strip().lower())
-        if name not in FORMATS:
-            raise ConfigError(
-                f"vLLM loads Hugging Face checkpoints: {quant!r} is not one of "
-                f"{', '.join(FORMATS)} (a GGUF quantisation such as Q4_K_M is llama.cpp's; for vLLM name a "
-                "quantised repo, e.g. an -AWQ one, or leave the quant out for the repo's BF16)"
-            )
-        return name, f"{name.upper()} as named"
-    base = (ref or "").rstrip("/").rsplit("/", 1)[-1]
-    for pattern, name in _REPO_MARKERS:
-        if pattern.search(base):
-            return name, f"{name.upper()}, from the repo name {base}"
-    return "bf16", "BF16, the repo's 16-bit checkpoint"
 
 
 def vllm_weights(spec: ModelSpec, fmt: str) -> Weights:

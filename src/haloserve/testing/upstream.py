@@ -181,6 +181,7 @@ class FakeUpstream:
         if self._tcp is not None:
             self._tcp.close()
         if self._server is not None:
+            self._server.pre_shutdown()  # idle keep-alive connections close now, not after the timeout
             await self._server.shutdown(1.0)
         if self._tcp is not None:
             await self._tcp.wait_closed()
