@@ -34,14 +34,13 @@ class HaloError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        return error_body(self.message, self.type, self.code, self.param)
+
+
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    """The OpenAI error body ``{"error": {"message", "type", "param", "code"}}`` (for errors that are
+    not a :class:`HaloError`, such as a framework's validation error, and for :meth:`HaloError.to_dict`)."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 class InvalidRequestError(HaloError):

@@ -254,3 +254,12 @@ class UsageBuffer:
             mine.errors += d.errors
             mine.prompt_tokens += d.prompt_tokens
             mine.completion_tokens += d.completion_tokens
+
+
+@dataclass(slots=True)
+class Accounting:
+    """A worker's keys, quotas and usage counters: what each request is checked and charged against."""
+
+    keys: KeyCache = field(default_factory=KeyCache)
+    quotas: Quotas = field(default_factory=Quotas)
+    usage: UsageBuffer = field(default_factory=UsageBuffer)

@@ -1,4 +1,8 @@
-"""The gateway of one worker process: routes, lifecycle, background upkeep and config reload."""
+"""The gateway of one worker process: wiring, routes, lifecycle, background upkeep and config reload.
+
+API requests go to the :class:`~haloserve.gateway.proxy.Proxy` built here; the rest (health,
+metrics, models) is answered here.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import contextlib
 import json
 import logging
 import ssl
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,14 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from haloserve.config import load_settings
 from haloserve.config.gateway import GatewaySettings
-from haloserve.errors import (
-    ConfigError,
-    HaloError,
-    ModelNotFoundError,
-    NotFoundError,
-    ServiceUnavailableError,
-)
-from haloserve.gateway.accounting import KeyCache, Quotas, UsageBuffer
+from haloserve.errors import ConfigError, HaloError, NotFoundError
+from haloserve.gateway.accounting import Accounting, Quotas
 from haloserve.gateway.backends import Backend, BreakerConfig
 from haloserve.gateway.health import probe_loop, probe_once
 from haloserve.gateway.http1 import ClientPool
@@ -33,12 +30,13 @@ from haloserve.gateway.limits import GuardedServer, LimitsSource
 from haloserve.gateway.metrics import GatewayMetrics
 from haloserve.gateway.policy import Balancer
 from haloserve.gateway.pool import Pool
-from haloserve.gateway.proxy import Outcome, error_response, proxy
-from haloserve.gateway.serverlog import ServerLog
+from haloserve.gateway.proxy import Proxy
+from haloserve.gateway.request import error_response
+from haloserve.gateway.serverlog import AccessLog, ServerLog
 from haloserve.gateway.store import Store
+from haloserve.protocol.models import find_card, model_card, model_list
 
 log = logging.getLogger("haloserve.gateway")
-_STARTED = int(time.time())
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
@@ -60,16 +58,21 @@ class Gateway:
         self.config_path = config_path
         self.flags = dict(flags or {})
         self.reuse_port = reuse_port
+        self.port = settings.port
+        self.client: aiohttp.ClientSession | None = None  # probes and discovery; open while started
+        self._probes: dict[str, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: web.Server | None = None
+        self._tcp: asyncio.AbstractServer | None = None
+        self._keys_version: tuple[int, float] | None = None
+        self._config_mtime = self._mtime()
         self.breaker = BreakerConfig()
         self.pool = Pool([], Balancer(settings.policy))
         self._apply(settings)
         self.store = Store(settings.keys_db)
-        self.keys = KeyCache()
-        self.quotas = Quotas(workers=settings.workers)
-        self.usage = UsageBuffer()
+        self.accounting = Accounting(quotas=Quotas(workers=settings.workers))
         self.metrics = GatewayMetrics(lambda: self.pool)
-        self.session_header = settings.session_header
-        self.client: aiohttp.ClientSession = None  # type: ignore[assignment]  # probes, discovery
+        self.access_log = AccessLog()
         self.tls = backend_ssl_context(settings.backend_ca)
         self.upstream = ClientPool(  # API requests
             connect_timeout=settings.connect_timeout,
@@ -78,17 +81,20 @@ class Gateway:
             max_head=settings.max_backend_head_bytes,
             max_body=settings.max_backend_body_bytes,
         )
-        self.draining = False
-        self.active = 0
-        self.port = settings.port
-        self._probes: dict[str, asyncio.Task[None]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._server: web.Server | None = None
-        self._tcp: asyncio.AbstractServer | None = None
-        self._log_lines: list[str] = []
-        self._keys_version: tuple[int, float] | None = None
-        self._config_mtime = self._mtime()
-        self._models_cache: tuple[float, frozenset[str]] = (0.0, frozenset())
+        self.proxy = Proxy(
+            settings=lambda: self.settings,
+            pool=self.pool,
+            upstream=self.upstream,
+            metrics=self.metrics,
+            on_failure=self.on_failure,
+            accounting=self.accounting,
+            access_log=self.access_log,
+        )
+
+    @property
+    def draining(self) -> bool:
+        """The worker is shutting down: not ready, and API requests get a 503."""
+        return self.proxy.draining
 
     # Lifecycle
     async def start(self) -> Gateway:
@@ -105,7 +111,7 @@ class Gateway:
         )
         await self.refresh_keys()
         for b in self.pool.backends:
-            self._start_probe(b)
+            self._start_probe(self.client, b)
         # Give the first probes a moment so the gateway starts knowing its models.
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._first_probes(), s.health_timeout + 0.5)
@@ -130,15 +136,17 @@ class Gateway:
 
     async def drain(self, timeout: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish (up to ``shutdown_timeout``), flush, close."""
-        self.draining = True
+        self.proxy.draining = True
         if self._tcp is not None:
             self._tcp.close()
         limit = self.settings.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-        while self.active and time.monotonic() < deadline:
+        while self.proxy.active and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if self.active:
-            log.warning("drain: %d request(s) still running after %.0fs; cancelling", self.active, limit)
+        if self.proxy.active:
+            log.warning(
+                "drain: %d request(s) still running after %.0fs; cancelling", self.proxy.active, limit
+            )
         await self.close()
 
     async def close(self) -> None:
@@ -157,6 +165,7 @@ class Gateway:
         self._server = self._tcp = None
         if self.client is not None:
             await self.client.close()
+            self.client = None
         self.upstream.close()
         await self.flush_usage()
         self._flush_log()
@@ -171,14 +180,14 @@ class Gateway:
         """Dispatch one request."""
         method, path = request.method, request.path
         if method == "POST" and path.startswith("/v1/"):
-            return await self._api(request)
+            return await self.proxy.handle(request)
         try:
             if method == "GET" or method == "HEAD":
                 if path in ("/health", "/ready"):
                     return self._health(path == "/ready")
                 if path == "/metrics" and self.settings.metrics:
                     if self.settings.metrics_auth and self.settings.require_keys:
-                        self.keys.lookup(request.headers.get("Authorization"), required=True)
+                        self.accounting.keys.lookup(request.headers.get("Authorization"), required=True)
                     return web.Response(
                         body=generate_latest(self.metrics.registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST},
@@ -188,70 +197,6 @@ class Gateway:
             raise NotFoundError(f"{method} {path}: not found")
         except HaloError as exc:
             return error_response(exc)
-
-    async def _api(self, request: web.BaseRequest) -> web.StreamResponse:
-        start = time.perf_counter()
-        out = Outcome()
-        self.active += 1
-        try:
-            if self.draining:
-                raise ServiceUnavailableError("the gateway is shutting down", retry_after=1.0)
-            return await proxy(self, request, out, start)
-        except HaloError as exc:
-            out.status, out.error = exc.status, True
-            resp = error_response(exc)
-            if self.draining:
-                resp.headers["Connection"] = "close"
-            return resp
-        except asyncio.CancelledError:
-            out.status = 499  # nginx's code for a client that closed the connection
-            raise
-        except ConnectionResetError:  # the client closed the connection while we wrote to it
-            out.status = 499
-            return web.Response(status=499)
-        except Exception:
-            log.exception("unexpected error on %s", request.path)
-            out.status, out.error = 500, True
-            return error_response(HaloError("internal gateway error"))
-        finally:
-            self.active -= 1
-            self._finish(request, out, start)
-
-    def _finish(self, request: web.BaseRequest, out: Outcome, start: float) -> None:
-        elapsed = time.perf_counter() - start
-        model, key = out.model, out.key
-        b = out.backend
-        url = b.url if b is not None else "-"
-        self.metrics.requests.labels(url, str(out.status)).inc()
-        if b is not None:
-            self.metrics.latency.labels(url).observe(elapsed)
-        if model is not None and (b is not None or model in self.known_models()):
-            self.usage.add(key, model, out.prompt, out.completion, error=out.error)
-        if key is not None:
-            self.quotas.settle(key, out.held, out.charged())
-        if self.settings.access_log:
-            entry = {
-                "ts": round(time.time(), 3),
-                "method": request.method,
-                "path": request.path,
-                "status": out.status,
-                "model": model[:128] if model else model,  # the client chose it: bounded
-                "backend": url,
-                "key": key.id if key is not None else None,
-                "attempts": out.attempts,
-                "ms": round(elapsed * 1000, 2),
-                "ttfb_ms": round(out.ttfb * 1000, 2) if out.ttfb else None,
-                "prompt_tokens": out.prompt,
-                "completion_tokens": out.completion,
-            }
-            self._log_lines.append(json.dumps(entry, separators=(",", ":")))
-
-    def known_models(self) -> frozenset[str]:
-        """Every model some backend serves (cached for a second)."""
-        now = time.monotonic()
-        if now - self._models_cache[0] > 1.0:
-            self._models_cache = (now, frozenset(self.pool.models()))
-        return self._models_cache[1]
 
     def on_failure(self, b: Backend, *, fatal: bool) -> None:
         """A request on ``b`` failed: count it; log an ejection."""
@@ -282,23 +227,19 @@ class Gateway:
         return _json(body, 200 if ok or not ready else 503)
 
     def _models(self, request: web.BaseRequest, one: str | None) -> web.Response:
-        key = self.keys.lookup(request.headers.get("Authorization"), required=self.settings.require_keys)
+        auth = request.headers.get("Authorization")
+        key = self.accounting.keys.lookup(auth, required=self.settings.require_keys)
         models = self.pool.models()
         if key is not None and key.models:
             models = [m for m in models if m in key.models]
-        cards = [{"id": m, "object": "model", "created": _STARTED, "owned_by": "haloserve"} for m in models]
-        if one is None:
-            return _json({"object": "list", "data": cards})
-        for card in cards:
-            if card["id"] == one:
-                return _json(card)
-        raise ModelNotFoundError(f"The model `{one}` does not exist", param="model")
+        cards = [model_card(m) for m in models]
+        return _json(model_list(cards) if one is None else find_card(cards, one))
 
     # Background upkeep
-    def _start_probe(self, b: Backend) -> None:
+    def _start_probe(self, client: aiohttp.ClientSession, b: Backend) -> None:
         s = self.settings
         self._probes[b.url] = asyncio.create_task(
-            probe_loop(self.client, b, s.health_interval, s.health_timeout, self._probed)
+            probe_loop(client, b, s.health_interval, s.health_timeout, self._probed)
         )
 
     def _probed(self, b: Backend, ejected: bool) -> None:
@@ -324,13 +265,14 @@ class Gateway:
 
     async def flush_usage(self) -> None:
         """Write pending usage counters to the store (in a thread; put back on failure)."""
-        deltas = self.usage.take()
+        usage = self.accounting.usage
+        deltas = usage.take()
         if not deltas:
             return
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.store.add_usage, deltas)
         except Exception:
-            self.usage.put_back(deltas)
+            usage.put_back(deltas)
             raise
 
     async def refresh_keys(self) -> None:
@@ -339,14 +281,11 @@ class Gateway:
         version = await loop.run_in_executor(None, self.store.version)
         if version != self._keys_version:
             records = await loop.run_in_executor(None, self.store.active_hashes)
-            self.keys.replace(records)
+            self.accounting.keys.replace(records)
             self._keys_version = version
 
     def _flush_log(self) -> None:
-        if self._log_lines:
-            lines, self._log_lines = self._log_lines, []
-            sys.stderr.write("\n".join(lines) + "\n")
-            sys.stderr.flush()
+        self.access_log.flush()
 
     def _mtime(self) -> float:
         if self.config_path is None:
@@ -357,7 +296,10 @@ class Gateway:
             return 0.0
 
     # Configuration
-    def _apply(self, s: GatewaySettings, prepared: dict[str, Backend] | None = None) -> None:
+    def _apply(
+        self, s: GatewaySettings, prepared: dict[str, Backend] | None = None
+    ) -> tuple[list[Backend], list[Backend]]:
+        """Apply ``s`` to the breakers, balancer and pool; the backends it added and removed."""
         self.breaker.eject_failures = s.eject_failures
         self.breaker.eject_time = s.eject_time
         self.breaker.slow_start = s.slow_start
@@ -367,17 +309,17 @@ class Gateway:
             pool.balancer = Balancer(s.policy, chunk=s.prefix_chunk, threshold=s.balance_threshold)
         pool.balancer.threshold = s.balance_threshold
         pool.queue_size, pool.queue_timeout, pool.workers = s.queue_size, s.queue_timeout, s.workers
-        added, removed = pool.update(s.backends, prepared)
-        if self._probes_ready():
-            for b in removed:
-                task = self._probes.pop(b.url, None)
-                if task is not None:
-                    task.cancel()
-            for b in added:
-                self._start_probe(b)
+        return pool.update(s.backends, prepared)
 
-    def _probes_ready(self) -> bool:
-        return getattr(self, "client", None) is not None and hasattr(self, "_probes")
+    def _reprobe(self, added: list[Backend], removed: list[Backend]) -> None:
+        """Stop probing removed backends and start on added ones (once started: start() probes all)."""
+        for b in removed:
+            task = self._probes.pop(b.url, None)
+            if task is not None:
+                task.cancel()
+        if self.client is not None:
+            for b in added:
+                self._start_probe(self.client, b)
 
     def reload(self) -> None:
         """SIGHUP: schedule :meth:`reload_now`."""
@@ -412,14 +354,13 @@ class Gateway:
                 except HaloError as exc:
                     log.error("config reload failed, keeping the running config: %s", exc.message)
                     return False
-        if prepared:
-            probes = [
-                probe_once(self.client, b, new.health_timeout, discover=True) for b in prepared.values()
-            ]
-            await asyncio.gather(*probes)
+        if prepared and self.client is not None:
+            client = self.client
+            await asyncio.gather(
+                *(probe_once(client, b, new.health_timeout, discover=True) for b in prepared.values())
+            )
         self.settings = new
-        self.session_header = new.session_header
-        self._apply(new, prepared)
+        self._reprobe(*self._apply(new, prepared))
         log.info("config reloaded: %d backend(s), policy %s", len(new.backends), new.policy)
         return True
 

@@ -6,21 +6,27 @@ whose content crashes a backend's handler was retried on every backend, opened e
 took the model down for every client. So such an answer is kept as a :class:`Suspect` and the
 request is asked of one other backend only. If that one answers, the first backend was at fault and
 is counted; if it fails the same way, the request is, and the kept answer goes to the client with
-neither backend counted.
+neither backend counted. A response too large for the gateway's bounds is nobody's (:func:`too_large`).
+
+The counting itself is a callback (:class:`OnFailure`) handed to the proxy by whoever wires it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiohttp import web
 
+from haloserve.errors import UpstreamError
 from haloserve.gateway.backends import Backend
 
-if TYPE_CHECKING:
-    from haloserve.gateway.app import Gateway
-
 BACKEND_FAULT = frozenset({502, 503, 504})
+
+
+class OnFailure(Protocol):
+    """Counts one failure that is ``b``'s fault (``fatal``: the node is down; eject it at once)."""
+
+    def __call__(self, b: Backend, *, fatal: bool) -> None: ...
 
 
 class Suspect:
@@ -39,7 +45,9 @@ class Suspect:
         return web.Response(body=self.data, status=self.status, headers={"Content-Type": self.content_type})
 
 
-def record(gw: Gateway, b: Backend, status: int, suspect: Suspect | None, *, counted: bool = False) -> None:
+def record(
+    on_failure: OnFailure, b: Backend, status: int, suspect: Suspect | None, *, counted: bool = False
+) -> None:
     """Count the final answer ``b`` gave for the breakers (``counted``: its success already was).
 
     Below 400: ``b`` works, and an earlier 5xx for the same request was that backend's own fault.
@@ -49,6 +57,15 @@ def record(gw: Gateway, b: Backend, status: int, suspect: Suspect | None, *, cou
         if not counted:
             b.succeeded()
         if suspect is not None:
-            gw.on_failure(suspect.backend, fatal=False)
+            on_failure(suspect.backend, fatal=False)
     elif status in BACKEND_FAULT:
-        gw.on_failure(b, fatal=False)
+        on_failure(b, fatal=False)
+
+
+def too_large(b: Backend, exc: Exception) -> UpstreamError:
+    """A response past a buffer bound: a clean 502, neither retried nor counted against the backend.
+
+    Its size may come from the request (an echoed long prompt, a large batch), so counting it would
+    let one client eject healthy backends; the bound itself keeps the gateway safe.
+    """
+    return UpstreamError(f"backend {b.url} sent too much: {exc}")

@@ -24,6 +24,7 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from haloserve.errors import HaloError, InvalidRequestError, ServiceUnavailableError
+from haloserve.gateway.request import error_response
 from haloserve.protocol.connlimits import REFUSE_LINGER_S, ConnLimits, ConnTable, canned_response
 
 log = logging.getLogger("haloserve.gateway")
@@ -31,11 +32,7 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 def _json_error(exc: HaloError) -> web.Response:
-    import json
-
-    resp = web.Response(
-        body=json.dumps(exc.to_dict()).encode(), status=exc.status, content_type="application/json"
-    )
+    resp = error_response(exc)
     resp.force_close()
     resp.headers["Connection"] = "close"  # said even on the HTTP/1.0 answer aiohttp gives unparsable heads
     return resp

@@ -9,9 +9,10 @@ from collections import deque
 from collections.abc import Iterable
 
 from haloserve.config.gateway import BackendSpec
-from haloserve.errors import ModelNotFoundError, QueueFullError, ServiceUnavailableError
+from haloserve.errors import QueueFullError, ServiceUnavailableError
 from haloserve.gateway.backends import Backend, BreakerConfig
 from haloserve.gateway.policy import Balancer, RouteInfo
+from haloserve.protocol.models import unknown_model
 
 
 class Pool:
@@ -94,7 +95,7 @@ class Pool:
                     f"model {model!r} is not served by any backend known so far; some are not reachable yet",
                     retry_after=1.0,
                 )
-            raise ModelNotFoundError(f"The model `{model}` does not exist", param="model")
+            raise unknown_model(model)
         live = [b for b in serving if b.url not in exclude and b.routable(now)]
         if not live:
             soonest = min((b.open_until - now for b in serving if b.open_until > now), default=1.0)

@@ -1,36 +1,36 @@
 """The hot path: one API request from arrival to its last byte, with failover and accounting.
 
-Kept lean on purpose: the body is parsed once with ``json.loads`` and only ``model``, ``stream``,
-``stream_options``, ``user`` and (for the prefix policy) the prompt text are read; the body goes
-upstream as the original bytes unless the gateway must ask for the usage chunk. Failures before
-the first byte reached the client (connection refused or reset, a backend killed mid-request, 502,
-503, 504 or 429 answers) are retried on other backends; a failure after it ends the stream with one
-SSE error event in OpenAI's shape. Any other 5xx is asked of one other backend only, and only the
-backend's own failures count towards its ejection (see :mod:`haloserve.gateway.blame`).
+Kept lean on purpose: the body goes upstream as the original bytes unless the gateway must ask for
+the usage chunk. Failures before the first byte reached the client (connection refused or reset, a
+backend killed mid-request, 502, 503, 504 or 429 answers) are retried on other backends; a failure
+after it ends the stream with one SSE error event in OpenAI's shape. Any other 5xx is asked of one
+other backend only, and only the backend's own failures count towards its ejection (see
+:mod:`haloserve.gateway.blame`).
+
+:class:`Proxy` gets everything it works with from whoever builds it (the gateway): the backend pool,
+the upstream client, metrics, the failure callback, the settings and the accounting. It never
+reaches back into the gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import logging
 import time
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 from aiohttp import web
 
-from haloserve.errors import (
-    HaloError,
-    InvalidRequestError,
-    PayloadTooLargeError,
-    UpstreamError,
-    UpstreamTimeoutError,
-)
-from haloserve.gateway.accounting import Reservation, check_model, reserve_estimate
+from haloserve.config.gateway import GatewaySettings
+from haloserve.errors import HaloError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
+from haloserve.gateway.accounting import Accounting, check_model, reserve_estimate
 from haloserve.gateway.backends import Backend
-from haloserve.gateway.blame import BACKEND_FAULT, Suspect, record
+from haloserve.gateway.blame import BACKEND_FAULT, OnFailure, Suspect, record, too_large
 from haloserve.gateway.http1 import (
     BrokenBody,
+    ClientPool,
     ConnectFailed,
     Dropped,
     Response,
@@ -38,282 +38,270 @@ from haloserve.gateway.http1 import (
     UpstreamTimeout,
     describe,
 )
+from haloserve.gateway.metrics import GatewayMetrics
 from haloserve.gateway.policy import RouteInfo
-from haloserve.gateway.store import KeyRecord
+from haloserve.gateway.pool import Pool
+from haloserve.gateway.relay import BeforeFirstByte, relay_stream
+from haloserve.gateway.request import Outcome, dump_body, error_response, parse_body, prompt_text, read_body
+from haloserve.gateway.serverlog import AccessLog
 from haloserve.gateway.stream import UsageScanner, body_usage, wants_usage
 from haloserve.protocol import sse
-from haloserve.protocol.sse import EventTooLarge
 
-if TYPE_CHECKING:
-    from haloserve.gateway.app import Gateway
-
-_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-# Flow control of a relayed stream: past HIGH bytes waiting in the client's socket buffer the
-# upstream socket is no longer read (the backend then blocks on its own writes) until it is below LOW.
-_HIGH_WATER = 256 * 1024
-_LOW_WATER = 64 * 1024
-_DRAIN_POLL = 0.002
-_TOO_DEEP = "the JSON body is nested too deeply"
+log = logging.getLogger("haloserve.gateway")
 _GENERATES = frozenset({"/v1/chat/completions", "/v1/completions"})  # the rest (embeddings): prompt only
 
 
-def error_response(exc: HaloError) -> web.Response:
-    """An OpenAI-shaped error body with the error's status and headers."""
-    return web.Response(
-        body=json.dumps(exc.to_dict()).encode(),
-        status=exc.status,
-        content_type="application/json",
-        headers=exc.headers or None,
-    )
+class Proxy:
+    """Forwards OpenAI API POSTs to backends; ``await proxy.handle(request)`` answers one."""
 
+    def __init__(
+        self,
+        *,
+        settings: Callable[[], GatewaySettings],
+        pool: Pool,
+        upstream: ClientPool,
+        metrics: GatewayMetrics,
+        on_failure: OnFailure,
+        accounting: Accounting,
+        access_log: AccessLog,
+    ) -> None:
+        self._settings = settings  # read per request: a reload swaps the settings
+        self.pool = pool
+        self.upstream = upstream
+        self.metrics = metrics
+        self.on_failure = on_failure
+        self.accounting = accounting
+        self.access_log = access_log
+        self.draining = False  # set at shutdown: new requests get a 503
+        self.active = 0  # requests in progress
+        self._models_cache: tuple[float, frozenset[str]] = (0.0, frozenset())
 
-def sse_error_event(exc: HaloError) -> bytes:
-    """The one event that ends a stream which failed after it started."""
-    return sse.encode(exc.to_dict())
-
-
-def prompt_text(obj: dict[str, Any]) -> str:
-    """The prompt as one string (roles and text parts of messages, or the prompt), for prefix routing."""
-    messages = obj.get("messages")
-    if isinstance(messages, list):
-        parts: list[str] = []
-        for m in messages:
-            if not isinstance(m, dict):
-                continue
-            parts.append(str(m.get("role", "")))
-            content = m.get("content")
-            if isinstance(content, str):
-                parts.append(content)
-            elif isinstance(content, list):
-                parts += [str(p.get("text", "")) for p in content if isinstance(p, dict)]
-        return "\x1e".join(parts)
-    prompt = obj.get("prompt", obj.get("input"))
-    return prompt if isinstance(prompt, str) else json.dumps(prompt) if prompt is not None else ""
-
-
-async def read_body(request: web.BaseRequest, limit: int) -> bytes:
-    """The request body, 413 beyond ``limit`` bytes (checked before reading when the length is known)."""
-    length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLargeError(f"request body of {length} bytes is over the {limit}-byte limit")
-    if length is not None:
-        return await request.content.readexactly(length) if length else b""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"request body is over the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-class _BeforeFirstByte(Exception):
-    """A stream failed before anything reached the client: safe to retry elsewhere."""
-
-
-class Outcome:
-    """What one request did, for logs, metrics and usage."""
-
-    __slots__ = (
-        "attempts",
-        "backend",
-        "completion",
-        "error",
-        "held",
-        "key",
-        "model",
-        "prompt",
-        "status",
-        "ttfb",
-    )
-
-    def __init__(self) -> None:
-        self.model: str | None = None
-        self.key: KeyRecord | None = None
-        self.backend: Backend | None = None
-        self.status = 0
-        self.prompt = 0
-        self.completion = 0
-        self.attempts = 0
-        self.ttfb = 0.0
-        self.error = False
-        self.held: Reservation | None = None  # tokens held against the key's quota
-
-    def charged(self) -> int:
-        """Tokens to charge against the key's quota when the request ends.
-
-        The usage the backend reported; without a report, everything held when a backend may have
-        generated (it answered, or was still working when the client left), else nothing.
-        """
-        used = self.prompt + self.completion
-        if used or self.held is None:
-            return used
-        if self.backend is not None and (self.status < 400 or self.status == 499):
-            return self.held.tokens
-        return 0
-
-
-async def proxy(gw: Gateway, request: web.BaseRequest, out: Outcome, start: float) -> web.StreamResponse:
-    """Forward one OpenAI API POST; fills ``out``. Raises HaloError for the caller to render."""
-    key = gw.keys.lookup(request.headers.get("Authorization"), required=gw.settings.require_keys)
-    body = await read_body(request, gw.settings.max_body_bytes)
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        raise InvalidRequestError("malformed JSON body") from None
-    except RecursionError:  # json's C parser stops near the interpreter's recursion limit (~1000)
-        raise InvalidRequestError(_TOO_DEEP) from None
-    if not isinstance(obj, dict):
-        raise InvalidRequestError("the body must be a JSON object")
-    model = obj.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequestError("'model' is required", param="model")
-    out.model, out.key = model, key
-    check_model(key, model)
-    prompt: str | None = None
-    if key is not None:
-        tokens = 1
-        if key.tpm:
-            prompt = prompt_text(obj)
-            generates = request.path in _GENERATES
-            tokens = reserve_estimate(obj, prompt, gw.settings.reserve_tokens if generates else None)
-        out.held = gw.quotas.admit(key, tokens)
-    stream = obj.get("stream") is True
-    strip = False
-    if stream and not wants_usage(obj):
-        opts = obj.get("stream_options")
-        obj["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Answer one API request; every failure becomes an OpenAI error body."""
+        start = time.perf_counter()
+        out = Outcome()
+        self.active += 1
         try:
-            body = json.dumps(obj, separators=(",", ":")).encode()
-        except RecursionError:
-            raise InvalidRequestError(_TOO_DEEP) from None
-        strip = True
-    info = RouteInfo(model=model)
-    if gw.pool.balancer.needs_prompt:
-        info.prompt = prompt_text(obj) if prompt is None else prompt
-    session = request.headers.get(gw.session_header) or obj.get("user")
-    info.session = session if isinstance(session, str) and session else None
-    return await _attempts(gw, request, out, start, body, model, info, stream, strip)
-
-
-async def _attempts(
-    gw: Gateway,
-    request: web.BaseRequest,
-    out: Outcome,
-    start: float,
-    body: bytes,
-    model: str,
-    info: RouteInfo,
-    stream: bool,
-    strip: bool,
-) -> web.StreamResponse:
-    pool = gw.pool
-    exclude: set[str] = set()
-    stale: set[str] = set()
-    max_attempts = 1 + gw.settings.retries
-    last: HaloError | None = None
-    suspect: Suspect | None = None
-    headers = {"Content-Type": "application/json"}
-    rid = request.headers.get("X-Request-Id")
-    if rid and "\r" not in rid and "\n" not in rid:
-        headers["X-Request-Id"] = rid
-    timeout = gw.settings.request_timeout
-    while out.attempts < max_attempts:
-        try:
-            b, waited = await pool.acquire(model, info, exclude)
-        except HaloError:
-            if suspect is not None:
-                return _answer(suspect, out)
-            if last is not None:
-                raise last from None
+            if self.draining:
+                raise ServiceUnavailableError("the gateway is shutting down", retry_after=1.0)
+            return await self._forward(request, out, start)
+        except HaloError as exc:
+            out.status, out.error = exc.status, True
+            resp = error_response(exc)
+            if self.draining:
+                resp.headers["Connection"] = "close"
+            return resp
+        except asyncio.CancelledError:
+            out.status = 499  # nginx's code for a client that closed the connection
             raise
-        if out.attempts and gw.settings.retries:
-            gw.metrics.retries.inc()
-        if waited:
-            gw.metrics.queue_wait.observe(waited)
-        out.attempts += 1
-        out.backend = b
+        except ConnectionResetError:  # the client closed the connection while we wrote to it
+            out.status = 499
+            return web.Response(status=499)
+        except Exception:
+            log.exception("unexpected error on %s", request.path)
+            out.status, out.error = 500, True
+            return error_response(HaloError("internal gateway error"))
+        finally:
+            self.active -= 1
+            self._finish(request, out, start)
+
+    def known_models(self) -> frozenset[str]:
+        """Every model some backend serves (cached for a second)."""
+        now = time.monotonic()
+        if now - self._models_cache[0] > 1.0:
+            self._models_cache = (now, frozenset(self.pool.models()))
+        return self._models_cache[1]
+
+    async def _forward(self, request: web.BaseRequest, out: Outcome, start: float) -> web.StreamResponse:
+        """Check, admit and route one request; fills ``out``. Raises HaloError for :meth:`handle`."""
+        s = self._settings()
+        acct = self.accounting
+        key = acct.keys.lookup(request.headers.get("Authorization"), required=s.require_keys)
+        body = await read_body(request, s.max_body_bytes)
+        obj, model = parse_body(body)
+        out.model, out.key = model, key
+        check_model(key, model)
+        prompt: str | None = None
+        if key is not None:
+            tokens = 1
+            if key.tpm:
+                prompt = prompt_text(obj)
+                generates = request.path in _GENERATES
+                tokens = reserve_estimate(obj, prompt, s.reserve_tokens if generates else None)
+            out.held = acct.quotas.admit(key, tokens)
+        stream = obj.get("stream") is True
+        strip = False
+        if stream and not wants_usage(obj):
+            opts = obj.get("stream_options")
+            obj["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+            body = dump_body(obj)
+            strip = True
+        info = RouteInfo(model=model)
+        if self.pool.balancer.needs_prompt:
+            info.prompt = prompt_text(obj) if prompt is None else prompt
+        session = request.headers.get(s.session_header) or obj.get("user")
+        info.session = session if isinstance(session, str) and session else None
+        headers = {"Content-Type": "application/json"}
+        rid = request.headers.get("X-Request-Id")
+        if rid and "\r" not in rid and "\n" not in rid:
+            headers["X-Request-Id"] = rid
+        run = Attempts(request, out, start, s, body, headers, stream=stream, strip=strip)
+        return await self._attempts(run, info)
+
+    async def _attempts(self, run: Attempts, info: RouteInfo) -> web.StreamResponse:
+        """Try backends one after the other until one answers for the client or none is left."""
+        out, s = run.out, run.settings
+        while out.attempts < run.max_attempts:
+            try:
+                b, waited = await self.pool.acquire(info.model, info, run.exclude)
+            except HaloError:
+                if run.suspect is not None:
+                    return _answer(run.suspect, out)
+                if run.last is not None:
+                    raise run.last from None
+                raise
+            if out.attempts and s.retries:
+                self.metrics.retries.inc()
+            if waited:
+                self.metrics.queue_wait.observe(waited)
+            out.attempts += 1
+            out.backend = b
+            try:
+                resp = await self._try_once(run, b)
+            finally:
+                self.pool.release(b)
+            if resp is not None:
+                return resp
+        if run.suspect is not None:
+            return _answer(run.suspect, out)
+        assert run.last is not None
+        raise run.last
+
+    async def _try_once(self, run: Attempts, b: Backend) -> web.StreamResponse | None:
+        """One attempt on ``b``: the response for the client, or None to try another backend
+        (``run.last`` or ``run.suspect`` then says why). Raises what must not be retried."""
+        out, s = run.out, run.settings
+        h = run.headers
+        if b.api_key:
+            h = {**h, "Authorization": "Bearer " + b.api_key}
         upstream: Response | None = None
         try:
-            h = headers
-            if b.api_key:
-                h = {**headers, "Authorization": "Bearer " + b.api_key}
             try:
-                upstream = await gw.upstream.request(
-                    b.url, request.path, body, h, timeout, fresh=b.url in stale
+                upstream = await self.upstream.request(
+                    b.url, run.request.path, run.body, h, s.request_timeout, fresh=b.url in run.stale
                 )
             except ConnectFailed as exc:  # refused or unreachable: the node is down
-                last = _failed(gw, b, exclude, f"cannot reach {b.url}: {exc}", fatal=True)
-                continue
+                self._failed(run, b, f"cannot reach {b.url}: {exc}", fatal=True)
+                return None
             except Dropped as exc:
                 # Often a pooled keep-alive connection the backend had just closed: try the same
                 # backend once more on a fresh connection before looking elsewhere.
-                if b.url in stale:
-                    last = _failed(gw, b, exclude, f"{b.url} dropped the request: {exc}")
-                else:
-                    stale.add(b.url)
-                    max_attempts += 1  # this retry does not use up the --retries budget
-                    last = UpstreamError(f"{b.url} dropped the request: {exc}")
-                continue
+                if b.url in run.stale:
+                    self._failed(run, b, f"{b.url} dropped the request: {exc}")
+                    return None
+                run.stale.add(b.url)
+                run.max_attempts += 1  # this retry does not use up the --retries budget
+                run.last = UpstreamError(f"{b.url} dropped the request: {exc}")
+                return None
             except BrokenBody as exc:
-                last = _failed(gw, b, exclude, f"{b.url} sent a malformed response: {exc}")
-                continue
+                self._failed(run, b, f"{b.url} sent a malformed response: {exc}")
+                return None
             except UpstreamTimeout:
-                upstream_timeout(gw, b)
+                self._timed_out(b, s)
             status = upstream.status
             ctype = upstream.content_type or "application/json"
-            if (status == 429 or status in BACKEND_FAULT) and out.attempts < max_attempts:
+            more = out.attempts < run.max_attempts  # another backend may still be asked
+            if (status == 429 or status in BACKEND_FAULT) and more:
                 with contextlib.suppress(BrokenBody, UpstreamTimeout):
                     await upstream.read()
                 if status == 429:  # busy, not broken: another backend may have room
-                    exclude.add(b.url)
-                    last = UpstreamError(f"{b.url} answered {status}")
-                else:
-                    last = _failed(gw, b, exclude, f"{b.url} answered {status}")
-                continue
-            if status >= 500 and suspect is None and out.attempts < max_attempts:
+                    run.exclude.add(b.url)
+                    run.last = UpstreamError(f"{b.url} answered {status}")
+                    return None
+                self._failed(run, b, f"{b.url} answered {status}")
+                return None
+            if status >= 500 and run.suspect is None and more:
                 try:
                     data = await upstream.read()
                 except TooLarge as exc:
-                    raise _too_large(b, exc) from None
+                    raise too_large(b, exc) from None
                 except (BrokenBody, UpstreamTimeout) as exc:
-                    last = _failed(gw, b, exclude, f"{b.url} failed mid-response: {describe(exc)}")
-                    continue
-                suspect = Suspect(b, status, data, ctype)
-                exclude.add(b.url)
-                continue
-            is_sse = ctype.startswith("text/event-stream")
-            if not (stream and is_sse and upstream.status == 200):
+                    self._failed(run, b, f"{b.url} failed mid-response: {describe(exc)}")
+                    return None
+                run.suspect = Suspect(b, status, data, ctype)
+                run.exclude.add(b.url)
+                return None
+            if not (run.stream and ctype.startswith(sse.CONTENT_TYPE) and status == 200):
                 try:
                     data = await upstream.read()
                 except TooLarge as exc:
-                    raise _too_large(b, exc) from None
+                    raise too_large(b, exc) from None
                 except BrokenBody as exc:
-                    last = _failed(gw, b, exclude, f"{b.url} failed mid-response: {exc}")
-                    continue
+                    self._failed(run, b, f"{b.url} failed mid-response: {exc}")
+                    return None
                 except UpstreamTimeout:
-                    upstream_timeout(gw, b)
+                    self._timed_out(b, s)
                 out.status = status
-                record(gw, b, status, suspect)
+                record(self.on_failure, b, status, run.suspect)
                 if status == 200:
                     out.prompt, out.completion = body_usage(data)
                 return web.Response(body=data, status=status, headers={"Content-Type": ctype})
+            scanner = UsageScanner(run.strip, s.max_backend_event_bytes)
             try:
-                resp = await _stream(gw, request, upstream, b, out, start, strip)
-            except _BeforeFirstByte as exc:
-                last = _failed(gw, b, exclude, str(exc))
-                continue
-            record(gw, b, 200, suspect, counted=True)
+                resp = await relay_stream(
+                    run.request, upstream, b, out, run.start, scanner, self.metrics, self.on_failure
+                )
+            except BeforeFirstByte as exc:
+                self._failed(run, b, str(exc))
+                return None
+            record(self.on_failure, b, 200, run.suspect, counted=True)
             return resp
         finally:
             if upstream is not None:
                 upstream.close()
-            pool.release(b)
-    if suspect is not None:
-        return _answer(suspect, out)
-    assert last is not None
-    raise last
+
+    def _failed(self, run: Attempts, b: Backend, message: str, *, fatal: bool = False) -> None:
+        """``b`` failed this attempt by its own fault: count it, try elsewhere, remember why."""
+        self.on_failure(b, fatal=fatal)
+        run.exclude.add(b.url)
+        run.last = UpstreamError(message)
+
+    def _timed_out(self, b: Backend, s: GatewaySettings) -> NoReturn:
+        """A backend took longer than --request-timeout: count a failure, answer 504 (never retried)."""
+        self.on_failure(b, fatal=False)
+        raise UpstreamTimeoutError(f"backend {b.url} did not answer within {s.request_timeout:g}s")
+
+    def _finish(self, request: web.BaseRequest, out: Outcome, start: float) -> None:
+        """Metrics, usage, the quota's settlement and the access log line of a finished request."""
+        elapsed = time.perf_counter() - start
+        model, key = out.model, out.key
+        b = out.backend
+        url = b.url if b is not None else "-"
+        self.metrics.requests.labels(url, str(out.status)).inc()
+        if b is not None:
+            self.metrics.latency.labels(url).observe(elapsed)
+        acct = self.accounting
+        if model is not None and (b is not None or model in self.known_models()):
+            acct.usage.add(key, model, out.prompt, out.completion, error=out.error)
+        if key is not None:
+            acct.quotas.settle(key, out.held, out.charged())
+        if self._settings().access_log:
+            self.access_log.add(
+                {
+                    "ts": round(time.time(), 3),
+                    "method": request.method,
+                    "path": request.path,
+                    "status": out.status,
+                    "model": model[:128] if model else model,  # the client chose it: bounded
+                    "backend": url,
+                    "key": key.id if key is not None else None,
+                    "attempts": out.attempts,
+                    "ms": round(elapsed * 1000, 2),
+                    "ttfb_ms": round(out.ttfb * 1000, 2) if out.ttfb else None,
+                    "prompt_tokens": out.prompt,
+                    "completion_tokens": out.completion,
+                }
+            )
 
 
 def _answer(suspect: Suspect, out: Outcome) -> web.Response:
@@ -321,102 +309,47 @@ def _answer(suspect: Suspect, out: Outcome) -> web.Response:
     return suspect.response()
 
 
-def upstream_timeout(gw: Gateway, b: Backend) -> NoReturn:
-    """A backend took longer than --request-timeout: count a failure, answer 504 (never retried)."""
-    gw.on_failure(b, fatal=False)
-    raise UpstreamTimeoutError(f"backend {b.url} did not answer within {gw.settings.request_timeout:g}s")
+class Attempts:
+    """One request's way through the backends: what goes upstream, and what the tries so far left."""
 
+    __slots__ = (
+        "body",
+        "exclude",
+        "headers",
+        "last",
+        "max_attempts",
+        "out",
+        "request",
+        "settings",
+        "stale",
+        "start",
+        "stream",
+        "strip",
+        "suspect",
+    )
 
-def _too_large(b: Backend, exc: Exception) -> UpstreamError:
-    """A response past a buffer bound: a clean 502, neither retried nor counted against the backend.
-
-    Its size may come from the request (an echoed long prompt, a large batch), so counting it would
-    let one client eject healthy backends; the bound itself keeps the gateway safe.
-    """
-    return UpstreamError(f"backend {b.url} sent too much: {exc}")
-
-
-def _failed(gw: Gateway, b: Backend, exclude: set[str], message: str, *, fatal: bool = False) -> HaloError:
-    gw.on_failure(b, fatal=fatal)
-    exclude.add(b.url)
-    return UpstreamError(message)
-
-
-async def _stream(
-    gw: Gateway,
-    request: web.BaseRequest,
-    upstream: Response,
-    b: Backend,
-    out: Outcome,
-    start: float,
-    strip: bool,
-) -> web.StreamResponse:
-    """Relay an SSE stream. The client's response starts only once the first upstream bytes arrived.
-
-    After the first event, every upstream piece is forwarded from inside the upstream connection's
-    ``data_received`` (one parse, one write, no task switch); this task only waits for the end, and
-    for the client's socket to drain when it reads slower than the backend writes.
-    """
-    scanner = UsageScanner(strip, gw.settings.max_backend_event_bytes)
-    first = b""
-    try:
-        while not first:
-            chunk = await upstream.read_some()
-            if not chunk:
-                break
-            first = scanner.feed(chunk)
-    except EventTooLarge as exc:
-        raise _too_large(b, exc) from None
-    except (BrokenBody, UpstreamTimeout) as exc:
-        raise _BeforeFirstByte(f"{b.url} failed before its first byte: {describe(exc)}") from exc
-    if not first:
-        first = scanner.flush()
-        if not first:
-            raise _BeforeFirstByte(f"{b.url} ended its stream before sending anything")
-    resp = web.StreamResponse(status=200, headers=_SSE_HEADERS)
-    await resp.prepare(request)
-    out.status = 200
-    out.ttfb = time.perf_counter() - start
-    gw.metrics.ttft.labels(b.url).observe(out.ttfb)
-    await resp.write(first)  # also sends the response head
-    transport = request.transport
-    if transport is None:
-        raise ConnectionResetError("the client left while the head was being written")
-    chunked = resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
-
-    def forward(chunk: bytes) -> None:
-        try:
-            data = scanner.feed(chunk)
-        except EventTooLarge as exc:
-            upstream.fail(exc)  # ends the wait below; the connection is dropped, not drained
-            return
-        if not data or transport.is_closing():
-            return
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
-        if transport.get_write_buffer_size() > _HIGH_WATER:
-            upstream.pause()
-
-    upstream.relay(forward)
-    try:
-        while True:
-            await upstream.wait()
-            if not upstream.paused:
-                break
-            while transport.get_write_buffer_size() > _LOW_WATER and not transport.is_closing():
-                await asyncio.sleep(_DRAIN_POLL)
-            upstream.resume()
-        tail = scanner.flush()
-        if tail:
-            await resp.write(tail)
-        b.succeeded()
-    except EventTooLarge as exc:
-        out.error = True
-        await resp.write(sse_error_event(_too_large(b, exc)))
-    except (BrokenBody, UpstreamTimeout) as exc:
-        gw.on_failure(b, fatal=False)
-        out.error = True
-        err = UpstreamError(f"backend {b.url} failed mid-stream: {describe(exc)}")
-        await resp.write(sse_error_event(err))
-    out.prompt, out.completion = scanner.prompt, scanner.completion
-    await resp.write_eof()
-    return resp
+    def __init__(
+        self,
+        request: web.BaseRequest,
+        out: Outcome,
+        start: float,
+        settings: GatewaySettings,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        stream: bool,
+        strip: bool,
+    ) -> None:
+        self.request = request
+        self.out = out
+        self.start = start
+        self.settings = settings  # as they were when the request arrived, for all its attempts
+        self.body = body
+        self.headers = headers
+        self.stream = stream  # the client asked for a stream
+        self.strip = strip  # the gateway asked for the usage chunk: the client must not see it
+        self.max_attempts = 1 + settings.retries
+        self.exclude: set[str] = set()  # backends not to ask again
+        self.stale: set[str] = set()  # backends to ask again on a fresh connection
+        self.last: HaloError | None = None  # why the last attempt failed
+        self.suspect: Suspect | None = None  # a 5xx kept until another backend says whose fault it is

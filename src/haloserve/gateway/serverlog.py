@@ -1,8 +1,12 @@
-"""aiohttp's server log without request content: a request it cannot parse is one line, never its bytes."""
+"""The gateway's logs: aiohttp's server log without request content (a request it cannot parse is one
+line, never its bytes), and the access log of API requests."""
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
+from typing import Any, TextIO
 
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -40,3 +44,25 @@ class ServerLog(logging.Logger):
             if not self.isEnabledFor(logging.INFO):
                 return
         super().handle(record)
+
+
+class AccessLog:
+    """One JSON line per API request on stderr, buffered on the hot path and written in one go."""
+
+    __slots__ = ("_lines", "_stream")
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._lines: list[str] = []
+        self._stream = stream  # None: sys.stderr as it is at each flush
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Buffer one request's line (written by the next :meth:`flush`, within a second)."""
+        self._lines.append(json.dumps(entry, separators=(",", ":")))
+
+    def flush(self) -> None:
+        """Write the buffered lines."""
+        if self._lines:
+            lines, self._lines = self._lines, []
+            out = self._stream or sys.stderr
+            out.write("\n".join(lines) + "\n")
+            out.flush()

@@ -1,1 +1,1 @@
-"""OpenAI wire protocol: request models and server-sent events."""
+"""OpenAI wire protocol shared by server and gateway: request models, SSE, error bodies, model cards."""

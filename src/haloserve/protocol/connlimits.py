@@ -10,7 +10,6 @@ to a socket, and the table of open connections that closes idle ones first when 
 from __future__ import annotations
 
 import http
-import json
 import resource
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,6 +21,7 @@ from haloserve.errors import (
     RequestTimeoutError,
     UriTooLongError,
 )
+from haloserve.protocol.errors import error_json
 
 # Descriptors a process keeps for itself (model file, eventfds, epoll, logs, SQLite, probes), plus
 # room for connections being refused; the rest is shared by client connections.
@@ -124,7 +124,7 @@ def connection_cap(requested: int, fds_per_connection: int = 1, nofile: int | No
 
 def canned_response(exc: HaloError) -> bytes:
     """A complete ``Connection: close`` response carrying ``exc`` in OpenAI's error shape."""
-    body = json.dumps(exc.to_dict()).encode()
+    body = error_json(exc)
     try:
         phrase = http.HTTPStatus(exc.status).phrase
     except ValueError:  # pragma: no cover - every HaloError status is a standard one

@@ -22,6 +22,9 @@ from typing import Any
 
 DONE = b"data: [DONE]\n\n"
 DEFAULT_MAX_EVENT = 1 << 20
+CONTENT_TYPE = "text/event-stream"
+# Response headers of a stream besides its type: no caching, and no buffering by a proxy (nginx).
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 _LINE_END = re.compile(r"\r\n|\n|\r")
 _TRAILING_ENDS = re.compile(rb"[\r\n]+\Z")
@@ -32,9 +35,9 @@ def encode(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
-def encode_raw(payload: str) -> bytes:
-    """One ``data:`` event around an already-serialised JSON string."""
-    return b"data: " + payload.encode() + b"\n\n"
+def encode_raw(payload: str | bytes) -> bytes:
+    """One ``data:`` event around an already-serialised JSON text (``str``, or UTF-8 ``bytes``)."""
+    return b"data: " + (payload if isinstance(payload, bytes) else payload.encode()) + b"\n\n"
 
 
 def encode_like(obj: Any, raw: bytes) -> bytes:

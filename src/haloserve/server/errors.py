@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -11,7 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from haloserve.errors import HaloError
+from haloserve.errors import HaloError, error_body
+from haloserve.protocol.errors import body_json, error_event
 from haloserve.protocol.openai import LONE_SURROGATE, TOO_DEEP
 
 log = logging.getLogger("haloserve.server")
@@ -22,22 +22,16 @@ _HTTP_TYPES = {
 }
 
 
-def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
-    """``{"error": {"message", "type", "param", "code"}}``."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
 class ErrorResponse(JSONResponse):
     """A JSON error body that always encodes: non-ASCII is escaped, so text echoed from a hostile request
     (a lone surrogate in a model name, say) cannot turn a 4xx into a 500 while it is being written."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+        return body_json(content)
 
 
-def sse_error(exc: HaloError) -> bytes:
-    """The single SSE event sent when a stream fails after it started."""
-    return b"data: " + json.dumps(exc.to_dict(), ensure_ascii=True).encode("ascii") + b"\n\n"
+# The single SSE event sent when a stream fails after it started (the gateway sends the same one).
+sse_error = error_event
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

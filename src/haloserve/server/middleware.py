@@ -4,7 +4,6 @@ prompts or keys."""
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import re
 import time
@@ -14,6 +13,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from haloserve.errors import AuthenticationError, HaloError, PayloadTooLargeError
+from haloserve.protocol.errors import error_json
 
 access_log = logging.getLogger("haloserve.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -146,7 +146,7 @@ def _too_large(limit: int) -> PayloadTooLargeError:
 
 
 async def _reply_error(send: Any, exc: HaloError) -> None:
-    body = json.dumps(exc.to_dict(), ensure_ascii=True).encode()
+    body = error_json(exc)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
     if exc.status == 413:  # the rest of the body is not read: the connection cannot be reused

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from haloserve.errors import InvalidRequestError, ModelNotFoundError, NotFoundError
+from haloserve.errors import InvalidRequestError, NotFoundError
+from haloserve.protocol.models import find_card, model_card, model_list
 from haloserve.protocol.openai import find_invalid_text, invalid_text_message
 from haloserve.server.app import ServerState, check_api_key
 
 router = APIRouter()
-_STARTED = int(time.time())
 
 
 def _state(request: Request) -> ServerState:
@@ -52,15 +51,10 @@ async def metrics(request: Request) -> Response:
 
 
 def _model_card(state: ServerState) -> dict[str, Any]:
-    card: dict[str, Any] = {
-        "id": state.model_id,
-        "object": "model",
-        "created": _STARTED,
-        "owned_by": "haloserve",
-    }
+    meta: dict[str, Any] | None = None
     if state.engine.ready:
         info = state.engine.info
-        card["meta"] = {
+        meta = {
             "n_ctx": info.n_ctx,
             "n_ctx_per_slot": info.n_ctx_slot,
             "n_parallel": info.n_parallel,
@@ -68,7 +62,7 @@ def _model_card(state: ServerState) -> dict[str, Any]:
             "n_vocab": info.n_vocab,
             "description": info.description,
         }
-    return card
+    return model_card(state.model_id, meta=meta)
 
 
 @router.get("/v1/models", summary="The served model")
@@ -76,7 +70,7 @@ async def list_models(request: Request) -> JSONResponse:
     """OpenAI ``GET /v1/models``."""
     state = _state(request)
     check_api_key(state, request)
-    return JSONResponse({"object": "list", "data": [_model_card(state)]})
+    return JSONResponse(model_list([_model_card(state)]))
 
 
 @router.get("/v1/models/{model_id:path}", summary="One model")
@@ -84,9 +78,7 @@ async def get_model(model_id: str, request: Request) -> JSONResponse:
     """OpenAI ``GET /v1/models/{id}``."""
     state = _state(request)
     check_api_key(state, request)
-    if model_id != state.model_id:
-        raise ModelNotFoundError(f"The model `{model_id}` does not exist", param="model")
-    return JSONResponse(_model_card(state))
+    return JSONResponse(find_card([_model_card(state)], model_id))
 
 
 @router.get("/props", summary="llama-server compatible server properties")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from haloserve.engine.base import Output
+from haloserve.protocol import sse
 
 FINGERPRINT = "fp_haloserve"
 
@@ -92,7 +93,7 @@ class ChunkWriter:
         self._head = head
 
     def _event(self, choice: str) -> bytes:
-        return f'data: {self._head}"choices":[{choice}]}}\n\n'.encode()
+        return sse.encode_raw(f'{self._head}"choices":[{choice}]}}')
 
     def role(self) -> bytes:
         """The chat stream's first chunk, announcing the assistant role."""
@@ -127,4 +128,4 @@ class ChunkWriter:
             "choices": [],
             "usage": usage_dict(final),
         }
-        return b"data: " + _dumps(body).encode() + b"\n\n"
+        return sse.encode(body)
