@@ -26,9 +26,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("haloserve.server.openai_routes", "haloserve.server.app"): "serving",
     ("haloserve.server.ops_routes", "haloserve.server.app"): "serving",
     ("haloserve.server.shutdown", "haloserve.server.app"): "serving",
-    # issue 14, helper `gwproto`: a Proxy object with its collaborators passed in
-    ("haloserve.gateway.proxy", "haloserve.gateway.app"): "gwproto",
-    ("haloserve.gateway.blame", "haloserve.gateway.app"): "gwproto",
 }
 
 
