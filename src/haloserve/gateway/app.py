@@ -158,6 +158,7 @@ class Gateway:
                 await task
         self._tasks, self._probes = [], {}
         if self._server is not None:
+            self._server.pre_shutdown()  # idle keep-alive connections close now, not after the 1 s wait
             await self._server.shutdown(1.0)
         if self._tcp is not None:
             self._tcp.close()
