@@ -99,9 +99,9 @@ def mask_cost_us(model_path: Path, tokens: int = 200) -> float:
 
     import numpy as np
 
+    from haloserve.engine.grammar import build_constraint
     from haloserve.engine.llamacpp import LlamaModel
-    from haloserve.tools.constraint import build_constraint
-    from haloserve.tools.request import with_layout
+    from haloserve.server.chat.request import with_layout
 
     model = LlamaModel(model_path)
     grammar = "start: %json " + json.dumps(with_layout(SCHEMA))

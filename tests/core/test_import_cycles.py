@@ -19,14 +19,9 @@ import haloserve
 
 SRC = Path(haloserve.__file__).parent
 
-# Back edges of cycles that other work in progress removes, each with who removes it. The list only
-# shrinks: an entry whose edge is gone fails test_allowed_back_edges_still_exist.
-ALLOWED: dict[tuple[str, str], str] = {
-    # issue 14, helper `serving`: ServerState and key checks move to server/state.py
-    ("haloserve.server.openai_routes", "haloserve.server.app"): "serving",
-    ("haloserve.server.ops_routes", "haloserve.server.app"): "serving",
-    ("haloserve.server.shutdown", "haloserve.server.app"): "serving",
-}
+# Back edges of cycles that work in progress is removing, each with who removes it. Empty since issue 14
+# landed; the list only shrinks: an entry whose edge is gone fails test_allowed_back_edges_still_exist.
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def module_names(root: Path) -> dict[str, Path]:

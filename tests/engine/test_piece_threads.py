@@ -55,7 +55,7 @@ def test_piece_from_three_threads_matches_the_single_thread_truth(model_path: Pa
 
 def test_llguidance_tokenizer_lives_on_its_model(model_path: Path) -> None:
     pytest.importorskip("llguidance")
-    from haloserve.tools.constraint import llg_tokenizer
+    from haloserve.engine.grammar import llg_tokenizer
 
     a = LlamaModel(model_path)
     b = LlamaModel(model_path)

@@ -52,7 +52,7 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: Sequence[str] = ()
     arrival_time: float = 0.0
-    # Structured output: a grammar matcher that masks the logits of every step (see tools/constraint.py).
+    # Structured output: a grammar matcher that masks the logits of every step (see engine/grammar.py).
     constraint: Constraint | None = None
     # None: no logprobs; n >= 0: the sampled token's logprob plus the n most likely alternatives.
     logprobs: int | None = None

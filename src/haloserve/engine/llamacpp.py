@@ -165,7 +165,7 @@ class LlamaModel:
                 fault or f"llama.cpp could not load {printable(path)} (not a valid GGUF model?)"
             )
         self.placement: Placement = model_placement(cap)
-        # the llguidance tokenizer built from this vocabulary (tools/constraint.py), freed with the model
+        # the llguidance tokenizer built from this vocabulary (engine/grammar.py), freed with the model
         self.llg_tokenizer: Any = None
         self.llg_lock = threading.Lock()
         self.vocab = lc.llama_model_get_vocab(self.ptr)

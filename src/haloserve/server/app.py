@@ -1,30 +1,36 @@
 """``create_app(settings, engine)``: the HTTP app of one node, with no global state.
 
 The model loads in a worker thread after the app starts, so ``/health`` answers 503 while loading and
-200 once ready. Everything the handlers need lives on ``app.state.halo`` (a :class:`ServerState`).
+200 once ready. What the handlers share lives on ``app.state.halo`` (a
+:class:`~haloserve.server.state.ServerState`); each endpoint has its serving object on ``app.state``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from haloserve import __version__
 from haloserve.config.serve import ServeSettings
 from haloserve.engine.base import Engine
-from haloserve.engine.bridge import RequestStream
 from haloserve.engine.chat_template import CHATML, ChatTemplate
-from haloserve.errors import ConfigError, ModelNotFoundError, ServiceUnavailableError
+from haloserve.errors import ConfigError
+from haloserve.server.chat.serving import ChatServing
+from haloserve.server.completion import CompletionServing
 from haloserve.server.errors import install_error_handlers
 from haloserve.server.metrics import ServerMetrics
-from haloserve.server.middleware import RequestContext, authenticate
+from haloserve.server.middleware import RequestContext
+from haloserve.server.openai_routes import router as openai_router
+from haloserve.server.ops_routes import router as ops_router
+from haloserve.server.state import ServerState, api_keys, open_paths
+from haloserve.server.tokens import TokenServing
 
 log = logging.getLogger("haloserve.server")
 
@@ -34,66 +40,7 @@ def model_alias(path: str | Path) -> str:
     name = Path(path).name
     if name.lower().endswith(".gguf"):
         name = name[:-5]
-    import re
-
     return re.sub(r"-\d{5}-of-\d{5}$", "", name)
-
-
-@dataclass
-class ServerState:
-    """What the handlers of one app share."""
-
-    settings: ServeSettings
-    engine: Engine
-    model_id: str
-    metrics: ServerMetrics
-    api_keys: list[bytes] = field(default_factory=list)
-    template_source: str | None = None
-    template: ChatTemplate | None = None
-    load_error: str | None = None
-    # Shutdown (see server/shutdown.py): no new work once draining; the live streams get their end.
-    draining: bool = False
-    deadline_passed: bool = False
-    streams: weakref.WeakSet[RequestStream] = field(default_factory=weakref.WeakSet)
-
-    def check_model(self, requested: str) -> None:
-        """404 ``model_not_found`` unless ``requested`` is ours (an empty model means the default)."""
-        if requested and requested != self.model_id:
-            raise ModelNotFoundError(
-                f"The model `{requested}` does not exist; this server serves `{self.model_id}`", param="model"
-            )
-
-    def require_ready(self) -> None:
-        """503 while the model loads (or failed to load), and once shutdown has begun."""
-        if self.draining:
-            raise ServiceUnavailableError("the server is shutting down", retry_after=5.0)
-        if not self.engine.ready or self.template is None:
-            why = (
-                f"model failed to load: {self.load_error}"
-                if self.load_error
-                else "the model is still loading"
-            )
-            raise ServiceUnavailableError(why, retry_after=5.0)
-
-
-def _auth_keys(settings: ServeSettings) -> list[bytes]:
-    return [k.encode() for k in settings.all_api_keys()]
-
-
-def check_api_key(state: ServerState, request: Request) -> None:
-    """401 in OpenAI shape unless a configured key is presented (the middleware checks first)."""
-    h = request.headers
-    authenticate(state.api_keys, h.get("authorization", ""), h.get("x-api-key", ""))
-
-
-# Paths anyone may read: readiness for load balancers and the API description. /metrics joins them
-# only with --no-metrics-auth; every other path (404s included) needs the key when keys are set.
-OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-
-
-def open_paths(settings: ServeSettings) -> frozenset[str]:
-    """The paths served without an API key under ``settings``."""
-    return OPEN_PATHS if settings.metrics_auth else OPEN_PATHS | {"/metrics"}
 
 
 def create_app(
@@ -148,23 +95,23 @@ def create_app(
         description="OpenAI-compatible API of one haloserve node.",
         lifespan=lifespan,
     )
-    app.state.halo = ServerState(
+    state = ServerState(
         settings=settings,
         engine=engine,
         model_id=alias,
         metrics=ServerMetrics(engine.stats, lambda: engine.info if engine.ready else None),
-        api_keys=_auth_keys(settings),
+        api_keys=api_keys(settings),
         template_source=template_source,
     )
+    app.state.halo = state
+    # One serving object per endpoint; the routes validate, call it, and serialise what it returns.
+    app.state.chat_serving = ChatServing(state)
+    app.state.completion_serving = CompletionServing(state)
+    app.state.token_serving = TokenServing(state)
     install_error_handlers(app)
-    from haloserve.server.openai_routes import router as openai_router
-    from haloserve.server.ops_routes import router as ops_router
-
     app.include_router(ops_router)
     app.include_router(openai_router)
     if settings.cors_origin:
-        from starlette.middleware.cors import CORSMiddleware
-
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin,
@@ -175,7 +122,7 @@ def create_app(
     app.add_middleware(
         RequestContext,
         max_body=settings.max_body_bytes,
-        api_keys=app.state.halo.api_keys,
+        api_keys=state.api_keys,
         open_paths=open_paths(settings),
     )
     return app

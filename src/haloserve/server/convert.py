@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from haloserve.config.serve import ServeSettings
-from haloserve.engine.base import Engine, GenerationRequest, SamplingParams
+from haloserve.engine.base import Constraint, Engine, GenerationRequest, SamplingParams
 from haloserve.engine.chat_template import ChatTemplate
 from haloserve.errors import ContextLengthExceededError, InvalidRequestError
 from haloserve.protocol.openai import ChatCompletionRequest, CompletionRequest, SamplingFields
@@ -177,24 +176,39 @@ def completion_prompt(req: CompletionRequest, engine: Engine) -> tuple[list[int]
     return ids, tok.detokenize(ids)
 
 
+def request_limits(
+    req: SamplingFields, prompt_len: int, max_tokens: int | None, engine: Engine, defaults: ServeSettings
+) -> tuple[int, SamplingParams]:
+    """The token budget (fitted to one slot's context) and the sampling settings of a request; a 400
+    for what cannot be served, before any costly work (grammar compilation) is done."""
+    info = engine.info
+    limit = fit_max_tokens(prompt_len, max_tokens, info.n_ctx_slot)
+    if defaults.n_predict > 0:  # the server-wide cap, as llama-server's --n-predict
+        limit = min(limit, defaults.n_predict)
+    return limit, sampling_params(req, defaults, info.n_vocab)
+
+
 def generation_request(
     request_id: str,
     req: SamplingFields,
     prompt: list[int],
-    max_tokens: int | None,
-    engine: Engine,
-    defaults: ServeSettings,
+    limits: tuple[int, SamplingParams],
+    *,
+    arrival_time: float,
+    constraint: Constraint | None = None,
+    logprobs: int | None = None,
+    preserved_tokens: frozenset[int] = frozenset(),
 ) -> GenerationRequest:
-    """Everything the engine needs for one request, validated against one slot's context."""
-    info = engine.info
-    limit = fit_max_tokens(len(prompt), max_tokens, info.n_ctx_slot)
-    if defaults.n_predict > 0:  # the server-wide cap, as llama-server's --n-predict
-        limit = min(limit, defaults.n_predict)
+    """Everything the engine needs for one request, built once (see :func:`request_limits`)."""
+    max_tokens, sampling = limits
     return GenerationRequest(
         request_id=request_id,
         prompt_tokens=prompt,
-        max_tokens=limit,
-        sampling=sampling_params(req, defaults, info.n_vocab),
+        max_tokens=max_tokens,
+        sampling=sampling,
         stop=req.stop_list(),
-        arrival_time=time.monotonic(),
+        arrival_time=arrival_time,
+        constraint=constraint,
+        logprobs=logprobs,
+        preserved_tokens=preserved_tokens,
     )

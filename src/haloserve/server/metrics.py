@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from types import TracebackType
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from haloserve.engine.base import EngineInfo, EngineStats
+from haloserve.engine.base import EngineInfo, EngineStats, Output
+from haloserve.engine.bridge import StreamCancelled
+from haloserve.errors import HaloError
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 30, 60)
 _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
@@ -108,3 +112,77 @@ class ServerMetrics:
     def request_done(self, endpoint: str, status: int) -> None:
         """Count one finished request."""
         self.requests.labels(endpoint, str(status)).inc()
+
+    def record(self, endpoint: str, start: float) -> RequestRecord:
+        """The metrics of one generation request that arrived at ``start`` (``time.monotonic()``)."""
+        return RequestRecord(self, endpoint, start)
+
+
+class RequestRecord:
+    """One request's metrics, counted exactly once: ``with record:`` around the request's work.
+
+    :meth:`saw` times each output, :meth:`ok` counts a success with its tokens. Leaving the block without
+    :meth:`ok` counts the failure: a :class:`HaloError`'s status, 499 when the client went away (or the
+    task was cancelled), 500 for anything else. A streamed response hands the record over
+    (:meth:`hand_over`) to the generator that writes the stream, which enters it again."""
+
+    __slots__ = ("_handed_over", "done", "endpoint", "first", "last", "last_tokens", "metrics", "start")
+
+    def __init__(self, metrics: ServerMetrics, endpoint: str, start: float) -> None:
+        self.metrics = metrics
+        self.endpoint = endpoint
+        self.start = start
+        self.first = 0.0
+        self.last = start
+        self.last_tokens = 0
+        self.done = False
+        self._handed_over = False
+
+    def saw(self, out: Output) -> None:
+        """Time one output: the first gives the time to first token, later ones the time per token."""
+        now = time.monotonic()
+        m = self.metrics
+        if not self.first:
+            self.first = now
+            m.ttft.observe(now - self.start)
+        elif out.completion_tokens > self.last_tokens:
+            m.itl.observe((now - self.last) / (out.completion_tokens - self.last_tokens))
+        self.last, self.last_tokens = now, out.completion_tokens
+
+    def ok(self, final: Output) -> None:
+        """Count a success: status 200, its tokens and its duration."""
+        if self.done:
+            return
+        self.done = True
+        m = self.metrics
+        m.request_done(self.endpoint, 200)
+        m.prompt_tokens.inc(final.prompt_tokens)
+        m.generation_tokens.inc(final.completion_tokens)
+        m.e2e.observe(time.monotonic() - self.start)
+
+    def failed(self, status: int) -> None:
+        """Count a failure with ``status`` (only the first outcome of a request counts)."""
+        if not self.done:
+            self.done = True
+            self.metrics.request_done(self.endpoint, status)
+
+    def hand_over(self) -> RequestRecord:
+        """Leave the counting to the next ``with`` block (the stream's), unless this one fails."""
+        self._handed_over = True
+        return self
+
+    def __enter__(self) -> RequestRecord:
+        self._handed_over = False
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None and self._handed_over:
+            return
+        if isinstance(exc, HaloError):
+            self.failed(exc.status)
+        elif exc is None or not isinstance(exc, Exception) or isinstance(exc, StreamCancelled):
+            self.failed(499)  # the client went away, or the server is stopping
+        else:
+            self.failed(500)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -12,20 +11,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from haloserve.errors import InvalidRequestError, NotFoundError
 from haloserve.protocol.models import find_card, model_card, model_list
 from haloserve.protocol.openai import find_invalid_text, invalid_text_message
-from haloserve.server.app import ServerState, check_api_key
+from haloserve.server.state import ServerState, check_api_key, state_of
+from haloserve.server.tokens import TokenServing
 
 router = APIRouter()
-
-
-def _state(request: Request) -> ServerState:
-    state: ServerState = request.app.state.halo
-    return state
 
 
 @router.get("/health", summary="200 when ready to serve, 503 while the model loads")
 async def health(request: Request) -> JSONResponse:
     """Readiness: 503 (OpenAI error shape) while loading, 200 with slot counts when ready."""
-    state = _state(request)
+    state = state_of(request)
     state.require_ready()
     st = state.engine.stats()
     info = state.engine.info
@@ -44,7 +39,7 @@ async def health(request: Request) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of this server's registry."""
-    state = _state(request)
+    state = state_of(request)
     if not state.settings.metrics:
         raise NotFoundError("metrics are disabled (--no-metrics)")
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -68,7 +63,7 @@ def _model_card(state: ServerState) -> dict[str, Any]:
 @router.get("/v1/models", summary="The served model")
 async def list_models(request: Request) -> JSONResponse:
     """OpenAI ``GET /v1/models``."""
-    state = _state(request)
+    state = state_of(request)
     check_api_key(state, request)
     return JSONResponse(model_list([_model_card(state)]))
 
@@ -76,7 +71,7 @@ async def list_models(request: Request) -> JSONResponse:
 @router.get("/v1/models/{model_id:path}", summary="One model")
 async def get_model(model_id: str, request: Request) -> JSONResponse:
     """OpenAI ``GET /v1/models/{id}``."""
-    state = _state(request)
+    state = state_of(request)
     check_api_key(state, request)
     return JSONResponse(find_card([_model_card(state)], model_id))
 
@@ -84,7 +79,7 @@ async def get_model(model_id: str, request: Request) -> JSONResponse:
 @router.get("/props", summary="llama-server compatible server properties")
 async def props(request: Request) -> JSONResponse:
     """``total_slots`` and context facts, in llama-server's ``/props`` shape (read by gateways)."""
-    state = _state(request)
+    state = state_of(request)
     check_api_key(state, request)
     state.require_ready()
     info = state.engine.info
@@ -106,31 +101,22 @@ async def props(request: Request) -> JSONResponse:
 @router.post("/tokenize", summary="llama-server compatible tokenizer")
 async def tokenize(request: Request) -> JSONResponse:
     """``{"content": str, "add_special": bool}`` -> ``{"tokens": [int]}``."""
-    state = _state(request)
-    check_api_key(state, request)
-    state.require_ready()
-    body = await _json_object(request)
-    content = body.get("content")
-    if not isinstance(content, str):
-        raise InvalidRequestError("content must be a string", param="content")
-    add_special = bool(body.get("add_special", False))
-    # Up to --max-body-bytes of text: tokenised in a worker thread so that other streams keep flowing.
-    tokens = await asyncio.to_thread(state.engine.tokenizer.tokenize, content, add_special=add_special)
-    return JSONResponse({"tokens": tokens})
+    serving = _tokens(request)
+    serving.check(request)
+    return JSONResponse(await serving.tokenize(await _json_object(request)))
 
 
 @router.post("/detokenize", summary="llama-server compatible detokenizer")
 async def detokenize(request: Request) -> JSONResponse:
     """``{"tokens": [int]}`` -> ``{"content": str}``."""
-    state = _state(request)
-    check_api_key(state, request)
-    state.require_ready()
-    body = await _json_object(request)
-    tokens = body.get("tokens")
-    n_vocab = state.engine.info.n_vocab
-    if not isinstance(tokens, list) or not all(isinstance(t, int) and 0 <= t < n_vocab for t in tokens):
-        raise InvalidRequestError(f"tokens must be a list of token ids in 0..{n_vocab - 1}", param="tokens")
-    return JSONResponse({"content": state.engine.tokenizer.detokenize(tokens)})
+    serving = _tokens(request)
+    serving.check(request)
+    return JSONResponse(serving.detokenize(await _json_object(request)))
+
+
+def _tokens(request: Request) -> TokenServing:
+    serving: TokenServing = request.app.state.token_serving
+    return serving
 
 
 async def _json_object(request: Request) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import logging
 
 from haloserve.engine.bridge import RequestStream
 from haloserve.errors import ServiceUnavailableError
-from haloserve.server.app import ServerState
+from haloserve.server.state import ServerState
 
 log = logging.getLogger("haloserve.server")
 

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haloserve.engine.base import Output
-from haloserve.tools.assemble import ChatAssembler, expand
-from haloserve.tools.formats import FORMATS, Call, detect_format
-from haloserve.tools.stream import Event, HarmonySplitter, ReasoningSplitter, ToolCallStream
+from haloserve.server.chat.assemble import ChatAssembler, expand
+from haloserve.server.chat.formats import FORMATS, Call, detect_format
+from haloserve.server.chat.stream import Event, HarmonySplitter, ReasoningSplitter, ToolCallStream
 
 WEATHER = Call("get_weather", '{"city": "Paris"}')
 ADD = Call("add", '{"a": 1, "b": 2}')

@@ -9,8 +9,8 @@ import pytest
 
 from haloserve.errors import InvalidRequestError
 from haloserve.protocol.openai import ChatCompletionRequest
+from haloserve.server.chat.request import closed_objects, plan_chat
 from haloserve.server.convert import chat_messages
-from haloserve.tools.request import closed_objects, plan_chat
 
 TOOL = {
     "type": "function",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from haloserve.tools.formats import Call, ToolFormat, json_value_prefix, partial_suffix
+from haloserve.server.chat.formats import Call, ToolFormat, json_value_prefix, partial_suffix
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 

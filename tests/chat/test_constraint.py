@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from haloserve.engine.chat_template import ChatTemplate
+from haloserve.engine.grammar import build_constraint, lit, resolve_literals, single_token
 from haloserve.engine.llamacpp import LlamaModel
 from haloserve.errors import InvalidRequestError
 from haloserve.protocol.openai import ChatCompletionRequest
+from haloserve.server.chat.request import plan_chat, with_layout
 from haloserve.server.convert import chat_messages
-from haloserve.tools.constraint import build_constraint, resolve_literals, single_token
-from haloserve.tools.request import lit, plan_chat, with_layout
 
 pytestmark = pytest.mark.model
 

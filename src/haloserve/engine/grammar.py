@@ -1,5 +1,8 @@
 """Grammar constraints with llguidance: a token mask per step from a JSON schema or a Lark grammar.
 
+Compiling a grammar needs the model's vocabulary, so it lives with the engine; the chat serving
+(``server/chat/request.py``) only writes the grammar text, with :func:`lit` for the format's markers.
+
 The llguidance tokenizer is built once per model from the llama.cpp vocabulary (about a second for a
 150k vocabulary, so it is built lazily, off the event loop, on the first constrained request). A
 :class:`GrammarConstraint` wraps one ``LLMatcher``: the engine asks it for the next mask (in a worker
@@ -52,10 +55,22 @@ def _build_tokenizer(model: Any) -> Any:
 _LITERAL = re.compile(r'\x00("(?:[^"\\]|\\.)*")\x00')
 
 
+def lit(text: str) -> str:
+    """A grammar literal placeholder; :func:`resolve_literals` turns it into ``<[id]>`` when ``text`` is
+    one special token of the model, else into a quoted string."""
+    return "\x00" + json.dumps(text) + "\x00"
+
+
 def single_token(model: Any, text: str) -> int | None:
     """The token id when ``text`` is exactly one token of the model (special tokens included)."""
     ids = model.tokenize(text, add_special=False, parse_special=True)
     return ids[0] if len(ids) == 1 else None
+
+
+def preserved_tokens(model: Any, texts: list[str]) -> frozenset[int]:
+    """The ids of those ``texts`` that are one token of ``model`` (markers rendered as text)."""
+    ids = (single_token(model, text) for text in texts)
+    return frozenset(t for t in ids if t is not None)
 
 
 def _is_control(model: Any, token: int) -> bool:
@@ -65,7 +80,7 @@ def _is_control(model: Any, token: int) -> bool:
 
 
 def resolve_literals(grammar: str, model: Any) -> str:
-    """Replace :func:`~haloserve.tools.request.lit` placeholders: a control token becomes ``<[id]>``."""
+    """Replace :func:`lit` placeholders: a control token becomes ``<[id]>``."""
 
     def sub(m: re.Match[str]) -> str:
         text = json.loads(m.group(1))

@@ -12,7 +12,8 @@ import string
 from typing import Any
 
 from haloserve.engine.base import Output, TokenLogprob
-from haloserve.tools.stream import Event, HarmonySplitter, ReasoningSplitter, ToolCallStream
+from haloserve.server.chat.stream import Event, HarmonySplitter, ReasoningSplitter, ToolCallStream
+from haloserve.server.logprobs import chat_logprobs
 
 _ALNUM = string.ascii_letters + string.digits
 
@@ -20,39 +21,6 @@ _ALNUM = string.ascii_letters + string.digits
 def call_id() -> str:
     """An OpenAI-style tool call id (``call_`` and 24 random letters and digits)."""
     return "call_" + "".join(secrets.choice(_ALNUM) for _ in range(24))
-
-
-def _token_text(piece: bytes) -> str:
-    return piece.decode("utf-8", errors="replace")
-
-
-def chat_logprobs(items: list[TokenLogprob]) -> list[dict[str, Any]]:
-    """Chat ``logprobs.content`` entries."""
-    return [
-        {
-            "token": _token_text(lp.piece),
-            "logprob": lp.logprob,
-            "bytes": list(lp.piece),
-            "top_logprobs": [{"token": _token_text(p), "logprob": v, "bytes": list(p)} for _, p, v in lp.top],
-        }
-        for lp in items
-    ]
-
-
-def completion_logprobs(items: list[TokenLogprob], offset: int = 0) -> dict[str, Any]:
-    """Completions ``logprobs``: tokens, token_logprobs, top_logprobs (dicts) and text offsets."""
-    tokens, values, tops, offsets = [], [], [], []
-    pos = offset
-    for lp in items:
-        text = _token_text(lp.piece)
-        tokens.append(text)
-        values.append(lp.logprob)
-        top = {_token_text(p): v for _, p, v in lp.top}
-        top.setdefault(text, lp.logprob)
-        tops.append(top)
-        offsets.append(pos)
-        pos += len(text)
-    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
 
 
 class ChatAssembler:

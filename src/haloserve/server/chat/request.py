@@ -14,9 +14,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from haloserve.engine.grammar import lit
 from haloserve.errors import InvalidRequestError
 from haloserve.protocol.openai import ChatCompletionRequest
-from haloserve.tools.formats import FORMATS, Harmony, ToolFormat, detect_format
+from haloserve.server.chat.formats import FORMATS, Harmony, ToolFormat, detect_format
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -239,9 +240,3 @@ def plan_chat(
         plan.reasoning = "think"
         plan.preserved.extend(("<think>", "</think>"))
     return plan
-
-
-def lit(text: str) -> str:
-    """A grammar literal placeholder; :func:`~haloserve.tools.constraint.resolve_literals` turns it into
-    ``<[id]>`` when ``text`` is one special token of the model, else into a quoted string."""
-    return "\x00" + json.dumps(text) + "\x00"

@@ -1,1 +1,0 @@
-"""Tool calling, structured output, logprobs and reasoning for ``halo serve``."""
