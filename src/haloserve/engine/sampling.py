@@ -14,10 +14,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import llama_cpp as lc
+import numpy as np
 
 from haloserve.engine.base import SamplingParams
 
 NEG_INF = float("-inf")
+# llama_token_data as numpy lays it out, so a row of logits becomes a candidate array without a loop
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
 def _bias_sampler(n_vocab: int, biases: Iterable[tuple[int, float]]) -> ctypes.c_void_p:
@@ -81,13 +84,39 @@ class Sampler:
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(params.temperature))
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(self.seed & 0xFFFFFFFF))
 
-    def sample(self, ctx: ctypes.c_void_p, idx: int, n_generated: int) -> int:
-        """Sample (and accept) the next token from the logits at batch index ``idx``."""
+    def _lift_ban(self, n_generated: int) -> None:
         if self._eog_banned and n_generated >= self.min_tokens:
             removed = lc.llama_sampler_chain_remove(self.chain, 0)
             lc.llama_sampler_free(removed)
             self._eog_banned = False
+
+    def sample(self, ctx: ctypes.c_void_p, idx: int, n_generated: int) -> int:
+        """Sample (and accept) the next token from the logits at batch index ``idx``."""
+        self._lift_ban(n_generated)
         return int(lc.llama_sampler_sample(self.chain, ctx, idx))
+
+    def sample_logits(self, logits: np.ndarray, n_generated: int) -> int:
+        """Sample (and accept) the next token from a row of logits held in memory.
+
+        What ``llama_sampler_sample`` does with a context's row (apply the chain to every token, take
+        the selected one, accept it), for backends that have no llama.cpp context (the fake backend).
+        """
+        self._lift_ban(n_generated)
+        cand = np.zeros(len(logits), dtype=_TOKEN_DATA)
+        cand["id"] = np.arange(len(logits), dtype=np.int32)
+        cand["logit"] = logits
+        arr = lc.llama_token_data_array(
+            data=cand.ctypes.data_as(ctypes.POINTER(lc.llama_token_data)),
+            size=len(cand),
+            selected=-1,
+            sorted=False,
+        )
+        lc.llama_sampler_apply(self.chain, ctypes.byref(arr))
+        if not 0 <= arr.selected < arr.size:
+            raise RuntimeError("the sampler chain selected no token")
+        tok = int(arr.data[arr.selected].id)  # samplers sort and shrink the array in place
+        lc.llama_sampler_accept(self.chain, tok)
+        return tok
 
     def close(self) -> None:
         """Free the chain and its samplers."""
