@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from haloserve.bundled import bundled_model_path
+from haloserve.bundled import BUNDLED_ALIAS, bundled_model_path
 from haloserve.testing.remote import RemoteServer
 
 
 @pytest.fixture(scope="session")
 def server(model_path: Path) -> Iterator[RemoteServer]:
-    """One shared server: the bundled model, 16 slots x 1024 tokens, two threads."""
-    args = ["--model", str(model_path), "--parallel", "16", "--ctx-size", "16384", "--threads", "2"]
+    """One shared server: the bundled model under its usual name, 16 slots x 1024 tokens, two threads."""
+    args = ["--model", str(model_path), "--alias", BUNDLED_ALIAS]
+    args += ["--parallel", "16", "--ctx-size", "16384", "--threads", "2"]
     with RemoteServer(args) as srv:
         yield srv
 
