@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from haloserve.config.gateway import GatewaySettings
 from haloserve.gateway.stream import UsageScanner
 from haloserve.protocol import sse
-from haloserve.testing.gateway import ThreadedGateway, gateway_in_thread
-from haloserve.testing.upstream import FakeUpstream, serve_in_thread
-from haloserve.testing.upstream_config import UpstreamConfig
+from haloserve.testing.gateway import ThreadedGateway
+from haloserve.testing.upstream import FakeUpstream
 
 MSG = [{"role": "user", "content": "one two three"}]
 FLOOD = 256 << 20  # what a broken backend would send: far more than any bound lets through
@@ -42,35 +38,6 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.fixture
-def stack() -> Iterator[ExitStack]:
-    with ExitStack() as s:
-        yield s
-
-
-@pytest.fixture
-def upstream(stack: ExitStack) -> Callable[..., FakeUpstream]:
-    def make(**cfg: Any) -> FakeUpstream:
-        return stack.enter_context(serve_in_thread(UpstreamConfig(**cfg)))
-
-    return make
-
-
-@pytest.fixture
-def gateway(stack: ExitStack, tmp_path: Path) -> Callable[..., ThreadedGateway]:
-    def make(backends: list[str], **kw: Any) -> ThreadedGateway:
-        values: dict[str, Any] = {
-            "port": 0,
-            "backends": backends,
-            "keys_db": tmp_path / "gateway.db",
-            "health_interval": 0.5,
-            "health_timeout": 5.0,
-            "access_log": False,
-            **kw,
-        }
-        return stack.enter_context(gateway_in_thread(GatewaySettings(**values)))
-
-    return make
 
 
 def _post(gw: ThreadedGateway, stream: bool, **extra: Any) -> httpx.Response:

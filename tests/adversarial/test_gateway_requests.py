@@ -13,7 +13,6 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
-from haloserve.config.gateway import GatewaySettings
 from haloserve.errors import RateLimitError
 from haloserve.gateway.accounting import KeyCache, Quotas, reserve_estimate
 from haloserve.gateway.store import KeyRecord, hash_key
-from haloserve.testing.gateway import ThreadedGateway, gateway_in_thread, gateway_process
+from haloserve.testing.gateway import ThreadedGateway, gateway_process
 from haloserve.testing.upstream import FakeUpstream, serve_in_thread
 from haloserve.testing.upstream_config import UpstreamConfig
 
@@ -34,35 +32,7 @@ POISON = "POISON-1f3a"  # the fake upstreams answer 500 to any request containin
 SECRET = "halo-SECRETSECRETSECRET"
 
 
-@pytest.fixture
-def stack() -> Iterator[ExitStack]:
-    with ExitStack() as s:
-        yield s
-
-
-@pytest.fixture
-def upstream(stack: ExitStack) -> Callable[..., FakeUpstream]:
-    def make(**cfg: Any) -> FakeUpstream:
-        return stack.enter_context(serve_in_thread(UpstreamConfig(**cfg)))
-
-    return make
-
-
-@pytest.fixture
-def gateway(stack: ExitStack, tmp_path: Path) -> Callable[..., ThreadedGateway]:
-    def make(backends: list[str], **kw: Any) -> ThreadedGateway:
-        values: dict[str, Any] = {
-            "port": 0,
-            "backends": backends,
-            "keys_db": tmp_path / "gateway.db",
-            "health_interval": 0.2,
-            "health_timeout": 2.0,
-            "access_log": False,
-            **kw,
-        }
-        return stack.enter_context(gateway_in_thread(GatewaySettings(**values)))
-
-    return make
+HEALTH = (0.2, 2.0)  # gateway probes (interval, timeout), see conftest.py
 
 
 def chat(gw: ThreadedGateway, body: dict[str, Any], key: str | None = None) -> httpx.Response:
