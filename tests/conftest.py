@@ -15,6 +15,7 @@ marker, so such a test cannot slip into the fast layer.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -24,9 +25,17 @@ from typing import Any
 
 import llama_cpp
 import pytest
+from hypothesis import settings
 
 from haloserve.bundled import bundled_model_path
 from haloserve.testing.remote import RemoteServer, free_port
+
+# CI runs the property tests on a fixed seed (Hypothesis' advice for CI): a red build then means a
+# change broke something, not that the search found an old flaw this time. Local runs keep searching
+# and print the blob that reproduces what they find.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 _current: list[pytest.Item] = []  # the test being set up, run or torn down (none while collecting)
 

@@ -211,8 +211,12 @@ ARG_TEXT = st.lists(ARG_PIECE, max_size=8).map("".join)
 @given(extra=st.lists(ARG_TEXT, min_size=1, max_size=3))
 @pytest.mark.slow
 def test_engine_arguments_round_trip_through_compose_and_shell(extra: list[str]) -> None:
+    spec = _spec(extra_args=extra)
+    # what the loader is given: PyYAML's emitter writes a NEL (U+0085) raw inside quotes, and YAML reads
+    # it back as a space, so the spec text itself may already carry another value than `extra`
+    extra = yaml.safe_load(spec)["models"][0]["extra_args"]
     try:
-        files = _render(_spec(extra_args=extra))
+        files = _render(spec)
     except SpecError as exc:
         assert "extra_args" in exc.message
         return
