@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from haloserve.config import connections
 from haloserve.config.base import HaloSettings, option
 from haloserve.errors import ConfigError
 
@@ -153,21 +154,10 @@ class GatewaySettings(HaloSettings):
         256 << 20, "Largest non-streamed backend response body, in bytes (502 beyond).", ge=1024
     )
     # Connection limits: request head size, timeouts and the connection cap (docs/security.md)
-    max_header_bytes: int = option(
-        65536, "Largest request head (request line and headers) in bytes; 431 beyond.", ge=1024, le=1 << 24
-    )
-    max_header_line_bytes: int = option(
-        8192, "Longest request line (414 beyond) or header line (431 beyond) in bytes.", ge=256, le=1 << 24
-    )
-    header_timeout: float = option(
-        10.0,
-        "Seconds a client has to send a complete request head, from connecting or from the first byte"
-        " after a keep-alive pause (408 and close beyond).",
-        gt=0,
-    )
-    body_timeout: float = option(
-        30.0, "Seconds a request body may take to arrive after its head (408 and close beyond).", gt=0
-    )
+    max_header_bytes: int = connections.MAX_HEADER_BYTES
+    max_header_line_bytes: int = connections.MAX_HEADER_LINE_BYTES
+    header_timeout: float = connections.HEADER_TIMEOUT
+    body_timeout: float = connections.BODY_TIMEOUT
     keepalive_timeout: float = option(
         15.0, "Seconds an idle keep-alive connection stays open between requests.", gt=0
     )
