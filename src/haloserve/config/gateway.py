@@ -50,13 +50,7 @@ class BackendSpec(BaseModel):
 
     def resolved_api_key(self) -> str | None:
         """The upstream key, with ``ENV:NAME`` read from the environment."""
-        if self.api_key and self.api_key.startswith("ENV:"):
-            name = self.api_key[4:]
-            value = os.environ.get(name)
-            if not value:
-                raise ConfigError(f"backend {self.url}: environment variable {name} is not set")
-            return value
-        return self.api_key
+        return resolve_secret(self.api_key, f"backend {self.url}")
 
 
 def parse_backend(text: str) -> dict[str, Any]:
@@ -176,6 +170,12 @@ class GatewaySettings(HaloSettings):
     metrics_auth: bool = option(
         True, "With --require-keys, /metrics needs a valid key too (--no-metrics-auth: open to any scraper)."
     )
+    admin_key: str | None = option(
+        None,
+        "Key of the admin API under /admin/ (a literal or ENV:NAME); unset: the admin API answers 404.",
+        secret=True,
+        metavar="KEY",
+    )
     reserve_tokens: int = option(
         1024,
         "Completion tokens held against a key's tokens/minute quota while a request that sets no"
@@ -196,6 +196,17 @@ class GatewaySettings(HaloSettings):
     @classmethod
     def _expand(cls, v: Any) -> Any:
         return Path(v).expanduser() if isinstance(v, str) else v
+
+
+def resolve_secret(value: str | None, what: str) -> str | None:
+    """A key given as a literal or as ``ENV:NAME`` (read from the environment; unset is an error)."""
+    if value and value.startswith("ENV:"):
+        name = value[4:]
+        got = os.environ.get(name)
+        if not got:
+            raise ConfigError(f"{what}: environment variable {name} is not set")
+        return got
+    return value or None
 
 
 class KeysSettings(HaloSettings):

@@ -20,9 +20,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from haloserve.config import load_settings
-from haloserve.config.gateway import GatewaySettings
+from haloserve.config.gateway import GatewaySettings, resolve_secret
 from haloserve.errors import ConfigError, HaloError, NotFoundError
 from haloserve.gateway.accounting import Accounting, Quotas
+from haloserve.gateway.admin import PREFIX as ADMIN_PREFIX
+from haloserve.gateway.admin import Admin, admin_key_hash
 from haloserve.gateway.backends import Backend, BreakerConfig
 from haloserve.gateway.health import probe_loop, probe_once
 from haloserve.gateway.http1 import ClientPool
@@ -68,6 +70,7 @@ class Gateway:
         self._config_mtime = self._mtime()
         self.breaker = BreakerConfig()
         self.pool = Pool([], Balancer(settings.policy))
+        self.admin = Admin(self)
         self._apply(settings)
         self.store = Store(settings.keys_db)
         self.accounting = Accounting(quotas=Quotas(workers=settings.workers))
@@ -182,6 +185,8 @@ class Gateway:
         method, path = request.method, request.path
         if method == "POST" and path.startswith("/v1/"):
             return await self.proxy.handle(request)
+        if path.startswith(ADMIN_PREFIX):
+            return await self.admin.handle(request)
         try:
             if method == "GET" or method == "HEAD":
                 if path in ("/health", "/ready"):
@@ -205,19 +210,12 @@ class Gateway:
         if b.failed(fatal=fatal):
             log.warning("backend %s ejected after %d failure(s)", b.url, b.failures)
 
+    def backends_info(self) -> list[dict[str, Any]]:
+        """Each backend's state, as /health and /admin/backends show it."""
+        return [b.describe() for b in self.pool.backends]
+
     def _health(self, ready: bool) -> web.Response:
-        backends = [
-            {
-                "url": b.url,
-                "healthy": b.healthy,
-                "circuit": b.state,
-                "in_flight": b.in_flight,
-                "limit": b.limit,
-                "models": sorted(b.models),
-                "error": b.probe_error or None,
-            }
-            for b in self.pool.backends
-        ]
+        backends = self.backends_info()
         ok = self.pool.ready() and not self.draining
         body = {
             "status": "ok" if ok else ("draining" if self.draining else "no healthy backend"),
@@ -276,11 +274,11 @@ class Gateway:
             usage.put_back(deltas)
             raise
 
-    async def refresh_keys(self) -> None:
-        """Reload the key cache when the keys table changed."""
+    async def refresh_keys(self, *, force: bool = False) -> None:
+        """Reload the key cache when the keys table changed (``force``: now, whatever the version)."""
         loop = asyncio.get_running_loop()
         version = await loop.run_in_executor(None, self.store.version)
-        if version != self._keys_version:
+        if force or version != self._keys_version:
             records = await loop.run_in_executor(None, self.store.active_hashes)
             self.accounting.keys.replace(records)
             self._keys_version = version
@@ -310,6 +308,7 @@ class Gateway:
             pool.balancer = Balancer(s.policy, chunk=s.prefix_chunk, threshold=s.balance_threshold)
         pool.balancer.threshold = s.balance_threshold
         pool.queue_size, pool.queue_timeout, pool.workers = s.queue_size, s.queue_timeout, s.workers
+        self.admin.key_hash = admin_key_hash(resolve_secret(s.admin_key, "--admin-key"))
         return pool.update(s.backends, prepared)
 
     def _reprobe(self, added: list[Backend], removed: list[Backend]) -> None:
@@ -338,6 +337,7 @@ class Gateway:
             return False
         try:
             new = load_settings(GatewaySettings, flags=self.flags, file=self.config_path)
+            resolve_secret(new.admin_key, "--admin-key")
         except HaloError as exc:
             log.error("config reload failed, keeping the running config: %s", exc.message)
             return False
@@ -370,6 +370,7 @@ def check_settings(settings: GatewaySettings) -> None:
     """Refuse to start without backends, or with a --backend-ca that is not a readable PEM file."""
     if not settings.backends:
         raise ConfigError("no backends: give --backend URL (repeatable) or 'backends:' in --config")
+    resolve_secret(settings.admin_key, "--admin-key")
     backend_ssl_context(settings.backend_ca)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from haloserve.config.gateway import BackendSpec
 
@@ -68,6 +69,21 @@ class Backend:
     def serves(self, model: str) -> bool:
         """True when ``model`` is one of this backend's models."""
         return model in self.models
+
+    def describe(self) -> dict[str, Any]:
+        """Plain data for ``/health`` and ``/admin/backends`` (never the upstream key)."""
+        return {
+            "url": self.url,
+            "healthy": self.healthy,
+            "circuit": self.state,
+            "in_flight": self.in_flight,
+            "limit": self.limit,
+            "weight": self.spec.weight,
+            "requests": self.requests,
+            "errors": self.errors,
+            "models": sorted(self.models),
+            "error": self.probe_error or None,
+        }
 
     def routable(self, now: float) -> bool:
         """Healthy, circuit not open (a half-open circuit takes one trial at a time)."""
