@@ -11,7 +11,7 @@ import pytest
 
 from haloserve.config.gateway import GatewaySettings
 from haloserve.errors import ConfigError
-from haloserve.gateway.app import check_settings
+from haloserve.gateway.checks import check_settings
 from haloserve.testing.gateway import ThreadedGateway
 from tests.gateway.conftest import MakeGateway, MakeUpstream
 

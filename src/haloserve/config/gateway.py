@@ -39,6 +39,10 @@ class BackendSpec(BaseModel):
     models: list[str] = Field(
         default_factory=list, description="Models it serves (empty: discovered from /v1/models)."
     )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Free-form tags shown in /health and /admin/backends (node, zone...).",
+    )
 
     @field_validator("url")
     @classmethod
@@ -64,7 +68,7 @@ def parse_backend(text: str) -> dict[str, Any]:
     for part in parts[1:]:
         key, sep, value = part.partition("=")
         key = key.strip().replace("-", "_")
-        if not sep or key not in BackendSpec.model_fields or key == "url":
+        if not sep or key not in BackendSpec.model_fields or key in ("url", "labels"):
             raise ConfigError(f"--backend {text!r}: unknown option {part!r}")
         out[key] = [m for m in value.split("|") if m] if key == "models" else value
     return out
@@ -91,6 +95,12 @@ class GatewaySettings(HaloSettings):
         description="Backend URL[,weight=N,max_concurrency=N,api_key=ENV:NAME,models=a|b] (repeatable).",
         aliases=("--backend",),
         metavar="URL[,OPT=V]",
+    )
+    backends_file: Path | None = option(
+        None,
+        'JSON file {"backends": [{"url": ..., "models"?, "weight"?, "labels"?}]} of more backends, kept'
+        " current by another program (halo cluster): re-read within a second of a change.",
+        metavar="PATH",
     )
     policy: Policy = option("prefix", "Balancing policy.")
     keys_db: Path = option(
@@ -192,7 +202,7 @@ class GatewaySettings(HaloSettings):
             return v
         return [parse_backend(item) if isinstance(item, str) else item for item in _rejoin(v)]
 
-    @field_validator("keys_db", "backend_ca", mode="before")
+    @field_validator("keys_db", "backend_ca", "backends_file", mode="before")
     @classmethod
     def _expand(cls, v: Any) -> Any:
         return Path(v).expanduser() if isinstance(v, str) else v

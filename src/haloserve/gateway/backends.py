@@ -45,6 +45,7 @@ class Backend:
     learned_limit: int = 0
     in_flight: int = 0
     healthy: bool = False  # set by the first successful probe or discovery
+    admitted: bool = False  # it has been healthy once: until then failed probes are no ejection
     state: str = CLOSED
     failures: int = 0
     ejections: int = 0
@@ -82,6 +83,7 @@ class Backend:
             "requests": self.requests,
             "errors": self.errors,
             "models": sorted(self.models),
+            "labels": dict(self.spec.labels),
             "error": self.probe_error or None,
         }
 
@@ -151,13 +153,19 @@ class Backend:
         """An active probe succeeded: healthy again; an expired open circuit closes with slow start."""
         now = time.monotonic() if now is None else now
         was_down = not self.healthy
-        self.healthy = True
+        self.healthy = self.admitted = True
         if (self.state == OPEN and now >= self.open_until) or self.state == HALF_OPEN:
             self.succeeded(now)
         elif was_down and self.returned_at == 0.0 and self.requests:
             self.returned_at = now
 
     def probe_failed(self, now: float | None = None) -> bool:
-        """An active probe failed: unhealthy, and the circuit opens. Returns True on a new ejection."""
+        """An active probe failed: unhealthy, and the circuit opens. Returns True on a new ejection.
+
+        A backend never healthy yet (starting, loading its model, just discovered) only stays out:
+        opening its circuit would keep it out for ``eject_time`` after its first 200.
+        """
         self.healthy = False
+        if not self.admitted:
+            return False
         return self.failed(now, fatal=True)
