@@ -23,6 +23,12 @@ from typing import Any
 from haloserve.config.gateway import BackendSpec
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+# A model's state on a backend (the ``status.value`` of its /v1/models card), best first: a request
+# goes where its model is loaded, else where it is loading, else where it can be loaded; where it
+# failed only when nothing else can take it.
+LOADED, LOADING, UNLOADED, FAILED = "loaded", "loading", "unloaded", "failed"
+RANK = {LOADED: 0, LOADING: 1, UNLOADED: 2, FAILED: 3}
+_OTHER_RANK = RANK[UNLOADED]  # a state we do not know (a newer server's): as if it could be loaded
 _MAX_EJECT = 300.0
 
 
@@ -42,6 +48,7 @@ class Backend:
     spec: BackendSpec
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     models: frozenset[str] = frozenset()
+    model_states: dict[str, str] = field(default_factory=dict)  # models not loaded -> their state
     learned_limit: int = 0
     in_flight: int = 0
     healthy: bool = False  # set by the first successful probe or discovery
@@ -71,6 +78,11 @@ class Backend:
         """True when ``model`` is one of this backend's models."""
         return model in self.models
 
+    def rank(self, model: str) -> int:
+        """How ready ``model`` is here: 0 loaded, 1 loading, 2 unloaded (can load), 3 failed."""
+        state = self.model_states.get(model)
+        return 0 if state is None else RANK.get(state, _OTHER_RANK)
+
     def describe(self) -> dict[str, Any]:
         """Plain data for ``/health`` and ``/admin/backends`` (never the upstream key)."""
         return {
@@ -83,6 +95,8 @@ class Backend:
             "requests": self.requests,
             "errors": self.errors,
             "models": sorted(self.models),
+            "loaded": sorted(m for m in self.models if m not in self.model_states),
+            "model_states": {m: self.model_states.get(m, LOADED) for m in sorted(self.models)},
             "labels": dict(self.spec.labels),
             "error": self.probe_error or None,
         }
