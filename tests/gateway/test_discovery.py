@@ -59,6 +59,7 @@ def test_parse_backends() -> None:
         ('{"backends": [{"url": "http://a", "weight": 0}]}', "backends[0].weight"),
         ('{"backends": [{"url": "http://a", "colour": "red"}]}', "backends[0].colour"),
         ('{"backends": [{"url": "http://a"}, {"url": "http://a/"}]}', "listed twice"),
+        ('{"backends": [{"url": "http://a", "api_key": "ENV:HALO_TEST_UNSET_KEY"}]}', "HALO_TEST_UNSET_KEY"),
     ]:
         with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
             parse_backends(bad)

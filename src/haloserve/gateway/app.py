@@ -257,15 +257,18 @@ class Gateway:
     async def _upkeep(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            try:
-                await self.flush_usage()
-                await self.refresh_keys()
+            try:  # backends first: a slow or locked keys db must not hold up discovery
                 mtime = self._mtime()
                 if mtime != self._config_mtime:
                     self._config_mtime = mtime
                     await self.reload_now()
                 elif await self._poll_backends_file(self.settings.backends_file):
                     await self._switch(self.settings)
+            except Exception:
+                log.exception("gateway upkeep (backends) failed")
+            try:
+                await self.flush_usage()
+                await self.refresh_keys()
             except Exception:  # upkeep must survive a bad moment (disk full, locked db)
                 log.exception("gateway upkeep failed")
             self.upstream.prune()

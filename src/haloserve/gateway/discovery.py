@@ -63,6 +63,10 @@ def parse_backends(text: str | bytes, source: str = "backends file") -> list[Bac
             raise ConfigError(f"{source}: {where}: {err['msg']}") from None
         if spec.url in seen:
             raise ConfigError(f"{source}: backends[{i}]: {spec.url} is listed twice")
+        try:  # an api_key of ENV:NAME with NAME unset makes the file bad (its last good list stays)
+            spec.resolved_api_key()
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: backends[{i}]: {exc.message}") from None
         seen.add(spec.url)
         specs.append(spec)
     return specs
