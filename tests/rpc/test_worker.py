@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from haloserve.engine.rpc import probe
-from haloserve.engine.rpc_worker import CVES
+from haloserve.engine.rpc_worker import CVES, local_ipv4_addresses
 from tests.rpc.conftest import HaloProcess
 
 pytestmark = pytest.mark.process
@@ -84,6 +86,11 @@ def test_routable_host_warns_naming_the_risk(halo: Halo, standin: Path, port: in
         assert needle in warning
     w.wait_for("stand-in: serving")
     assert json.loads((tmp_path / "record.json").read_text())["argv"][:2] == ["-H", "0.0.0.0"]
+    # the line to paste names an address a client can reach, never 0.0.0.0
+    lines = [line.split() for line in w.out if "halo serve --rpc" in line]
+    hosts = {parts[3].rpartition(":")[0] for parts in lines}
+    assert lines and hosts <= {*local_ipv4_addresses(), "127.0.0.1"} and "0.0.0.0" not in hosts
+    assert {parts[3].rpartition(":")[2] for parts in lines} == {str(port)}
     w.proc.send_signal(signal.SIGINT)
     assert w.finish() == 0
     assert w.out[-1] == "halo rpc-worker: stopped (SIGINT)"
@@ -94,3 +101,32 @@ def test_missing_binary_is_one_line(halo: Halo, port: int) -> None:
     assert w.finish() == 2
     assert w.err == ["halo rpc-worker: error: --binary no-such-rpc-server-here: no such executable "
                      "(give ggml-rpc-server or rpc-server)"]
+
+
+CLIENT = """
+import sys
+from haloserve.engine.devices import list_devices
+from haloserve.engine.rpc import parse_endpoint, probe, rpc_api
+ep = parse_endpoint(sys.argv[1])
+assert probe(ep, 20).ok
+api = rpc_api()
+names = api.add_server(ep)
+free, total = api.device_memory(ep, 0)
+rpc = [d for d in list_devices() if d.name in names]
+print(api.flavour, names, free > 0 and free <= total, [(d.backend, d.description, d.type) for d in rpc])
+"""
+
+
+def test_ggml_client_registers_the_workers_devices(halo: Halo, port: int) -> None:
+    # through the bindings `halo serve --rpc` uses, in a child: ggml aborts its process on any RPC failure
+    w = halo("rpc-worker", "--port", str(port), "--threads", "1")
+    w.wait_for("halo serve --rpc")
+    client = subprocess.run(
+        [sys.executable, "-c", CLIENT, f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=120
+    )
+    assert client.returncode == 0, client.stderr
+    assert client.stdout.split("\n")[0] == (
+        f"server ['RPC0'] True [('RPC', '127.0.0.1:{port}', 'gpu')]"
+    )
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.finish() == 0

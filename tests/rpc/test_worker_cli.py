@@ -13,7 +13,13 @@ from haloserve.config import load_settings
 from haloserve.config.rpc_worker import RpcWorkerSettings
 from haloserve.engine import rpc
 from haloserve.engine.devices import Device
-from haloserve.engine.rpc_worker import binary_command, exposure_warning, select_devices, serve_line
+from haloserve.engine.rpc_worker import (
+    binary_command,
+    exposure_warning,
+    local_ipv4_addresses,
+    select_devices,
+    serve_line,
+)
 from haloserve.errors import ConfigError
 
 CPU = Device("CPU", "AMD Ryzen AI Max+ 395", "cpu", "CPU", 128 << 30, 100 << 30)
@@ -77,9 +83,11 @@ def test_bad_flags_are_one_line_exit_2(
 
 
 def test_foreign_address_is_refused_before_starting(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["rpc-worker", "--host", "192.0.2.1"]) == 2  # TEST-NET-1: never this machine's
+    mine = set(local_ipv4_addresses())
+    foreign = next(a for a in (f"203.0.113.{i}" for i in range(1, 255)) if a not in mine)  # TEST-NET-3
+    assert main(["rpc-worker", "--host", foreign]) == 2
     err = capsys.readouterr().err
-    assert err == "halo rpc-worker: error: --host 192.0.2.1: not an address of this machine\n"
+    assert err == f"halo rpc-worker: error: --host {foreign}: not an address of this machine\n"
 
 
 def test_binary_flags_map_to_rpc_server(tmp_path: Path) -> None:
