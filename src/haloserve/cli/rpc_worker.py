@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -174,15 +175,21 @@ def _text(path: Path | None) -> str | None:
 
 
 def _listening(port: int, thread: threading.Thread, stopped: threading.Event, timeout: float = 30.0) -> bool:
-    """Wait until a socket listens on ``port`` (read from /proc/net/tcp, so no client connects)."""
+    """Wait until a socket of this process listens on ``port`` (read from /proc, so no client connects)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and thread.is_alive() and not stopped.is_set():
         try:
             rows = [row.split() for row in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+            fds = os.listdir("/proc/self/fd")
         except OSError:
             return True  # cannot tell here: the probe on the other side will
-        if any(r[1].endswith(f":{port:04X}") and r[3] == "0A" for r in rows if len(r) > 3):  # 0A: LISTEN
-            return True
+        ours = set()
+        for fd in fds:
+            with contextlib.suppress(OSError):  # the listing's own descriptor is gone already
+                ours.add(os.readlink(f"/proc/self/fd/{fd}"))
+        for r in rows:  # local address, state 0A (LISTEN), inode of a socket we hold
+            if len(r) > 9 and r[1].endswith(f":{port:04X}") and r[3] == "0A" and f"socket:[{r[9]}]" in ours:
+                return True
         time.sleep(0.05)
     return False
 
