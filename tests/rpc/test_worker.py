@@ -130,3 +130,23 @@ def test_ggml_client_registers_the_workers_devices(halo: Halo, port: int) -> Non
     )
     w.proc.send_signal(signal.SIGTERM)
     assert w.finish() == 0
+
+
+RACE = """
+import sys
+import haloserve.engine.rpc_worker as w
+w.check_port = lambda host, port: None  # as if another process took the port right after the check
+from haloserve.cli import main
+sys.exit(main(["rpc-worker", "--port", sys.argv[1], "--threads", "1"]))
+"""
+
+
+def test_ggml_failing_to_listen_is_one_error_line_not_a_hang(port: int) -> None:
+    with socket.create_server(("127.0.0.1", port)):
+        run = subprocess.Popen(
+            [sys.executable, "-c", RACE, str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        out, err = run.communicate(timeout=120)
+    assert run.returncode == 1
+    assert f"halo rpc-worker: error: ggml's RPC server did not start on 127.0.0.1:{port}" in err.splitlines()
+    assert "listening on" not in out and "halo serve --rpc" not in out  # nothing claims it serves
