@@ -11,6 +11,7 @@ import pytest
 from haloserve.cli import main
 from haloserve.config import load_settings
 from haloserve.config.rpc_worker import RpcWorkerSettings
+from haloserve.config.serve_env import env_warnings
 from haloserve.engine import rpc
 from haloserve.engine.devices import Device
 from haloserve.engine.rpc_worker import (
@@ -111,6 +112,10 @@ def test_halo_serve_env_does_not_move_the_worker() -> None:
     # HALO_HOST is halo serve's; an unauthenticated worker must not follow it onto 0.0.0.0
     s = load_settings(RpcWorkerSettings, env={"HALO_HOST": "0.0.0.0", "HALO_PORT": "8080"})
     assert (s.host, s.port) == ("127.0.0.1", 50052)
+    # and halo serve, started from a shell that configures a worker too, does not warn about its variables
+    assert env_warnings({"HALO_RPC_WORKER_PORT": "50053", "HALO_NOT_A_SETTING": "1"}) == [
+        "HALO_NOT_A_SETTING is not a halo serve setting: ignored (see halo serve --help)"
+    ]
 
 
 def test_warning_only_off_loopback() -> None:
