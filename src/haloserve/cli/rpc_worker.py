@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from haloserve.cli.options import add_settings_arguments, settings_flags
 from haloserve.config.rpc_worker import RpcWorkerSettings
@@ -98,10 +98,9 @@ def _serve_in_process(settings: RpcWorkerSettings) -> int:
         _exit(1)
     _say(f"{PROG}: stopped ({signal.Signals(caught[0]).name})")
     _exit(0)
-    return 0  # not reached
 
 
-def _exit(code: int) -> None:
+def _exit(code: int) -> NoReturn:
     # ggml's server thread sits in accept() for good and cannot be told to stop; a normal interpreter exit
     # would run C++ static destructors under it. Leave now: there is nothing of ours to flush or save.
     sys.stdout.flush()
