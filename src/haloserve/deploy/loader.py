@@ -189,8 +189,10 @@ def _engine_problems(spec: DeploySpec, i: int) -> Iterator[Problem]:
         )
     if model.split != "none" and len(model.nodes) < 2:
         yield Problem(("models", i, "split"), f"split {model.split} needs at least 2 nodes")
-    if model.split == "rpc" and model.engine != "llamacpp":
-        yield Problem(("models", i, "engine"), "split rpc runs llama.cpp's RPC backend: use engine llamacpp")
+    if model.split == "rpc" and model.engine not in ("llamacpp", "halo"):
+        yield Problem(
+            ("models", i, "engine"), "split rpc runs llama.cpp's RPC backend: use engine halo or llamacpp"
+        )
     if model.split == "tensor-parallel" and model.engine != "vllm":
         yield Problem(("models", i, "engine"), "split tensor-parallel runs vLLM + Ray: use engine vllm")
     if model.engine == "vllm" and spec.backend != "rocm":
@@ -220,7 +222,7 @@ def node_ports(spec: DeploySpec) -> dict[str, list[tuple[int, str, Loc]]]:
         if model.split == "rpc":
             for name in model.nodes[1:]:
                 used.setdefault(name, []).append(
-                    (model.rpc_port, f"{model.name} rpc-server", ("models", i, "rpc_port"))
+                    (model.rpc_port, f"{model.name} RPC worker", ("models", i, "rpc_port"))
                 )
         if model.split == "tensor-parallel":
             for port in RAY_PORTS:
