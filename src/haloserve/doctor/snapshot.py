@@ -21,6 +21,7 @@ from pathlib import Path
 from haloserve import __version__
 from haloserve.doctor.facts import HostFacts
 from haloserve.doctor.manifest import MANIFEST_NAME, DiskUsage, Manifest, Node, norm
+from haloserve.doctor.netlisten import listen_lines_only, parse_worker
 from haloserve.doctor.parse import is_doctor_param, parse_cmdline, parse_group_file
 from haloserve.doctor.root import Read, Root
 from haloserve.errors import ConfigError
@@ -118,6 +119,12 @@ def _redact(path: str, text: str, keep_groups: set[str]) -> str:
     if path == "proc/cmdline":
         params = parse_cmdline(text).params
         return " ".join(k if v is None else f"{k}={v}" for k, v in params if is_doctor_param(k)) + "\n"
+    if path in ("proc/net/tcp", "proc/net/tcp6"):  # listening sockets only: no peers, no connections
+        return listen_lines_only(text)
+    parts = path.split("/")
+    if len(parts) == 3 and parts[0] == "proc" and parts[1].isdigit() and parts[2] == "cmdline":
+        # only RPC workers' command lines: other processes' arguments may hold secrets
+        return text if parse_worker(parts[1], text) is not None else ""
     if path == "etc/group":
         lines = [ln for ln in text.splitlines() if ln.split(":", 1)[0].strip() in keep_groups]
         return "\n".join(lines) + ("\n" if lines else "")
