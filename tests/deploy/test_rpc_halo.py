@@ -89,6 +89,17 @@ def test_llamacpp_split_gives_the_main_node_the_output_share() -> None:
     assert p.per_node["halo3"] == p.plan.cluster.rpc[-1].total_bytes  # halo3 runs llama-server
 
 
+def test_a_worker_needs_an_ipv4_address() -> None:
+    text = RPC_HALO.replace("    rdma: {interface: enp1s0f0np0, ip: 10.0.1.2/24}\n", "").replace(
+        "address: 192.168.1.12", "address: halo2.lan"
+    )
+    with pytest.raises(
+        SpecError, match=r"spec\.yaml:\d+: models\[0\]\.nodes\[1\]: node 'halo2' would run halo rpc-worker"
+    ):
+        load_spec_text(text, "spec.yaml")
+    load_spec_text(text.replace("engine: halo", "engine: llamacpp"), "spec.yaml")  # rpc-server resolves names
+
+
 def test_split_rpc_refuses_vllm() -> None:
     text = RPC_HALO.replace("engine: halo", "engine: vllm")
     with pytest.raises(

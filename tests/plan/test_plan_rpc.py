@@ -71,7 +71,7 @@ def test_uneven_split_moves_layers_to_the_bigger_node() -> None:
 
 def test_split_commands_for_workers_and_main(capsys: pytest.CaptureFixture[str]) -> None:
     data = plan_json(
-        [*BIG, "--nodes", "3", "--node-address", "10.0.1.1,10.0.1.2", "--node-address", "fd00::3"], capsys
+        [*BIG, "--nodes", "3", "--node-address", "fd00::1,10.0.1.2", "--node-address", "10.0.1.3"], capsys
     )
     launch = data["rpc_launch"]
     assert launch["split_needed"] and launch["fits"]
@@ -79,22 +79,22 @@ def test_split_commands_for_workers_and_main(capsys: pytest.CaptureFixture[str])
     (main_cmd,) = [c for c in launch["commands"] if c["role"] == "main"]
     assert [w["argv"][:6] for w in workers] == [
         ["halo", "rpc-worker", "--host", "10.0.1.2", "--port", "50052"],
-        ["halo", "rpc-worker", "--host", "fd00::3", "--port", "50052"],
+        ["halo", "rpc-worker", "--host", "10.0.1.3", "--port", "50052"],
     ]
-    assert main_cmd["node"] == "10.0.1.1" and launch["commands"][-1] is not workers[-1]
+    assert main_cmd["node"] == "fd00::1" and launch["commands"][-1] is not workers[-1]
     # the same split and workers as the plan's table and LLAMA_ARG_* lines (one truth)
     env = data["llama_server_env"]
     assert (
         launch["tensor_split"] == data["cluster"]["tensor_split"] == env["LLAMA_ARG_TENSOR_SPLIT"] == "1,1,1"
     )
     settings = serve_settings(main_cmd["argv"][2:])
-    assert settings.rpc == [env["LLAMA_ARG_RPC"]] == ["10.0.1.2:50052,[fd00::3]:50052"]
+    assert settings.rpc == [env["LLAMA_ARG_RPC"]] == ["10.0.1.2:50052,10.0.1.3:50052"]
     assert settings.tensor_split == [1.0, 1.0, 1.0]
     assert (
         settings.ctx_size == 65536 and settings.cache_type_k == "q8_0" and settings.n_gpu_layers == -1
     )  # 999: all
     assert settings.rope_scaling == "yarn" and settings.yarn_orig_ctx == int(env["LLAMA_ARG_YARN_ORIG_CTX"])
-    assert "'10.0.1.2:50052,[fd00::3]:50052'" in main_cmd["command"]  # quoted for the shell
+    assert "--rpc 10.0.1.2:50052,10.0.1.3:50052 --tensor-split 1,1,1 " in main_cmd["command"]
 
 
 def test_split_commands_in_the_table_use_placeholders(
@@ -130,6 +130,8 @@ def test_a_split_that_does_not_fit_prints_no_commands(capsys: pytest.CaptureFixt
     [
         (["--node-address", "a;rm -rf /,b"], "is not an IP address or a host name"),
         (["--node-address", "10.0.0.1"], "gives 1 address(es) for 2 node(s)"),
+        (["--node-address", "10.0.0.1,fd00::2"], "is the IPv4 address halo rpc-worker listens on"),
+        (["--node-address", "main,node2"], "is the IPv4 address halo rpc-worker listens on"),
     ],
 )
 def test_bad_node_addresses_are_one_line(

@@ -7,6 +7,7 @@ below can name the line to fix. Duplicate keys, which PyYAML would silently coll
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +194,16 @@ def _engine_problems(spec: DeploySpec, i: int) -> Iterator[Problem]:
         yield Problem(
             ("models", i, "engine"), "split rpc runs llama.cpp's RPC backend: use engine halo or llamacpp"
         )
+    if model.split == "rpc" and model.engine == "halo":
+        for j, name in enumerate(model.nodes[1:], start=1):
+            node = next((n for n in spec.nodes if n.name == name), None)
+            bind = (node.rdma.address if node.rdma else node.address) if node else None
+            if bind is not None and not _ipv4(bind):
+                yield Problem(
+                    ("models", i, "nodes", j),
+                    f"node {name!r} would run halo rpc-worker on {bind!r}: it listens on an IPv4 address; "
+                    "give the node an rdma: section or an IPv4 address",
+                )
     if model.split == "tensor-parallel" and model.engine != "vllm":
         yield Problem(("models", i, "engine"), "split tensor-parallel runs vLLM + Ray: use engine vllm")
     if model.engine == "vllm" and spec.backend != "rocm":
@@ -208,6 +219,13 @@ def _engine_problems(spec: DeploySpec, i: int) -> Iterator[Problem]:
                     f"node {name!r} has no rdma: section; NCCL/RCCL needs the RoCE interface for "
                     "tensor parallelism",
                 )
+
+
+def _ipv4(value: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(value), ipaddress.IPv4Address)
+    except ValueError:
+        return False
 
 
 def node_ports(spec: DeploySpec) -> dict[str, list[tuple[int, str, Loc]]]:

@@ -37,22 +37,32 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
 
 
-def check_address(value: str) -> str:
-    """``value`` if it is an IP address or a host name; else :class:`ConfigError` (one line)."""
+def check_address(value: str, worker: bool = False) -> str:
+    """``value`` if it is an IP address or a host name (a worker's: an IPv4 address, which is what
+    ``halo rpc-worker --host`` binds); else :class:`ConfigError` (one line)."""
     try:
-        return str(ipaddress.ip_address(value.strip("[]")))
+        ip = ipaddress.ip_address(value.strip("[]"))
     except ValueError:
-        pass
+        ip = None
+    if worker and not isinstance(ip, ipaddress.IPv4Address):
+        raise ConfigError(
+            f"--node-address {value!r}: a worker's address is the IPv4 address halo rpc-worker listens on"
+        )
+    if ip is not None:
+        return str(ip)
     if not _HOSTNAME.match(value):
         raise ConfigError(f"--node-address {value!r} is not an IP address or a host name")
     return value
 
 
 def node_addresses(nodes: int, given: Sequence[str] = ()) -> tuple[str, ...]:
-    """The address of each node, main node first: ``given`` (checked) or placeholders ``node1..nodeN``."""
+    """The address of each node, main node first: ``given`` (checked) or placeholders ``node1..nodeN``
+    (names to replace: ``halo rpc-worker`` binds IPv4 addresses)."""
     if given and len(given) != nodes:
         raise ConfigError(f"--node-address gives {len(given)} address(es) for {nodes} node(s)")
-    return tuple(check_address(a) for a in given) if given else tuple(f"node{i}" for i in range(1, nodes + 1))
+    if not given:
+        return tuple(f"node{i}" for i in range(1, nodes + 1))
+    return tuple(check_address(a, worker=i > 0) for i, a in enumerate(given))
 
 
 def netloc(host: str) -> str:

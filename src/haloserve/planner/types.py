@@ -60,8 +60,8 @@ class PlanInputs:
                 f"--node-address gives {len(self.node_addresses)} address(es) for {self.nodes} node(s): "
                 "give one per node, the main node first"
             )
-        for address in self.node_addresses:
-            check_address(address)
+        for i, address in enumerate(self.node_addresses):
+            check_address(address, worker=i > 0)
         kv_type(self.type_k)
         kv_type(self.type_v)
         vllm_format(self.vllm_ref, self.vllm_quant)  # a GGUF quant named for vLLM is refused here
