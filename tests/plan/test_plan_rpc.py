@@ -88,7 +88,8 @@ def test_split_commands_for_workers_and_main(capsys: pytest.CaptureFixture[str])
         launch["tensor_split"] == data["cluster"]["tensor_split"] == env["LLAMA_ARG_TENSOR_SPLIT"] == "1,1,1"
     )
     settings = serve_settings(main_cmd["argv"][2:])
-    assert settings.rpc == [env["LLAMA_ARG_RPC"]] == ["10.0.1.2:50052,10.0.1.3:50052"]
+    # halo serve reads --rpc a,b as llama-server does (a list either way)
+    assert ",".join(settings.rpc) == env["LLAMA_ARG_RPC"] == "10.0.1.2:50052,10.0.1.3:50052"
     assert settings.tensor_split == [1.0, 1.0, 1.0]
     assert (
         settings.ctx_size == 65536 and settings.cache_type_k == "q8_0" and settings.n_gpu_layers == -1
