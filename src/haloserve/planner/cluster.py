@@ -236,7 +236,8 @@ def plan_cluster(
     loads (``tp_decode_bytes_per_token`` is what one of its tokens reads); the RPC split uses ``weights``
     and ``split`` (``--tensor-split`` in device order, workers first; ``None``: even).
     """
-    split = tuple(split) if split is not None else tuple(1.0 for _ in range(n_nodes))
+    # equal nodes unless the caller knows each node's budget (halo deploy): the same rule either way
+    split = tuple(split) if split is not None else tensor_split_for([usable_bytes] * n_nodes)
     if len(split) != n_nodes:
         raise ConfigError(f"a tensor split of {len(split)} values for {n_nodes} nodes")
     shares = rpc_split(
