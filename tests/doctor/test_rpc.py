@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import subprocess
 import sys
@@ -19,8 +20,10 @@ from tests.doctor.conftest import FIXTURES, results_for, write_tree
 HEAD = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
 
 
-def sock_line(local: str, state: str = "0A", remote: str = "00000000:0000") -> str:
-    return f"   0: {local} {remote} {state} 00000000:00000000 00:00000000 00000000  1000  0 4100 1 0 100 0\n"
+def sock_line(local: str, state: str = "0A", remote: str = "00000000:0000", inode: int = 4100) -> str:
+    return (
+        f"   0: {local} {remote} {state} 00000000:00000000 00:00000000 00000000  1000  0 {inode} 1 0 100 0\n"
+    )
 
 
 def tree(tmp_path: Path, tcp: str = "", tcp6: str = "", procs: dict[str, str] | None = None) -> Path:
@@ -104,6 +107,27 @@ def test_loopback_and_private_pass(tmp_path: Path) -> None:
     assert r.notes and "private" in r.notes[0]
 
 
+def test_a_worker_is_tied_to_its_socket_by_inode(tmp_path: Path) -> None:
+    # HALO_RPC_WORKER_HOST/PORT put it on 0.0.0.0:50060: nothing on its command line says so
+    root = tree(tmp_path, tcp=sock_line("00000000:C38C", inode=5005), procs={"51": "halo\0rpc-worker\0"})
+    (root / "proc/51/fd").mkdir()
+    (root / "proc/51/fd/0").symlink_to("/dev/null")
+    (root / "proc/51/fd/9").symlink_to("socket:[5005]")
+    r = results_for(root, "rpc")["rpc"]
+    assert r.status is Status.WARN and r.observed == "halo rpc-worker (pid 51) on 0.0.0.0:50060 (wildcard)"
+    assert "halo rpc-worker --host PRIVATE_ADDRESS --port 50060" in r.fix
+
+
+def test_a_worker_whose_socket_cannot_be_seen_is_not_passed(tmp_path: Path) -> None:
+    root = tree(tmp_path, procs={"61": "halo\0rpc-worker\0"})  # no fd directory: another user's process
+    r = results_for(root, "rpc")["rpc"]
+    assert r.status is Status.WARN and "where it listens is unknown" in r.observed
+    assert r.fix.startswith("sudo halo doctor --check rpc")
+    (root / "proc/61/fd").mkdir()
+    (root / "proc/61/fd/0").symlink_to("/dev/null")  # readable, and it listens nowhere (yet)
+    assert results_for(root, "rpc")["rpc"].status is Status.SKIP
+
+
 def test_nothing_listening_or_nothing_readable_is_a_skip(tmp_path: Path) -> None:
     other = tree(tmp_path, tcp=sock_line("00000000:0016"))  # sshd on 0.0.0.0:22 is not an RPC worker
     assert results_for(other, "rpc")["rpc"].status is Status.SKIP
@@ -125,6 +149,9 @@ def test_snapshot_keeps_listeners_and_workers_only(tmp_path: Path) -> None:
     assert "0201000A:C384" not in text["proc/net/tcp"] and "00000000:C384" in text["proc/net/tcp"]
     assert "sk-not-a-real-key" not in "".join(text.values())  # another process's arguments stay home
     assert "rpc-worker" in text["proc/4242/cmdline"]
+    with tarfile.open(archive) as tar:
+        links = {m.name: m.linkname for m in tar.getmembers() if m.issym()}
+    assert links == {"proc/4242/fd/7": "socket:[41001]"}  # the worker's socket, nothing else
     before = results_for(FIXTURES / "rdma-node", "rpc")["rpc"]
     after = results_for(archive, "rpc")["rpc"]
     assert (after.status, after.observed, after.fix) == (before.status, before.observed, before.fix)
@@ -135,11 +162,13 @@ def test_live_host_names_a_running_worker() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    # the port comes from the environment, as HALO_RPC_WORKER_PORT gives it: only the socket says where
     code = (
-        "import socket,sys,time; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[4]))); s.listen(); "
-        "time.sleep(60)"
+        "import os,socket,time; s=socket.socket(); "
+        "s.bind(('127.0.0.1', int(os.environ['HALO_RPC_WORKER_PORT']))); s.listen(); time.sleep(60)"
     )
-    child = subprocess.Popen([sys.executable, "-c", code, "halo", "rpc-worker", "--port", str(port)])
+    env = {**os.environ, "HALO_RPC_WORKER_PORT": str(port)}
+    child = subprocess.Popen([sys.executable, "-c", code, "halo", "rpc-worker"], env=env)
     try:
         want = f"halo rpc-worker (pid {child.pid}) on 127.0.0.1:{port} (loopback)"
         deadline = time.monotonic() + 30

@@ -28,6 +28,7 @@ class Listener:
 
     address: str
     port: int
+    inode: int = 0
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Worker:
     kind: str  # "halo rpc-worker", "ggml-rpc-server" or "rpc-server"
     host: str
     port: int
+    host_given: bool = True  # False: the default, unless the environment (HALO_RPC_WORKER_HOST) said else
 
 
 def _hex_address(text: str) -> str:
@@ -56,7 +58,8 @@ def parse_proc_net_tcp(text: str | None) -> list[Listener]:
             continue
         addr, _, port = fields[1].partition(":")
         try:
-            out.append(Listener(_hex_address(addr), int(port, 16)))
+            inode = int(fields[9]) if len(fields) > 9 else 0
+            out.append(Listener(_hex_address(addr), int(port, 16), inode))
         except ValueError:
             continue
     return out
@@ -96,7 +99,15 @@ def parse_worker(pid: str, cmdline: str | None) -> Worker | None:
         port = int(port_text) if port_text else RPC_PORT
     except ValueError:
         port = RPC_PORT
-    return Worker(pid, kind, _flag(argv, host_flags) or "127.0.0.1", port)
+    host = _flag(argv, host_flags)
+    return Worker(pid, kind, host or "127.0.0.1", port, host is not None)
+
+
+def socket_inode(link: str | None) -> int | None:
+    """The inode of a ``/proc/<pid>/fd/<n>`` link ``socket:[12345]`` (``None`` for anything else)."""
+    if link and link.startswith("socket:[") and link.endswith("]") and link[8:-1].isdigit():
+        return int(link[8:-1])
+    return None
 
 
 def classify(address: str) -> str:

@@ -343,6 +343,19 @@ class Root:
             found = nxt
         return sorted(p for p in found if p)
 
+    def readlink(self, path: str) -> str | None:
+        """The target of the symlink at ``path``, not followed (``None``: not a link, or unreadable).
+
+        For ``/proc/<pid>/fd/<n>`` this is ``socket:[<inode>]``, which ties a process to its sockets.
+        """
+        key = norm(path)
+        parent, _, name = key.rpartition("/")
+        real = self.resolve(parent)
+        if real is None or not name:
+            return None
+        entry = self.backend.lstat(f"{real}/{name}" if real else name)
+        return entry.target if isinstance(entry, _Link) else None
+
     def access(self, path: str) -> bool | None:
         """Whether this process may open ``path`` for reading and writing (``None`` when unknown)."""
         key = norm(path)

@@ -43,6 +43,7 @@ class Recorder(Root):
         self.listings: dict[str, list[str]] = {}
         self.accesses: dict[str, bool] = {}
         self.disks: dict[str, DiskUsage] = {}
+        self.links: dict[str, str] = {}
         self._quiet = 0
 
     def stat(self, path: str) -> Node | None:
@@ -82,6 +83,13 @@ class Recorder(Root):
         for path in found:
             self.stat(path)
         return found
+
+    def readlink(self, path: str) -> str | None:
+        """``Root.readlink``, recorded: only ``socket:[inode]`` targets (what the rpc check asks for)."""
+        target = super().readlink(path)
+        if target is not None and target.startswith("socket:[") and not self._quiet:
+            self.links[norm(path)] = target
+        return target
 
     def access(self, path: str) -> bool | None:
         """``Root.access``, recorded."""
@@ -190,7 +198,9 @@ def write_snapshot(rec: Recorder, facts: HostFacts, out: Path, models_dir: str |
         for directory, names in rec.listings.items()
         for name in names
     }
-    placeholders -= set(files) | set(manifest.nodes) | dirs
+    links = {p: t for p, t in rec.links.items() if p not in files}
+    dirs.update("/".join(p.split("/")[:i]) for p in links for i in range(1, len(p.split("/"))))
+    placeholders -= set(files) | set(manifest.nodes) | dirs | set(links)
 
     out = out.expanduser()
     if not out.parent.is_dir():
@@ -205,9 +215,13 @@ def write_snapshot(rec: Recorder, facts: HostFacts, out: Path, models_dir: str |
         ):
             data = manifest.dumps().encode("utf-8")
             tar.addfile(_info(MANIFEST_NAME, None, size=len(data)), io.BytesIO(data))
-            for path in sorted(dirs | set(files) | placeholders):
+            for path in sorted(dirs | set(files) | placeholders | set(links)):
                 count += 1
-                if path in dirs:
+                if path in links:  # a process's socket: the link alone, pointing nowhere under the root
+                    link = _info(path, None)
+                    link.type, link.linkname = tarfile.SYMTYPE, links[path]
+                    tar.addfile(link)
+                elif path in dirs:
                     tar.addfile(_info(path, rec.stats.get(path), kind="dir"))
                 elif path in files:
                     tar.addfile(
