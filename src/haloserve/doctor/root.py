@@ -344,16 +344,10 @@ class Root:
         return sorted(p for p in found if p)
 
     def readlink(self, path: str) -> str | None:
-        """The target of the symlink at ``path``, not followed (``None``: not a link, or unreadable).
-
-        For ``/proc/<pid>/fd/<n>`` this is ``socket:[<inode>]``, which ties a process to its sockets.
-        """
-        key = norm(path)
-        parent, _, name = key.rpartition("/")
+        """The unfollowed target of a symlink (``socket:[inode]`` for a socket in ``/proc/<pid>/fd``)."""
+        parent, _, name = norm(path).rpartition("/")
         real = self.resolve(parent)
-        if real is None or not name:
-            return None
-        entry = self.backend.lstat(f"{real}/{name}" if real else name)
+        entry = self.backend.lstat(f"{real}/{name}" if real else name) if real is not None and name else None
         return entry.target if isinstance(entry, _Link) else None
 
     def access(self, path: str) -> bool | None:
