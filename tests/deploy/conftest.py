@@ -62,6 +62,7 @@ def rendered() -> dict[str, dict[str, RenderedFile]]:
     out["four-rocm641"] = render_text(example_spec(4).replace('rocm_version: "7.0"', 'rocm_version: "6.4.1"'))
     out["one-vulkan"] = render_text(example_spec(1).replace("backend: rocm", "backend: vulkan"))
     out["mixed"] = render_text(MIXED)
+    out["rpc-halo"] = render_text(RPC_HALO)
     return out
 
 
@@ -76,6 +77,35 @@ models:
   - {name: qwen3-8b, source: qwen3-8b, engine: vllm, quant: BF16, nodes: [b], port: 8001, ctx: 16384}
 gateway: {node: a, policy: least}
 """
+
+
+# halo serve split over two unequal boxes with llama.cpp's RPC backend (the spec of docs/rpc.md).
+RPC_HALO = """\
+# Two Strix Halo boxes on a RoCE link: one model split by halo serve over llama.cpp's RPC backend.
+nodes:
+  - name: halo1
+    address: 192.168.1.11
+    ram: 128
+    rdma: {interface: enp1s0f0np0, ip: 10.0.1.1/24}
+  - name: halo2
+    address: 192.168.1.12
+    ram: 64
+    rdma: {interface: enp1s0f0np0, ip: 10.0.1.2/24}
+models:
+  - name: qwen3-235b
+    source: qwen3-235b-a22b
+    quant: Q4_K_M
+    file: Qwen3-235B-A22B-Q4_K_M-00001-of-00003.gguf
+    engine: halo
+    split: rpc
+    nodes: [halo1, halo2]   # halo1 runs halo serve --rpc, halo2 runs halo rpc-worker
+    ctx: 32768
+    cache_type_k: q8_0
+    cache_type_v: q8_0
+gateway: {node: halo1}
+"""
+# Golden directories rendered from a spec text instead of `halo deploy init`.
+GOLDEN_SPECS = {"rpc-halo": RPC_HALO}
 
 
 def write(files: dict[str, RenderedFile], root: Path) -> Path:

@@ -13,7 +13,7 @@ import pytest
 
 from haloserve.deploy import RenderedFile
 from haloserve.deploy.examples import example_spec
-from tests.deploy.conftest import EXAMPLES
+from tests.deploy.conftest import EXAMPLES, GOLDEN_SPECS
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("HALO_UPDATE_GOLDEN") == "1"
@@ -21,11 +21,13 @@ UPDATE = os.environ.get("HALO_UPDATE_GOLDEN") == "1"
 
 def _expected(name: str, files: dict[str, RenderedFile]) -> dict[str, str]:
     out = {f"files/{p}": f.text for p, f in files.items()}
-    out["spec.yaml"] = example_spec(EXAMPLES[name], "spec.yaml")
+    out["spec.yaml"] = (
+        GOLDEN_SPECS[name] if name in GOLDEN_SPECS else example_spec(EXAMPLES[name], "spec.yaml")
+    )
     return out
 
 
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
+@pytest.mark.parametrize("name", sorted([*EXAMPLES, *GOLDEN_SPECS]))
 def test_example_matches_golden(name: str, rendered: dict[str, dict[str, RenderedFile]]) -> None:
     expected = _expected(name, rendered[name])
     root = GOLDEN / name

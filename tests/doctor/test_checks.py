@@ -350,6 +350,6 @@ def test_select_ids_and_groups() -> None:
         "rdma", "rdma.gid", "rdma.mtu", "rdma.ecn", "rdma.memlock", "rdma.nccl"
     ]  # fmt: skip
     assert [c.id for c in select(["RDMA.gid", "kernel"])] == ["kernel", "rdma.gid"]
-    assert len(select([])) == 20
+    assert len(select([])) == 21
     with pytest.raises(ConfigError, match=r"unknown check 'rdm' \(known: kernel, amdgpu"):
         select(["rdm"])

@@ -86,7 +86,7 @@ def test_human_report(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Mo
     monkeypatch.setenv("COLUMNS", "140")
     code, out, err = run(capsys, "--root", str(FIXTURES / "seed-misconfigured"))
     assert code == 1 and err == ""
-    for section in ("Kernel and driver", "GPU access", "Memory", "Software", "RDMA", "Models"):
+    for section in ("Kernel and driver", "GPU access", "Memory", "Software", "RDMA", "RPC workers", "Models"):
         assert section in out
     assert "rdma (6 checks)" in out  # six skipped RDMA checks fold into one row
     assert "✘ FAIL  memory: Memory split" in out
@@ -96,7 +96,7 @@ def test_human_report(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Mo
         "\n    echo 'GRUB_CMDLINE_LINUX_DEFAULT=\"$GRUB_CMDLINE_LINUX_DEFAULT ttm.pages_limit=31326208 "
         "ttm.page_pool_size=31326208\"' | sudo tee /etc/default/grub.d/90-haloserve-ttm.cfg\n"
     ) in out
-    assert "3 fail  5 warn  6 ok  6 skip  (exit code 1)" in out
+    assert "3 fail  5 warn  6 ok  7 skip  (exit code 1)" in out
 
 
 def test_list(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,44 +9,45 @@ from tests.doctor.conftest import FIXTURE_NAMES, FIXTURES, results_for
 
 OK, WARN, FAIL, SKIP = Status.OK, Status.WARN, Status.FAIL, Status.SKIP
 NO_RDMA = {f"rdma{s}": SKIP for s in ("", ".gid", ".mtu", ".ecn", ".memlock", ".nccl")}
+NO_RPC = {"rpc": SKIP}
 
 EXPECTED: dict[str, dict[str, Status]] = {
     "strix-halo-128": {
         "kernel": OK, "amdgpu": OK, "iommu": OK, "gpu": OK, "devices": OK, "groups": OK,
         "memory": OK, "ttm": OK, "rocm": OK, "rocm.env": OK, "vulkan": OK, "container": OK,
-        **NO_RDMA, "models": OK, "models.mmap": OK,
+        **NO_RDMA, "rpc": OK, "models": OK, "models.mmap": OK,
     },
     "seed-misconfigured": {
         "kernel": WARN, "amdgpu": OK, "iommu": WARN, "gpu": OK, "devices": FAIL, "groups": FAIL,
         "memory": FAIL, "ttm": WARN, "rocm": OK, "rocm.env": OK, "vulkan": WARN, "container": OK,
-        **NO_RDMA, "models": OK, "models.mmap": WARN,
+        **NO_RDMA, **NO_RPC, "models": OK, "models.mmap": WARN,
     },
     "strix-halo-64": {
         "kernel": OK, "amdgpu": OK, "iommu": OK, "gpu": OK, "devices": OK, "groups": OK,
         "memory": OK, "ttm": FAIL, "rocm": OK, "rocm.env": OK, "vulkan": OK, "container": OK,
-        **NO_RDMA, "models": WARN, "models.mmap": OK,
+        **NO_RDMA, **NO_RPC, "models": WARN, "models.mmap": OK,
     },
     "non-amd": {
         "kernel": WARN, "amdgpu": SKIP, "iommu": SKIP, "gpu": FAIL, "devices": SKIP, "groups": SKIP,
         "memory": SKIP, "ttm": SKIP, "rocm": SKIP, "rocm.env": SKIP, "vulkan": SKIP, "container": SKIP,
-        **NO_RDMA, "models": OK, "models.mmap": SKIP,
+        **NO_RDMA, **NO_RPC, "models": OK, "models.mmap": SKIP,
     },
     "rdma-node": {
         "kernel": OK, "amdgpu": OK, "iommu": OK, "gpu": OK, "devices": OK, "groups": OK,
         "memory": OK, "ttm": OK, "rocm": OK, "rocm.env": OK, "vulkan": OK, "container": OK,
         "rdma": OK, "rdma.gid": FAIL, "rdma.mtu": WARN, "rdma.ecn": OK, "rdma.memlock": WARN,
-        "rdma.nccl": SKIP, "models": OK, "models.mmap": OK,
+        "rdma.nccl": SKIP, "rpc": WARN, "models": OK, "models.mmap": OK,
     },
     "igpu-dgpu": {
         "kernel": OK, "amdgpu": OK, "iommu": OK, "gpu": OK, "devices": OK, "groups": OK,
         "memory": OK, "ttm": OK, "rocm": OK, "rocm.env": OK, "vulkan": OK, "container": OK,
-        **NO_RDMA, "models": OK, "models.mmap": OK,
+        **NO_RDMA, **NO_RPC, "models": OK, "models.mmap": OK,
     },
     "garbage": {
         "kernel": WARN, "amdgpu": OK, "iommu": OK, "gpu": WARN, "devices": FAIL, "groups": WARN,
         "memory": WARN, "ttm": SKIP, "rocm": WARN, "rocm.env": WARN, "vulkan": WARN, "container": SKIP,
         "rdma": FAIL, "rdma.gid": SKIP, "rdma.mtu": SKIP, "rdma.ecn": SKIP, "rdma.memlock": OK,
-        "rdma.nccl": SKIP, "models": SKIP, "models.mmap": SKIP,
+        "rdma.nccl": SKIP, **NO_RPC, "models": SKIP, "models.mmap": SKIP,
     },
 }  # fmt: skip
 

@@ -60,6 +60,7 @@ def build_inputs(settings: PlanSettings, model_ref: str | None) -> PlanInputs:
         n_batch=settings.batch,
         overhead_bytes=settings.overhead,
         nodes=settings.nodes,
+        node_addresses=settings.node_addresses(),
         link_latency=settings.link_latency_us * 1e-6,
         hardware=hardware,
         model_ref=model_ref,

@@ -9,6 +9,7 @@ from rich import box
 from rich.table import Table
 
 from haloserve.cli.render import console, markup_safe, print_json
+from haloserve.planner.rpc_launch import node_addresses
 from haloserve.units import GB, fmt_bytes
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ def show_plan(plan: Plan, kind: str, notes: tuple[str, ...] = ()) -> None:
 
     if plan.cluster:
         _show_cluster(plan)
+        _show_rpc_launch(plan)
     elif not plan.fits and plan.nodes_needed and plan.nodes_needed > 1:
         out.print(f"[yellow]needs {plan.nodes_needed} nodes[/]: rerun with --nodes {plan.nodes_needed}")
 
@@ -174,13 +176,17 @@ def _show_cluster(plan: Plan) -> None:
         title=f"llama.cpp RPC layer split over {cl.nodes} nodes (--tensor-split {cl.tensor_split})",
         title_justify="left",
     )
-    for col in ("node", "layers", "weights", "KV cache", "total", "fits"):
+    for col in ("device", "node", "layers", "weights", "KV cache", "total", "fits"):
         t.add_column(col, justify="right")
-    for share in cl.rpc:
+    addresses = node_addresses(cl.nodes, plan.inputs.node_addresses)
+    # llama.cpp's device order: the workers in --rpc order, then the main node's own GPU
+    names = [f"{a} (rpc-worker)" for a in addresses[1:]] + [f"{addresses[0]} (main)"]
+    for share, name in zip(cl.rpc, names, strict=True):
         layers = f"{share.first_layer}-{share.last_layer}" + (" + output" if share.holds_output else "")
         fits = share.total_bytes <= plan.budget.usable_bytes
         t.add_row(
             str(share.node),
+            markup_safe(name),
             layers,
             _b(share.weights_bytes),
             _b(share.kv_bytes),
@@ -198,6 +204,24 @@ def _show_cluster(plan: Plan) -> None:
         f"decode ceiling: RPC {_rate(cl.rpc_decode_tokens_per_s_ceiling)}, "
         f"tensor parallel {_rate(cl.tp_decode_tokens_per_s_ceiling)} (network latency included)"
     )
+
+
+def _show_rpc_launch(plan: Plan) -> None:
+    out = console()
+    launch = plan.rpc_launch
+    if launch is None:
+        return
+    if not launch.commands:
+        out.print(f"[yellow]RPC split[/]: {markup_safe(launch.note)}", soft_wrap=True)
+        return
+    out.print("\n[bold]RPC split: run these[/] (workers first)")
+    for c in launch.commands:
+        where = "worker" if c.role == "worker" else "main node"
+        out.print(f"# on {markup_safe(c.node)} ({where})", highlight=False)
+        out.print(markup_safe(c.command), highlight=False, soft_wrap=True)
+    out.print(f"[dim]{markup_safe(launch.note)}[/]", soft_wrap=True)
+    for var in launch.unsupported:
+        out.print(f"[yellow]![/] halo serve has no option for {var}: use llama-server for this plan")
 
 
 def show_catalog(as_json: bool) -> None:

@@ -103,6 +103,12 @@ class PlanSettings(HaloSettings):
     nodes: int = option(
         1, "Nodes to plan a cluster over (llama.cpp RPC or vLLM tensor parallel).", ge=1, le=64
     )
+    node_address: list[str] = option(
+        default_factory=list,
+        description="Address of each node for the RPC commands, the main node first (comma-separated or "
+        "repeated; default: node1..nodeN).",
+        metavar="HOST[,HOST...]",
+    )
     ubatch: int = option(
         512, "Physical batch (llama-server -ub).", env=("LLAMA_ARG_UBATCH",), aliases=("-ub",), ge=1
     )
@@ -135,6 +141,10 @@ class PlanSettings(HaloSettings):
     link_latency_us: float = option(
         50.0, "Network latency per hop / all-reduce step, microseconds.", ge=0, le=1e6
     )
+
+    def node_addresses(self) -> tuple[str, ...]:
+        """``--node-address`` values with commas split (``a,b`` is ``--node-address a --node-address b``)."""
+        return tuple(p.strip() for item in self.node_address for p in item.split(",") if p.strip())
 
     def kv_types(self) -> tuple[str, str]:
         """(K type, V type): the specific flags win over ``--kv-type``; f16 by default."""

@@ -36,6 +36,7 @@ SECURITY_KEYS = (
 DEVICES = {"/dev/kfd", "/dev/dri", "/dev/infiniband"}
 CAPABILITIES = {"IPC_LOCK"}  # RDMA pins memory
 SECURITY_OPTS = {"seccomp=unconfined", "seccomp:unconfined"}
+WILDCARDS = {"0.0.0.0", "::", "0:0:0:0:0:0:0:0"}  # every interface
 _HOST_ONLY = re.compile(r"^/(?:|var/run/docker\.sock|run/docker\.sock|proc|sys|etc|boot|root)(?::|/?$)")
 # A shell assignment whose value cannot run anything: plain, single-quoted, or double-quoted without $ `
 _LITERAL = re.compile(r"^(export )?([A-Za-z_][A-Za-z0-9_]*)=('[^']*'|\"[^\"$`\\]*\"|[\w.,:/@%+=-]*)$")
@@ -76,8 +77,29 @@ def _invariants(services: dict[str, Any]) -> list[tuple[str, str]]:
                 found.append(("volumes", f"volume {v} mounts a host system path"))
         if s.get("network_mode") not in (None, "host"):
             found.append(("network_mode", f"network_mode {s['network_mode']} is never rendered"))
+        wild = _rpc_worker_wildcard(s.get("command"))
+        if wild:
+            found.append(
+                (
+                    "command",
+                    f"halo rpc-worker --host {wild} listens on every interface; the RPC protocol has no "
+                    "authentication: bind the node's private address (rdma.ip in the spec)",
+                )
+            )
         out += [(f"{name}: {key}", f"{name}: {message}") for key, message in found]
     return out
+
+
+def _rpc_worker_wildcard(command: Any) -> str | None:
+    """The wildcard address a ``halo rpc-worker`` command binds (``None``: none, or not a worker)."""
+    if not isinstance(command, list) or "rpc-worker" not in command:
+        return None
+    words = [str(w) for w in command]
+    for i, word in enumerate(words):
+        host = words[i + 1] if word == "--host" and i + 1 < len(words) else word.partition("=")[2]
+        if (word == "--host" or word.startswith("--host=")) and host.strip("[]") in WILDCARDS:
+            return host
+    return None
 
 
 def compose_drift(disk: dict[str, Any], fresh: dict[str, Any]) -> list[str]:

@@ -2,11 +2,11 @@
 
 Each node's GPU budget is the planner's with the TTM limit the host set-up will write
 (:func:`tuned_budget`, which ``halo doctor`` and ``halo plan`` call too), unless the spec pins
-``ttm_pages``. A model is planned once per placement:
-alone on each replica's node, as an even llama.cpp RPC layer split, or as vLLM tensor parallelism (the
-planner's ``ClusterPlan``). What every model needs on a node is summed, so two models sharing a node are
-checked together. A model that does not fit stops the render with the planner's numbers and the changes
-that would make it fit.
+``ttm_pages``. A model is planned once per placement: alone on each replica's node, as a llama.cpp RPC
+layer split proportional to each node's usable memory (each share checked against its own node), or as
+vLLM tensor parallelism (the planner's ``ClusterPlan``). What every model needs on a node is summed, so
+two models sharing a node are checked together. A model that does not fit stops the render with the
+planner's numbers and the changes that would make it fit.
 """
 
 from __future__ import annotations
@@ -28,8 +28,12 @@ from haloserve.planner import (
     resolve_model,
     tuned_budget,
 )
+from haloserve.planner.advice import OS_FLOOR, free_ram_bytes
+from haloserve.planner.cluster import tensor_split_for
 from haloserve.planner.vllm import vllm_format
 from haloserve.units import fmt_bytes
+
+RAM_NOTE = "of RAM is left to Linux"  # the planner's warning, judged per node for a split
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,11 @@ class Placement:
     resolved: ResolvedModel
     plan: Plan
     per_node: dict[str, int]
+    verdict: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.verdict:  # frozen: set once, from the plan unless the split judged each node
+            object.__setattr__(self, "verdict", self.plan.verdict)
 
 
 @dataclass(frozen=True)
@@ -78,9 +87,15 @@ def node_memory(node: Node) -> NodeMemory:
     return NodeMemory(node, budget, ttm)
 
 
-def _inputs(model: Model, nodes: int, ref: str | None) -> PlanInputs:
+def rpc_order(model: Model) -> list[str]:
+    """The nodes of an RPC split in llama.cpp's device order: the workers (``--rpc`` order), then the main."""
+    return [*model.nodes[1:], *model.nodes[:1]]
+
+
+def _inputs(model: Model, nodes: int, ref: str | None, split: tuple[float, ...] | None = None) -> PlanInputs:
     vllm = model.engine == "vllm"
     return PlanInputs(
+        tensor_split=split,
         ctx=model.ctx,
         parallel=model.parallel,
         type_k=model.cache_type_k,
@@ -124,7 +139,10 @@ def _plan(model: Model, i: int, memory: dict[str, NodeMemory]) -> tuple[Placemen
         ref = model.hf or (resolved.ref if resolved.kind != "gguf" else None)
         if model.engine == "vllm" and ref is None:
             raise _PlanProblem(("models", i, "source"), "vLLM loads a Hugging Face model: set hf: (its id)")
-        plan = plan_model(resolved.spec, resolved.weights, smallest, _inputs(model, len(group), ref))
+        split = None
+        if model.split == "rpc":  # proportional to each node's usable memory (tuned_budget), device order
+            split = tensor_split_for([memory[name].budget.usable_bytes for name in rpc_order(model)])
+        plan = plan_model(resolved.spec, resolved.weights, smallest, _inputs(model, len(group), ref, split))
     except ConfigError as exc:
         raise _PlanProblem(("models", i, "source"), exc.message) from None
     per_node: dict[str, int] = {}
@@ -138,11 +156,37 @@ def _plan(model: Model, i: int, memory: dict[str, NodeMemory]) -> tuple[Placemen
     if model.engine == "vllm":  # sized from the weights vLLM loads, not the GGUF estimate
         per_node = dict.fromkeys(group if model.split != "none" else model.nodes, plan.vllm.tp.per_node_bytes)
     elif model.split == "rpc" and plan.cluster:
-        per_node = {name: share.total_bytes for name, share in zip(group, plan.cluster.rpc, strict=True)}
+        shares = zip(rpc_order(model), plan.cluster.rpc, strict=True)
+        per_node = {name: share.total_bytes for name, share in shares}
     else:
         per_node = dict.fromkeys(model.nodes, plan.memory.total_bytes)
     notes = [f"{model.name}: {w}" for w in (*resolved.notes, *plan.warnings) if not w.startswith("needs ")]
-    return Placement(i, model, resolved, plan, per_node), notes
+    verdict = ""
+    if model.split == "rpc" and plan.cluster:
+        # nodes of a split may differ: judge each share against its own node, not the smallest budget
+        notes = [n for n in notes if RAM_NOTE not in n] + _rpc_ram_notes(model, plan, per_node, memory)
+        room = [memory[name].budget.usable_bytes - need for name, need in per_node.items()]
+        tight = any(
+            r < 0.05 * memory[name].budget.usable_bytes for r, name in zip(room, per_node, strict=True)
+        )
+        verdict = "does not fit" if min(room) < 0 else ("fits (tight)" if tight else "fits")
+    return Placement(i, model, resolved, plan, per_node, verdict), notes
+
+
+def _rpc_ram_notes(
+    model: Model, plan: Plan, per_node: dict[str, int], memory: dict[str, NodeMemory]
+) -> list[str]:
+    """The RAM each node of a split leaves to Linux (the main node also keeps the token embeddings)."""
+    out = []
+    for name, need in per_node.items():
+        host = plan.memory.host_bytes if name == model.nodes[0] else 0
+        free = free_ram_bytes(memory[name].budget, need, host)
+        if free < OS_FLOOR:
+            out.append(
+                f"{model.name}: only {fmt_bytes(max(0, free))} of RAM is left to Linux on {name}; "
+                "lower the context or raise os_reserve"
+            )
+    return out
 
 
 class _PlanProblem(Exception):

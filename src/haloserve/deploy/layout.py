@@ -53,11 +53,7 @@ def _prefix(model: Model, shared: bool) -> str:
 
 
 def _rpc_addresses(spec: DeploySpec, model: Model) -> list[str]:
-    out = []
-    for name in model.nodes[1:]:
-        node = spec.node(name)
-        out.append(f"{svc.netloc(node.rdma.address if node.rdma else node.address)}:{model.rpc_port}")
-    return out
+    return [f"{svc.netloc(svc.rpc_bind(spec.node(name)))}:{model.rpc_port}" for name in model.nodes[1:]]
 
 
 def _backend(model: Model, host: str) -> Backend:
@@ -79,15 +75,23 @@ def _tp_context(spec: DeploySpec, p: Placement, node: Node) -> dict[str, object]
 
 def _rpc_context(spec: DeploySpec, p: Placement, node: Node, main: bool) -> dict[str, object]:
     env = svc.gpu_env(spec)
+    rpc = _rpc_addresses(spec, p.model)
     if main:
-        env = svc.llama_env(spec, p, None, _rpc_addresses(spec, p.model))
+        env = svc.llama_env(spec, p, None, rpc)
         path = f"{node.models_dir.rstrip('/')}/{p.model.file}"
         env = [svc.EnvVar(e.name, path, "") if e.name == "LLAMA_ARG_MODEL" else e for e in env]
+    halo = p.model.engine == "halo"
     return {
         "model": p.model,
         "node": node,
-        "bind": node.rdma.address if node.rdma else node.address,
+        "bind": svc.rpc_bind(node),
         "env": env,
+        "halo": halo,
+        "serve_flags": [*svc.halo_rpc_flags(p, rpc), *svc.sampling_flags(p.model), *p.model.extra_args]
+        if halo
+        else [],
+        "worker_command": svc.halo_rpc_worker_command(p, node) if halo and not main else [],
+        "cache_dir": svc.RPC_CACHE_DIR,
     }
 
 
@@ -123,7 +127,7 @@ def build_layout(spec: DeploySpec, fit: FitReport) -> Layout:
             plans[head.name].services.append(main)
             plans[head.name].scripts.append(
                 Script(
-                    f"{model.name}-llama-server.sh",
+                    f"{model.name}-{'halo-serve' if model.engine == 'halo' else 'llama-server'}.sh",
                     "rpc-main.sh.j2",
                     _rpc_context(spec, p, head, True),
                     HOST_ONLY,

@@ -7,6 +7,7 @@ below can name the line to fix. Duplicate keys, which PyYAML would silently coll
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,8 +190,20 @@ def _engine_problems(spec: DeploySpec, i: int) -> Iterator[Problem]:
         )
     if model.split != "none" and len(model.nodes) < 2:
         yield Problem(("models", i, "split"), f"split {model.split} needs at least 2 nodes")
-    if model.split == "rpc" and model.engine != "llamacpp":
-        yield Problem(("models", i, "engine"), "split rpc runs llama.cpp's RPC backend: use engine llamacpp")
+    if model.split == "rpc" and model.engine not in ("llamacpp", "halo"):
+        yield Problem(
+            ("models", i, "engine"), "split rpc runs llama.cpp's RPC backend: use engine halo or llamacpp"
+        )
+    if model.split == "rpc" and model.engine == "halo":
+        for j, name in enumerate(model.nodes[1:], start=1):
+            node = next((n for n in spec.nodes if n.name == name), None)
+            bind = (node.rdma.address if node.rdma else node.address) if node else None
+            if bind is not None and not _ipv4(bind):
+                yield Problem(
+                    ("models", i, "nodes", j),
+                    f"node {name!r} would run halo rpc-worker on {bind!r}: it listens on an IPv4 address; "
+                    "give the node an rdma: section or an IPv4 address",
+                )
     if model.split == "tensor-parallel" and model.engine != "vllm":
         yield Problem(("models", i, "engine"), "split tensor-parallel runs vLLM + Ray: use engine vllm")
     if model.engine == "vllm" and spec.backend != "rocm":
@@ -208,6 +221,13 @@ def _engine_problems(spec: DeploySpec, i: int) -> Iterator[Problem]:
                 )
 
 
+def _ipv4(value: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(value), ipaddress.IPv4Address)
+    except ValueError:
+        return False
+
+
 def node_ports(spec: DeploySpec) -> dict[str, list[tuple[int, str, Loc]]]:
     """Host ports each node publishes: (port, what, where in the spec)."""
     used: dict[str, list[tuple[int, str, Loc]]] = {n.name: [] for n in spec.nodes}
@@ -220,7 +240,7 @@ def node_ports(spec: DeploySpec) -> dict[str, list[tuple[int, str, Loc]]]:
         if model.split == "rpc":
             for name in model.nodes[1:]:
                 used.setdefault(name, []).append(
-                    (model.rpc_port, f"{model.name} rpc-server", ("models", i, "rpc_port"))
+                    (model.rpc_port, f"{model.name} RPC worker", ("models", i, "rpc_port"))
                 )
         if model.split == "tensor-parallel":
             for port in RAY_PORTS:

@@ -38,8 +38,7 @@ def fit_to_dict(fit: FitReport) -> dict[str, Any]:
             for name, mem in fit.nodes.items()
         },
         "models": [
-            {"name": p.model.name, "verdict": p.plan.verdict, "per_node_bytes": p.per_node}
-            for p in fit.placements
+            {"name": p.model.name, "verdict": p.verdict, "per_node_bytes": p.per_node} for p in fit.placements
         ],
         "warnings": fit.warnings,
     }

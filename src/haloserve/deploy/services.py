@@ -1,7 +1,8 @@
 """The services a deployment runs, as plain data the templates turn into Compose and Swarm files.
 
-One builder per role: an engine replica (llama.cpp, ``halo serve`` or vLLM), the main llama.cpp server
-of an RPC split and its ``rpc-server`` workers, the Ray head (which launches ``vllm serve``) and Ray
+One builder per role: an engine replica (llama.cpp, ``halo serve`` or vLLM), the main server of an RPC
+split (``llama-server`` or ``halo serve --rpc``) and its workers (``rpc-server`` or ``halo rpc-worker``),
+the Ray head (which launches ``vllm serve``) and Ray
 workers of a tensor-parallel split, the gateway, and the ROCm test container. Every setting comes from
 the spec or from the planner's plan (``LLAMA_ARG_*`` and ``vllm serve`` arguments); nothing is computed
 twice.
@@ -20,6 +21,8 @@ from haloserve.deploy.spec import DeploySpec, Model, Node
 
 # "$$" is Compose's escape for a literal "$" (it interpolates "$..." itself)
 RPC_BIN = 'exec "$$(command -v ggml-rpc-server || command -v rpc-server)"'
+# halo rpc-worker's tensor cache on the host: a restarted main node reloads without resending the weights
+RPC_CACHE_DIR = "/var/cache/halo-rpc"
 ENV_NOTES = {
     "LLAMA_ARG_CTX_SIZE": "total context, split across the slots (from the plan)",
     "LLAMA_ARG_N_PARALLEL": "slots decoding together",
@@ -31,7 +34,7 @@ ENV_NOTES = {
     "LLAMA_ARG_MMAP": "mmap loading is very slow on ROCm UMA (llama.cpp issue 15018)",
     "LLAMA_ARG_JINJA": "the model's chat template (tool calling)",
     "LLAMA_ARG_RPC": "--rpc: rpc-server workers on the private RDMA network (no authentication)",
-    "LLAMA_ARG_TENSOR_SPLIT": "even layer split: local GPU first, then each worker",
+    "LLAMA_ARG_TENSOR_SPLIT": "layer split by usable memory: each worker in --rpc order, then the local GPU",
     "LLAMA_ARG_ROPE_SCALING_TYPE": "context per slot is past the trained context: YaRN",
 }
 
@@ -112,7 +115,8 @@ def _http_health(port: int) -> list[str]:
     return ["CMD", "curl", "-fsS", f"http://127.0.0.1:{port}/health"]
 
 
-def _sampling_flags(model: Model) -> list[str]:
+def sampling_flags(model: Model) -> list[str]:
+    """``--temp``, ``--top-p`` and ``--min-p`` from the spec's default sampling."""
     s = model.sampling
     pairs = [("--temp", s.temp), ("--top-p", s.top_p), ("--min-p", s.min_p)]
     return [x for flag, v in pairs if v is not None for x in (flag, f"{v:g}")]
@@ -158,8 +162,9 @@ def llama_env(spec: DeploySpec, p: Placement, prefix: str | None, rpc: list[str]
         values["LLAMA_ARG_TOP_K"] = str(model.sampling.top_k)
     if rpc:
         values["LLAMA_ARG_RPC"] = ",".join(rpc)
-    if model.engine == "halo":
-        values = {k: v for k, v in values.items() if k in HALO_ENV}
+    if model.engine == "halo":  # halo serve takes the split as flags (halo_rpc_flags), not variables
+        drop = ("LLAMA_ARG_RPC", "LLAMA_ARG_TENSOR_SPLIT")
+        values = {k: v for k, v in values.items() if k in HALO_ENV and k not in drop}
     notes = dict(ENV_NOTES)
     notes["LLAMA_ARG_MODEL"] = "" if prefix is None else f"set {prefix}MODEL_FILE in .env to switch models"
     return [EnvVar(k, v, notes.get(k, "")) for k, v in values.items()] + gpu_env(spec)
@@ -190,7 +195,7 @@ def engine(
             model=model,
         )
     image = imgs["halo" if model.engine == "halo" else "llamacpp"]
-    command = ["halo", "serve"] if model.engine == "halo" else []
+    command = ["halo", "serve", *halo_rpc_flags(p, rpc or [])] if model.engine == "halo" else []
     what = "halo serve" if model.engine == "halo" else "llama-server"
     about = [f"{model.name}: {what} on {node.name} ({p.resolved.spec.name}, {p.resolved.weights.quant})"]
     if rpc:
@@ -200,7 +205,7 @@ def engine(
         node.name,
         image,
         about,
-        command=[*command, *_sampling_flags(model), *model.extra_args],
+        command=[*command, *sampling_flags(model), *model.extra_args],
         env=llama_env(spec, p, prefix, rpc or []),
         ports=[f"{model.port}:{model.port}"],
         volumes=[f"{models}:/models:ro"],
@@ -211,10 +216,47 @@ def engine(
     )
 
 
+def halo_rpc_flags(p: Placement, rpc: list[str]) -> list[str]:
+    """``--rpc`` and ``--tensor-split`` of ``halo serve`` on the main node of a split (none without one)."""
+    if not rpc or p.plan.cluster is None:
+        return []
+    return ["--rpc", ",".join(rpc), "--tensor-split", p.plan.cluster.tensor_split]
+
+
+def rpc_bind(node: Node) -> str:
+    """The private address an RPC worker listens on: the RoCE address, else the node's address."""
+    return node.rdma.address if node.rdma else node.address
+
+
+def halo_rpc_worker_command(p: Placement, node: Node) -> list[str]:
+    """``halo rpc-worker`` bound to the node's private address, with its tensor cache."""
+    port = str(p.model.rpc_port)
+    return ["halo", "rpc-worker", "--host", rpc_bind(node), "--port", port, "--cache", RPC_CACHE_DIR]
+
+
 def rpc_worker(spec: DeploySpec, p: Placement, node: Node) -> Service:
-    """llama.cpp's ``rpc-server`` on a worker of an RPC split (errata 4: not MPI)."""
+    """The worker of an RPC split: ``halo rpc-worker`` (engine halo) or llama.cpp's ``rpc-server``."""
     model = p.model
-    bind = node.rdma.address if node.rdma else node.address
+    bind = rpc_bind(node)
+    if model.engine == "halo":
+        return Service(
+            f"{model.name}-rpc",
+            node.name,
+            images(spec)["halo"],
+            [
+                f"{model.name}: halo rpc-worker on {node.name}, worker of the split led by {model.nodes[0]}",
+                f"host network, listening on {bind} only: the RPC protocol has no authentication",
+                f"--cache keeps the tensors it received in {RPC_CACHE_DIR}: a reload does not resend them",
+            ],
+            command=halo_rpc_worker_command(p, node),
+            env=gpu_env(spec),
+            volumes=[f"{RPC_CACHE_DIR}:{RPC_CACHE_DIR}"],
+            host_network=True,
+            health=None,
+            health_note=f"no health check: /health of halo serve on {model.nodes[0]} names a lost worker",
+            swarm=False,
+            model=model,
+        )
     return Service(
         f"{model.name}-rpc",
         node.name,

@@ -9,7 +9,15 @@ from dataclasses import dataclass
 from haloserve.doctor.host import Host
 from haloserve.doctor.result import CheckResult, Status, Verdict
 
-SECTIONS: tuple[str, ...] = ("Kernel and driver", "GPU access", "Memory", "Software", "RDMA", "Models")
+SECTIONS: tuple[str, ...] = (
+    "Kernel and driver",
+    "GPU access",
+    "Memory",
+    "Software",
+    "RDMA",
+    "RPC workers",
+    "Models",
+)
 
 
 @dataclass(frozen=True)

@@ -343,6 +343,13 @@ class Root:
             found = nxt
         return sorted(p for p in found if p)
 
+    def readlink(self, path: str) -> str | None:
+        """The unfollowed target of a symlink (``socket:[inode]`` for a socket in ``/proc/<pid>/fd``)."""
+        parent, _, name = norm(path).rpartition("/")
+        real = self.resolve(parent)
+        entry = self.backend.lstat(f"{real}/{name}" if real else name) if real is not None and name else None
+        return entry.target if isinstance(entry, _Link) else None
+
     def access(self, path: str) -> bool | None:
         """Whether this process may open ``path`` for reading and writing (``None`` when unknown)."""
         key = norm(path)

@@ -21,6 +21,7 @@ from pathlib import Path
 from haloserve import __version__
 from haloserve.doctor.facts import HostFacts
 from haloserve.doctor.manifest import MANIFEST_NAME, DiskUsage, Manifest, Node, norm
+from haloserve.doctor.netlisten import listen_lines_only, parse_worker
 from haloserve.doctor.parse import is_doctor_param, parse_cmdline, parse_group_file
 from haloserve.doctor.root import Read, Root
 from haloserve.errors import ConfigError
@@ -42,6 +43,7 @@ class Recorder(Root):
         self.listings: dict[str, list[str]] = {}
         self.accesses: dict[str, bool] = {}
         self.disks: dict[str, DiskUsage] = {}
+        self.links: dict[str, str] = {}
         self._quiet = 0
 
     def stat(self, path: str) -> Node | None:
@@ -82,6 +84,13 @@ class Recorder(Root):
             self.stat(path)
         return found
 
+    def readlink(self, path: str) -> str | None:
+        """``Root.readlink``, recorded: only ``socket:[inode]`` targets (what the rpc check asks for)."""
+        target = super().readlink(path)
+        if target is not None and target.startswith("socket:[") and not self._quiet:
+            self.links[norm(path)] = target
+        return target
+
     def access(self, path: str) -> bool | None:
         """``Root.access``, recorded."""
         allowed = super().access(path)
@@ -118,6 +127,12 @@ def _redact(path: str, text: str, keep_groups: set[str]) -> str:
     if path == "proc/cmdline":
         params = parse_cmdline(text).params
         return " ".join(k if v is None else f"{k}={v}" for k, v in params if is_doctor_param(k)) + "\n"
+    if path in ("proc/net/tcp", "proc/net/tcp6"):  # listening sockets only: no peers, no connections
+        return listen_lines_only(text)
+    parts = path.split("/")
+    if len(parts) == 3 and parts[0] == "proc" and parts[1].isdigit() and parts[2] == "cmdline":
+        # only RPC workers' command lines: other processes' arguments may hold secrets
+        return text if parse_worker(parts[1], text) is not None else ""
     if path == "etc/group":
         lines = [ln for ln in text.splitlines() if ln.split(":", 1)[0].strip() in keep_groups]
         return "\n".join(lines) + ("\n" if lines else "")
@@ -183,7 +198,9 @@ def write_snapshot(rec: Recorder, facts: HostFacts, out: Path, models_dir: str |
         for directory, names in rec.listings.items()
         for name in names
     }
-    placeholders -= set(files) | set(manifest.nodes) | dirs
+    links = {p: t for p, t in rec.links.items() if p not in files}
+    dirs.update("/".join(p.split("/")[:i]) for p in links for i in range(1, len(p.split("/"))))
+    placeholders -= set(files) | set(manifest.nodes) | dirs | set(links)
 
     out = out.expanduser()
     if not out.parent.is_dir():
@@ -198,9 +215,13 @@ def write_snapshot(rec: Recorder, facts: HostFacts, out: Path, models_dir: str |
         ):
             data = manifest.dumps().encode("utf-8")
             tar.addfile(_info(MANIFEST_NAME, None, size=len(data)), io.BytesIO(data))
-            for path in sorted(dirs | set(files) | placeholders):
+            for path in sorted(dirs | set(files) | placeholders | set(links)):
                 count += 1
-                if path in dirs:
+                if path in links:  # a process's socket: the link alone, pointing nowhere under the root
+                    link = _info(path, None)
+                    link.type, link.linkname = tarfile.SYMTYPE, links[path]
+                    tar.addfile(link)
+                elif path in dirs:
                     tar.addfile(_info(path, rec.stats.get(path), kind="dir"))
                 elif path in files:
                     tar.addfile(

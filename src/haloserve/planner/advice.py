@@ -10,6 +10,7 @@ import math
 from typing import TYPE_CHECKING
 
 from haloserve.planner.budget import NodeBudget
+from haloserve.planner.rpc_launch import rpc_endpoints
 from haloserve.planner.spec import ModelSpec, Weights
 from haloserve.planner.vllm import KV_DTYPES
 from haloserve.units import GiB, MiB, fmt_bytes
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 
 OS_FLOOR = 2 * GiB  # RAM a headless Linux needs for itself
 CACHE_RAM_DEFAULT = 8192 * MiB  # llama-server's default --cache-ram (common.h cache_ram_mib)
-RPC_PORT = 50052  # ggml-rpc-server's default port
 
 
 def free_ram_bytes(budget: NodeBudget, gpu_bytes: int, host_bytes: int) -> int:
@@ -133,7 +133,7 @@ def llama_server_env(
         env["LLAMA_ARG_ROPE_SCALE"] = str(yarn[0])
         env["LLAMA_ARG_YARN_ORIG_CTX"] = str(yarn[1])
     if cluster is not None:
-        env["LLAMA_ARG_RPC"] = ",".join(f"node{i}:{RPC_PORT}" for i in range(2, cluster.nodes + 1))
+        env["LLAMA_ARG_RPC"] = ",".join(rpc_endpoints(cluster.nodes, inputs.node_addresses))
         env["LLAMA_ARG_TENSOR_SPLIT"] = cluster.tensor_split
     return env
 

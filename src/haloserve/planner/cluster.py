@@ -2,9 +2,13 @@
 
 * **llama.cpp RPC** (``--rpc host:port,...``) places whole layers on each device. With an even
   ``--tensor-split`` llama.cpp gives layer ``il`` to device ``il x N / (n_layer + 1)`` and the output
-  layer to the last one (``llama-model.cpp``, ``load_tensors``); each device holds its layers' weights
-  and KV cache, and reserves its own compute buffer. Layers run one after another, so decode is no
-  faster than on one node and each token pays the network latency of every hop.
+  layer to the last one (``llama-model.cpp``, ``load_tensors``); an uneven split gives layer ``il`` to
+  the first device whose cumulative share exceeds ``il / (n_layer + 1)``. llama.cpp lists the RPC
+  devices first, in ``--rpc`` order, and the local GPU last (``llama.cpp``, "add RPC servers at the
+  front"), so shares and ``--tensor-split`` go workers first and the main node, which holds the output
+  layer, last. Each device holds its layers' weights and KV cache, and reserves its own compute buffer.
+  Layers run one after another, so decode is no faster than on one node and each token pays the network
+  latency of every hop.
 * **vLLM tensor parallelism** (``--tensor-parallel-size N``) shards every matrix N ways, embeddings
   included, and the KV heads (replicated when N exceeds the KV head count). It needs the attention
   heads to divide by N. Decode reads 1/N of the bytes per node but pays two all-reduces per layer.
@@ -14,18 +18,60 @@ Per-layer weight bytes are taken as equal (the layers of the supported models ar
 
 from __future__ import annotations
 
+import bisect
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from haloserve.errors import ConfigError
 from haloserve.planner.spec import ModelSpec, Weights
+from haloserve.units import GiB
 
 MAX_NODES = 64
 DEFAULT_LINK_LATENCY = 50e-6  # seconds per network hop or all-reduce step (TCP over Ethernet)
 
 
-def layer_owner(il: int, n_layer: int, n_nodes: int) -> int:
-    """0-based node that holds layer ``il`` (``il == n_layer`` is the output layer) with an even split."""
-    return il * n_nodes // (n_layer + 1)
+def _f32(x: float) -> float:
+    """``x`` rounded to a C float, as llama.cpp computes its split points."""
+    return float(struct.unpack("f", struct.pack("f", x))[0])
+
+
+def _even(split: Sequence[float] | None) -> bool:
+    return split is None or len(set(split)) <= 1
+
+
+def layer_owner(il: int, n_layer: int, n_nodes: int, split: Sequence[float] | None = None) -> int:
+    """0-based device that holds layer ``il`` (``il == n_layer`` is the output layer).
+
+    ``split`` is ``--tensor-split`` (one proportion per device); ``None`` or equal values split evenly.
+    """
+    if _even(split):
+        return il * n_nodes // (n_layer + 1)
+    assert split is not None and len(split) == n_nodes
+    points, total = [], 0.0
+    for share in split:  # llama.cpp: cumulative sums in float, then normalised (std::upper_bound)
+        total = _f32(total + share)
+        points.append(total)
+    points = [_f32(p / total) for p in points]
+    return min(n_nodes - 1, bisect.bisect_right(points, _f32(il / (n_layer + 1))))
+
+
+def tensor_split_for(usable_bytes: Sequence[int]) -> tuple[float, ...]:
+    """``--tensor-split`` proportional to each device's usable GPU memory (GiB to 0.1), in device order.
+
+    Equal nodes give ``1,1,...``. The budgets come from :func:`haloserve.planner.budget.tuned_budget`
+    (or the node's own budget), so the split follows the same memory the fit check uses.
+    """
+    gib = [round(b / GiB, 1) for b in usable_bytes]
+    if len(set(gib)) <= 1:
+        return tuple(1.0 for _ in gib)
+    return tuple(gib)
+
+
+def format_split(split: Sequence[float]) -> str:
+    """``--tensor-split`` as llama.cpp and ``halo serve`` read it: ``1,1`` or ``120,56``."""
+    return ",".join(f"{s:g}" for s in split)
 
 
 @dataclass(frozen=True)
@@ -66,14 +112,18 @@ def rpc_split(
     compute_bytes: int,
     overhead_bytes: int,
     n_nodes: int,
+    split: Sequence[float] | None = None,
 ) -> list[NodeShare]:
-    """Per-node memory of an even llama.cpp RPC split over ``n_nodes`` nodes."""
+    """Per-device memory of a llama.cpp RPC split over ``n_nodes`` nodes (even unless ``split`` is given).
+
+    Device order is llama.cpp's: the workers in ``--rpc`` order, then the main node (the last share).
+    """
     per_layer = (weights.gpu_bytes - weights.output_bytes) / spec.n_layer
     recurrent_layers = spec.recurrent.n_layers if spec.recurrent else 0
     shares = []
     for node in range(n_nodes):
-        layers = [il for il in range(spec.n_layer) if layer_owner(il, spec.n_layer, n_nodes) == node]
-        holds_output = layer_owner(spec.n_layer, spec.n_layer, n_nodes) == node
+        layers = [il for il in range(spec.n_layer) if layer_owner(il, spec.n_layer, n_nodes, split) == node]
+        holds_output = layer_owner(spec.n_layer, spec.n_layer, n_nodes, split) == node
         n_recurrent = sum(1 for il in layers if spec.n_head_kv[il] == 0) if recurrent_layers else 0
         shares.append(
             NodeShare(
@@ -178,13 +228,21 @@ def plan_cluster(
     tp_fits: bool,
     tp_decode_bytes_per_token: float,
     link_latency: float = DEFAULT_LINK_LATENCY,
+    split: Sequence[float] | None = None,
 ) -> ClusterPlan:
     """Both splits over ``n_nodes`` equal nodes, and their decode ceilings including network latency.
 
     ``tp`` is vLLM's split as :func:`haloserve.planner.vllm.plan_vllm` sized it from the weights vLLM
-    loads (``tp_decode_bytes_per_token`` is what one of its tokens reads); the RPC split uses ``weights``.
+    loads (``tp_decode_bytes_per_token`` is what one of its tokens reads); the RPC split uses ``weights``
+    and ``split`` (``--tensor-split`` in device order, workers first; ``None``: even).
     """
-    shares = rpc_split(spec, weights, kv_per_layer, recurrent_bytes, compute_bytes, overhead_bytes, n_nodes)
+    # equal nodes unless the caller knows each node's budget (halo deploy): the same rule either way
+    split = tuple(split) if split is not None else tensor_split_for([usable_bytes] * n_nodes)
+    if len(split) != n_nodes:
+        raise ConfigError(f"a tensor split of {len(split)} values for {n_nodes} nodes")
+    shares = rpc_split(
+        spec, weights, kv_per_layer, recurrent_bytes, compute_bytes, overhead_bytes, n_nodes, split
+    )
     rpc_time = decode_bytes_per_token / bandwidth + 2 * (n_nodes - 1) * link_latency
     tp_time = tp_decode_bytes_per_token / (bandwidth * n_nodes) + (
         2 * spec.n_layer * link_latency if n_nodes > 1 else 0
@@ -193,7 +251,7 @@ def plan_cluster(
         nodes=n_nodes,
         rpc=tuple(shares),
         rpc_fits=all(s.total_bytes <= usable_bytes for s in shares),
-        tensor_split=",".join(["1"] * n_nodes),
+        tensor_split=format_split(split),
         tp=tp,
         tp_fits=tp_fits,
         rpc_decode_tokens_per_s_ceiling=1 / rpc_time,

@@ -22,6 +22,7 @@ from haloserve.planner.memory import (
     runtime_overhead_bytes,
 )
 from haloserve.planner.quant import KV_QUALITY_LADDER, kv_type
+from haloserve.planner.rpc_launch import RpcLaunch, rpc_launch
 from haloserve.planner.spec import ModelSpec, Weights
 from haloserve.planner.speed import SpeedEstimate, estimate_speed
 from haloserve.planner.types import MAX_CONTEXT, MemoryBreakdown, PlanInputs
@@ -74,6 +75,7 @@ def node_need_bytes(spec: ModelSpec, weights: Weights, inputs: PlanInputs, ctx: 
         mem.compute_buffer_bytes,
         mem.overhead_bytes,
         inputs.nodes,
+        inputs.tensor_split,
     )
     return max(s.total_bytes for s in shares)
 
@@ -142,6 +144,11 @@ class Plan:
     vllm_args: tuple[str, ...]
 
     @property
+    def rpc_launch(self) -> RpcLaunch | None:
+        """The ``halo rpc-worker`` / ``halo serve --rpc`` commands of a cluster plan (``None``: one node)."""
+        return rpc_launch(self)
+
+    @property
     def verdict(self) -> str:
         """One word: fits / tight / no."""
         if not self.fits:
@@ -195,6 +202,7 @@ class Plan:
             "ttm": self.ttm.to_dict(),
             "speed": self.speed.to_dict(),
             "cluster": self.cluster.to_dict() if self.cluster else None,
+            "rpc_launch": launch.to_dict() if (launch := self.rpc_launch) else None,
             "spec": self.spec.summary(),
             "warnings": list(self.warnings),
             "llama_server_env": dict(self.llama_env),
@@ -228,6 +236,7 @@ def plan_model(
             vllm.fits,
             speed.decode_bytes_per_token - weights.decode_bytes + vllm.weights.decode_bytes,
             inputs.link_latency,
+            inputs.tensor_split,
         )
     fits = cluster.rpc_fits if cluster else mem.total_bytes <= usable
     per_node = max(s.total_bytes for s in cluster.rpc) if cluster else mem.total_bytes

@@ -13,6 +13,7 @@ from haloserve.planner.checkpoints import vllm_format
 from haloserve.planner.cluster import DEFAULT_LINK_LATENCY
 from haloserve.planner.memory import DEFAULT_BATCH, DEFAULT_OVERHEAD, DEFAULT_UBATCH, ContextLayout
 from haloserve.planner.quant import kv_type
+from haloserve.planner.rpc_launch import check_address
 from haloserve.planner.speed import Hardware
 
 MAX_CONTEXT = 1 << 26  # 64M tokens: the search for the largest context stops here
@@ -38,6 +39,8 @@ class PlanInputs:
     model_ref: str | None = None
     vllm_ref: str | None = None  # the repo vllm serve loads (default: model_ref)
     vllm_quant: str | None = None  # its checkpoint format (default: from the repo name, else BF16)
+    tensor_split: tuple[float, ...] | None = None  # RPC split, workers first then the main node (None: even)
+    node_addresses: tuple[str, ...] = ()  # main node first, then the RPC workers (empty: node1..nodeN)
 
     def __post_init__(self) -> None:
         if self.ctx is not None and self.ctx <= 0:
@@ -48,6 +51,17 @@ class PlanInputs:
             raise ConfigError(f"--parallel must be between 1 and 256 (got {self.parallel})")
         if not 1 <= self.nodes <= 64:
             raise ConfigError(f"--nodes must be between 1 and 64 (got {self.nodes})")
+        if self.tensor_split is not None and (
+            len(self.tensor_split) != self.nodes or any(x <= 0 for x in self.tensor_split)
+        ):
+            raise ConfigError(f"a tensor split needs {self.nodes} positive values (got {self.tensor_split})")
+        if self.node_addresses and len(self.node_addresses) != self.nodes:
+            raise ConfigError(
+                f"--node-address gives {len(self.node_addresses)} address(es) for {self.nodes} node(s): "
+                "give one per node, the main node first"
+            )
+        for i, address in enumerate(self.node_addresses):
+            check_address(address, worker=i > 0)
         kv_type(self.type_k)
         kv_type(self.type_v)
         vllm_format(self.vllm_ref, self.vllm_quant)  # a GGUF quant named for vLLM is refused here

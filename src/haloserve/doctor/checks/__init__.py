@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from haloserve.doctor.check import Check
-from haloserve.doctor.checks import container, gpu, kernel, memory, models, rdma, rocm
+from haloserve.doctor.checks import container, gpu, kernel, memory, models, rdma, rocm, rpc
 
 ALL_CHECKS: tuple[Check, ...] = (
     *kernel.CHECKS,
@@ -12,6 +12,7 @@ ALL_CHECKS: tuple[Check, ...] = (
     *rocm.CHECKS,
     *container.CHECKS,
     *rdma.CHECKS,
+    *rpc.CHECKS,
     *models.CHECKS,
 )
 """Every check in report order."""

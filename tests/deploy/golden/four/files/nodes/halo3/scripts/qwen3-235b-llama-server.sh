@@ -24,7 +24,7 @@ export LLAMA_ARG_UBATCH=512
 export LLAMA_ARG_FIT=off
 # MiB of prompt cache in system RAM, sized to what Linux has left
 export LLAMA_ARG_CACHE_RAM=8192
-# even layer split: local GPU first, then each worker
+# layer split by usable memory: each worker in --rpc order, then the local GPU
 export LLAMA_ARG_TENSOR_SPLIT=1,1
 # mmap loading is very slow on ROCm UMA (llama.cpp issue 15018)
 export LLAMA_ARG_MMAP=false
