@@ -15,13 +15,32 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from haloserve.errors import ConfigError
 from haloserve.units import fmt_bytes
 
-if TYPE_CHECKING:
-    from haloserve.planner.plan import Plan
+
+class PlanLike(Protocol):
+    """The parts of a :class:`haloserve.planner.plan.Plan` the RPC commands are made from (a Protocol,
+    because plan.py imports this module)."""
+
+    @property
+    def inputs(self) -> Any: ...
+    @property
+    def spec(self) -> Any: ...
+    @property
+    def weights(self) -> Any: ...
+    @property
+    def cluster(self) -> Any: ...
+    @property
+    def memory(self) -> Any: ...
+    @property
+    def budget(self) -> Any: ...
+    @property
+    def nodes_needed(self) -> int | None: ...
+    @property
+    def llama_env(self) -> Mapping[str, str]: ...
 
 RPC_PORT = 50052  # ggml-rpc-server's and halo rpc-worker's default port
 RPC_CACHE = "~/.cache/llama.cpp/rpc"  # ggml's own default, so rpc-server and halo rpc-worker share it
@@ -150,7 +169,7 @@ class RpcLaunch:
         }
 
 
-def model_file(plan: Plan) -> str:
+def model_file(plan: PlanLike) -> str:
     """The GGUF the main node loads: the planned file, else a name to replace (``<model>-<quant>.gguf``)."""
     ref = plan.inputs.model_ref
     if ref and ref.endswith(".gguf"):
@@ -158,7 +177,7 @@ def model_file(plan: Plan) -> str:
     return f"{plan.spec.name}-{plan.weights.quant}.gguf".replace(" ", "-")
 
 
-def rpc_launch(plan: Plan, port: int = RPC_PORT, cache: str | None = RPC_CACHE) -> RpcLaunch | None:
+def rpc_launch(plan: PlanLike, port: int = RPC_PORT, cache: str | None = RPC_CACHE) -> RpcLaunch | None:
     """The RPC commands of ``plan`` (``None`` for a one-node plan)."""
     n = plan.inputs.nodes
     cluster = plan.cluster
