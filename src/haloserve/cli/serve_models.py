@@ -37,7 +37,6 @@ def build_models_app(settings: ServeSettings, warn: Callable[[str], None]) -> An
     from haloserve.server.app import create_models_app
     from haloserve.server.model_memory import budget_after_overhead, planned_bytes
     from haloserve.server.models import ModelManager
-    from haloserve.server.state import api_keys
 
     entries = build_registry(settings)
     gpus: list[str] = []
@@ -63,7 +62,6 @@ def build_models_app(settings: ServeSettings, warn: Callable[[str], None]) -> An
         budget=budget,
         make_engine=engine_factory(settings),
         need_bytes=lambda e: planned_bytes(e.path, e.settings),
-        api_keys=api_keys(settings),
         max_models=settings.models_max,
         load_timeout=settings.model_load_timeout,
         stop_timeout=settings.shutdown_timeout,

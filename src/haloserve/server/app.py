@@ -138,6 +138,7 @@ def create_models_app(
         description="OpenAI-compatible API of one haloserve node serving several models.",
         lifespan=lifespan,
     )
+    models.api_keys = api_keys(settings)  # the per-model states check the same keys
     state = ServerState(
         settings=settings, engine=NoEngine(), model_id="", metrics=models.metrics, api_keys=models.api_keys
     )

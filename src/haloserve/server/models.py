@@ -58,6 +58,7 @@ class ManagedModel:
     last_used_mono: float = 0.0
     task: asyncio.Task[None] | None = None
     failed_at: float = 0.0
+    refusal: ServiceUnavailableError | None = None  # why the last load attempt could not start (busy)
     loads: int = 0
     unloads: int = 0
     load_failures: int = 0
@@ -196,6 +197,8 @@ class ModelManager:
                     f"model {m.id!r} is still loading (waited {self.load_timeout:g}s); retry later",
                     retry_after=5.0,
                 ) from None
+            if m.refusal is not None and m.status == "unloaded":
+                raise m.refusal
             if m.status == "failed":
                 raise ModelLoadError(
                     f"model {m.id!r} failed to load: {m.error}", retry_after=RETRY_FAILED_AFTER
@@ -236,7 +239,7 @@ class ModelManager:
 
     # -- transitions --------------------------------------------------------------------------------
     def _start_load(self, m: ManagedModel) -> None:
-        m.status, m.error = "loading", None
+        m.status, m.error, m.refusal = "loading", None, None
         m.task = asyncio.create_task(self._load(m), name=f"load {m.id}")
         m.task.add_done_callback(lambda t: _clear(m, t))
 
@@ -251,6 +254,12 @@ class ModelManager:
                 m.reserved = True
             engine = await asyncio.to_thread(self._start_engine, m.entry)
             state = model_state(m.entry, engine, self.metrics, self.api_keys)
+        except ModelLoadError as exc:
+            self._fail(m, _cause(exc))
+            return
+        except ServiceUnavailableError as exc:  # no room while other models are busy: not the model's fault
+            m.status, m.reserved, m.refusal = "unloaded", False, exc
+            return
         except Exception as exc:
             self._fail(m, _cause(exc))
             return
