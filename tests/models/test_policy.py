@@ -16,7 +16,11 @@ def test_least_recently_used_idle_model_goes_first() -> None:
 
 
 def test_as_many_as_needed_in_lru_order() -> None:
-    residents = [Resident("c", 30, last_used=3), Resident("a", 30, last_used=1), Resident("b", 30, last_used=2)]
+    residents = [
+        Resident("c", 30, last_used=3),
+        Resident("a", 30, last_used=1),
+        Resident("b", 30, last_used=2),
+    ]
     assert plan_eviction(residents, need=60, budget=100).victims == ("a", "b")
 
 

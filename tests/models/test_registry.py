@@ -103,7 +103,9 @@ def test_a_bad_entry_is_one_error_naming_model_and_field(tmp_path: Path, entry: 
 
 def test_duplicate_names_are_refused(tmp_path: Path) -> None:
     touch(tmp_path, "a.gguf", "b.gguf")
-    (tmp_path / "m.yaml").write_text("models:\n  - {id: x, path: a.gguf}\n  - {id: y, path: b.gguf, aliases: [x]}\n")
+    (tmp_path / "m.yaml").write_text(
+        "models:\n  - {id: x, path: a.gguf}\n  - {id: y, path: b.gguf, aliases: [x]}\n"
+    )
     with pytest.raises(ConfigError, match="'x' is used twice"):
         build_registry(ServeSettings(models=tmp_path / "m.yaml"))
 

@@ -28,7 +28,9 @@ def server(fleet: Callable[..., FakeFleet]) -> Iterator[InProcessServer]:
         yield srv
 
 
-def post(srv: InProcessServer, path: str, body: object, headers: dict[str, str] | None = None) -> httpx.Response:
+def post(
+    srv: InProcessServer, path: str, body: object, headers: dict[str, str] | None = None
+) -> httpx.Response:
     return httpx.post(srv.url + path, json=body, headers=AUTH if headers is None else headers, timeout=30)
 
 
@@ -71,15 +73,23 @@ def test_router_mode_list_load_and_unload(server: InProcessServer) -> None:
 
 def test_requests_load_their_model_and_a_broken_one_fails_alone(server: InProcessServer) -> None:
     client = OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
-    reply = client.chat.completions.create(model="b", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    reply = client.chat.completions.create(
+        model="b", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
     assert reply.model == "b" and reply.choices[0].message.content
-    r = post(server, "/v1/chat/completions", {"model": "broken", "messages": [{"role": "user", "content": "x"}]})
+    r = post(
+        server, "/v1/chat/completions", {"model": "broken", "messages": [{"role": "user", "content": "x"}]}
+    )
     assert r.status_code == 503 and r.headers["Retry-After"]
     err = r.json()["error"]
     assert err["code"] == "model_load_failed" and "'broken'" in err["message"]
     assert "unknown model architecture" in err["message"]
     broken = cards(server)["broken"]["status"]
-    assert broken == {"value": "failed", "failed": True, "error": "RuntimeError: unknown model architecture: 'nonsense'"}
+    assert broken == {
+        "value": "failed",
+        "failed": True,
+        "error": "RuntimeError: unknown model architecture: 'nonsense'",
+    }
     completion = client.completions.create(model="alpha", prompt="1, 2,", max_tokens=3)  # by its alias
     assert completion.model == "a"
     health = httpx.get(server.url + "/health", timeout=30)
@@ -96,7 +106,10 @@ def test_requests_load_their_model_and_a_broken_one_fails_alone(server: InProces
 def test_the_lifecycle_api_needs_the_key(server: InProcessServer) -> None:
     assert httpx.get(server.url + "/models", timeout=30).status_code == 401
     assert post(server, "/models/load", {"model": "a"}, headers={}).status_code == 401
-    assert post(server, "/models/unload", {"model": "a"}, headers={"Authorization": "Bearer no"}).status_code == 401
+    assert (
+        post(server, "/models/unload", {"model": "a"}, headers={"Authorization": "Bearer no"}).status_code
+        == 401
+    )
     assert cards(server)["a"]["status"] == {"value": "unloaded"}  # nothing was loaded
 
 

@@ -110,7 +110,8 @@ def model_settings(base: ServeSettings, where: str, overrides: dict[str, Any]) -
             raise ConfigError(f"{where}: {key!r} is a server-wide setting, not a per-model one")
         if key not in ServeSettings.model_fields:
             raise ConfigError(f"{where}: unknown setting {key!r}")
-    values = {k: getattr(base, k) for k in ServeSettings.model_fields}
+    # Only what the server was given, so that "set explicitly" (e.g. -ngl's warning) stays true to it.
+    values = {k: getattr(base, k) for k in base.model_fields_set}
     values.update(overrides)
     try:
         return ServeSettings.model_validate(values)
