@@ -21,6 +21,10 @@ def test_the_yaml_example_is_a_valid_registry(tmp_path: Path) -> None:
     (tmp_path / "models.yaml").write_text(text)
     coder, chat, embed = build_registry(ServeSettings(models=tmp_path / "models.yaml", model_ttl=60))
     assert (coder.id, coder.aliases, coder.pinned, coder.ttl) == ("coder", ("qwen-coder",), True, 60)
-    assert (coder.settings.ctx_size, coder.settings.parallel, coder.settings.cache_type_v) == (65536, 2, "q8_0")
+    assert (coder.settings.ctx_size, coder.settings.parallel, coder.settings.cache_type_v) == (
+        65536,
+        2,
+        "q8_0",
+    )
     assert chat.ttl == 600 and chat.preload and chat.template_source and "messages" in chat.template_source
     assert (embed.settings.ctx_size, embed.settings.parallel, embed.pinned) == (8192, 8, False)

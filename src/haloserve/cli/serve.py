@@ -185,12 +185,11 @@ def _serve(
     """Run ``app`` under uvicorn until SIGINT/SIGTERM; every state's streams get a proper end."""
     import uvicorn
 
-    from haloserve.server.app import all_states
-    from haloserve.server.shutdown import FLUSH_MARGIN, begin_shutdown
+    from haloserve.server.app import begin_app_shutdown
+    from haloserve.server.shutdown import FLUSH_MARGIN
 
     def shutdown() -> None:
-        for state in all_states(app):
-            begin_shutdown(state, settings.shutdown_timeout)
+        begin_app_shutdown(app, settings.shutdown_timeout)
 
     config = uvicorn.Config(
         app,

@@ -24,13 +24,6 @@ def engine_factory(settings: ServeSettings) -> Callable[[ModelEntry], Any]:
     return lambda entry: LlamaEngine(entry.settings, entry.path)
 
 
-def default_budget(gpus: list[str]) -> tuple[int, str]:
-    """What the models may fill when --memory-budget is not given (halo doctor's figure for this host)."""
-    from haloserve.doctor.budget import live_serving_budget
-
-    return live_serving_budget()
-
-
 def build_models_app(settings: ServeSettings, warn: Callable[[str], None]) -> Any:
     """The app of a many-models server; a bad entry or a budget no model fits is a start-up error."""
     from haloserve.config.serve_env import check_build, check_settings
@@ -55,7 +48,9 @@ def build_models_app(settings: ServeSettings, warn: Callable[[str], None]) -> An
     if settings.memory_budget is not None:
         budget, source = settings.memory_budget, "--memory-budget"
     else:
-        budget, source = default_budget(gpus)
+        from haloserve.doctor.budget import live_serving_budget
+
+        budget, source = live_serving_budget()  # halo doctor's figure for this host
     budget = budget_after_overhead(budget, bool(gpus))
     manager = ModelManager(
         entries,
@@ -79,7 +74,7 @@ def build_models_app(settings: ServeSettings, warn: Callable[[str], None]) -> An
 def check_budget(manager: Any, budget: int) -> None:
     """Refuse a budget smaller than every model, or one the pinned models alone overflow."""
     sized = [m for m in manager.models.values() if m.need_bytes is not None]
-    if sized and not manager.fits_any():
+    if sized and not any(m.need_bytes <= budget for m in sized):
         smallest = min(sized, key=lambda m: m.need_bytes)
         raise ConfigError(
             f"--memory-budget {fmt_bytes(budget)} is smaller than any model: the smallest,"

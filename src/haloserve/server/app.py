@@ -33,6 +33,7 @@ from haloserve.server.model_state import NoEngine
 from haloserve.server.models import ModelManager
 from haloserve.server.openai_routes import router as openai_router
 from haloserve.server.ops_routes import router as ops_router
+from haloserve.server.shutdown import begin_shutdown
 from haloserve.server.state import ServerState, api_keys, open_paths
 from haloserve.server.tokens import TokenServing
 
@@ -149,12 +150,14 @@ def create_models_app(
     return app
 
 
-def all_states(app: FastAPI) -> list[ServerState]:
-    """The app's state and, with many models, each loaded model's (shutdown ends all their streams)."""
+def begin_app_shutdown(app: FastAPI, timeout: float) -> None:
+    """Start draining the app (event-loop thread): with many models, no more loads, and every loaded
+    model's requests end as one model's do (server/shutdown.py)."""
     models: ModelManager | None = app.state.models
     if models is not None:
         models.draining = True
-    return [app.state.halo, *(models.states() if models is not None else [])]
+    for state in [app.state.halo, *(models.states() if models is not None else [])]:
+        begin_shutdown(state, timeout)
 
 
 def _assemble(app: FastAPI, settings: ServeSettings, state: ServerState) -> None:

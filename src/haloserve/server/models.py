@@ -133,8 +133,12 @@ class ModelManager:
         return warnings
 
     def fits_any(self) -> bool:
-        """True when at least one model's planned bytes fit the budget."""
-        return any(m.need_bytes is not None and m.need_bytes <= self.budget for m in self.models.values())
+        """True when at least one model is loaded, or not failed and small enough for the budget."""
+        return any(
+            m.status == "loaded"
+            or (m.status != "failed" and m.need_bytes is not None and m.need_bytes <= self.budget)
+            for m in self.models.values()
+        )
 
     async def start(self) -> None:
         """Start the ttl watcher and the preloads (in the event loop of the app)."""

@@ -47,7 +47,7 @@ def _models_health(state: ServerState, models: Any) -> JSONResponse:
     if state.draining:
         raise ServiceUnavailableError("the server is shutting down", retry_after=5.0)
     shown = {m.id: ("unloaded" if m.status == "unloading" else m.status) for m in models.models.values()}
-    if not any(v != "failed" for v in shown.values()) or not models.fits_any():
+    if not models.fits_any():
         raise ServiceUnavailableError(
             "no model can be served: " + ", ".join(f"{k} {v}" for k, v in shown.items())
         )
