@@ -254,3 +254,20 @@ def astuple_shallow(o: Output) -> tuple[Any, ...]:
         o.logprobs,
         o.error_param,
     )
+
+
+def main(argv: list[str]) -> None:
+    """``python -m haloserve.engine.child FD``: the parent's sys.path, then the spec, come on ``FD``."""
+    from multiprocessing.connection import Connection
+
+    conn = Connection(int(argv[1]))
+    try:
+        sys.path[:] = conn.recv()
+        spec = conn.recv()
+    except (EOFError, OSError):
+        return
+    child_main(conn, spec)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

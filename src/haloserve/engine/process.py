@@ -19,11 +19,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import multiprocessing
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, fields, replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,7 @@ from haloserve.config.serve import ServeSettings
 from haloserve.engine.backend import Backend
 from haloserve.engine.base import EngineInfo, EngineStats, GenerationRequest, Output
 from haloserve.engine.bridge import RequestStream, deliver
-from haloserve.engine.child import ChildSpec, child_main
+from haloserve.engine.child import ChildSpec
 from haloserve.errors import CommandError, QueueFullError, ServiceUnavailableError
 
 log = logging.getLogger("haloserve.engine")
@@ -60,9 +63,8 @@ class LlamaSpec:
         from haloserve.engine import rpc
         from haloserve.engine.llama_backend import LlamaBackend
 
-        api = rpc.rpc_api()
         for endpoint in rpc.parse_endpoints(self.settings.rpc):
-            api.add_server(endpoint)
+            rpc.rpc_api().add_server(endpoint)
         return LlamaBackend(self.settings, self.model_path)
 
     def unreachable(self, *, handshake: bool) -> list[str]:
@@ -73,15 +75,33 @@ class LlamaSpec:
 
 
 class _Child:
-    """One spawned child and its pipe."""
+    """One child process (``python -m haloserve.engine.child FD``) and its end of a socket pair.
+
+    Not ``multiprocessing``'s spawn: that re-imports the parent's ``__main__`` in the child, which a
+    script without a main guard (a benchmark, an embedding application) does not survive. A child that
+    outlives us reads the end of file and exits.
+    """
 
     def __init__(self, spec: ChildSpec) -> None:
-        ctx = multiprocessing.get_context("spawn")  # never fork a process with llama.cpp threads in it
-        self.conn, child_end = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=child_main, args=(child_end, spec), name="halo-engine", daemon=True)
-        self.process.start()
-        child_end.close()
+        ours, theirs = socket.socketpair()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "haloserve.engine.child", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.conn = Connection(ours.detach())
         self.stats = EngineStats()
+        try:
+            self.conn.send(list(sys.path))  # the child imports what we import (pytest's rootdir included)
+            self.conn.send(spec)
+        except OSError:
+            pass  # the child died at once: wait_ready reports it
 
     def wait_ready(self, stop: threading.Event) -> EngineInfo:
         """The child's :class:`EngineInfo` once loaded; :class:`CommandError` if it failed or died."""
@@ -95,22 +115,26 @@ class _Child:
                     info: EngineInfo = payload
                     return info
                 raise CommandError(str(payload))
-            if not self.process.is_alive() and not self.conn.poll(0):
+            if self.process.poll() is not None and not self.conn.poll(0):
                 break
         if stop.is_set():
             raise CommandError("stopped while loading")
-        self.process.join(5)
-        raise CommandError(f"the engine process exited with code {self.process.exitcode} while loading")
+        raise CommandError(f"the engine process exited with code {self.wait(5)} while loading")
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code, waiting at most ``timeout`` seconds (None: still running)."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def close(self, timeout: float = 5.0) -> int | None:
         """Reap the process (killed after ``timeout``) and close the pipe; returns its exit code."""
-        self.process.join(timeout)
-        if self.process.is_alive():
+        code = self.wait(timeout)
+        if code is None:
             self.process.kill()
-            self.process.join(5)
-        code = self.process.exitcode
+            code = self.wait(5)
         self.conn.close()
-        self.process.close()
         return code
 
 
@@ -198,7 +222,7 @@ class ProcessEngine:
         if child is not None:
             with contextlib.suppress(OSError):  # already gone
                 child.conn.send(("stop",))
-            child.process.join(timeout)
+            child.wait(timeout)
             for t in self._threads:
                 if t.name.startswith("halo-engine-read"):
                     t.join(timeout)
