@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -82,16 +84,27 @@ class ChildStream:
         self._admitted = value
 
 
-def load_io() -> int:
-    """Bytes this process has written so far (sockets included: what a model load sent its workers)."""
+def tcp_bytes_sent() -> int:
+    """Bytes this process has sent over its TCP connections (its RPC workers'), as the kernel counts
+    them (``tcpi_bytes_acked`` of ``TCP_INFO``); 0 where the platform cannot tell."""
+    total = 0
     try:
-        with open("/proc/self/io", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("wchar:"):
-                    return int(line.split()[1])
+        fds = os.listdir("/proc/self/fd")
     except OSError:
-        pass
-    return 0
+        return 0
+    for name in fds:
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            with socket.socket(fileno=os.dup(int(name))) as sock:
+                if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+                    continue
+                info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 128)
+        except OSError:
+            continue
+        if len(info) >= 128:
+            total += max(0, struct.unpack_from("<Q", info, 120)[0] - 1)  # the SYN counts as one byte
+    return total
 
 
 def child_main(conn: Any, spec: ChildSpec) -> None:
@@ -108,14 +121,15 @@ def child_main(conn: Any, spec: ChildSpec) -> None:
     )
     if level != "debug":
         logging.getLogger("haloserve.llama").setLevel(logging.WARNING)
-    t0, io0 = time.monotonic(), load_io()
+    t0 = time.monotonic()
     try:
         backend = spec.backend()
     except BaseException as exc:  # reported to the parent, which decides what it means
         conn.send(("failed", getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"))
         return
     info = backend.info
-    info.extra["load"] = {"seconds": round(time.monotonic() - t0, 3), "bytes_written": load_io() - io0}
+    # what this load cost: with the workers' tensor cache, a reload sends the big tensors' hashes only
+    info.extra["load"] = {"seconds": round(time.monotonic() - t0, 3), "bytes_sent": tcp_bytes_sent()}
     conn.send(("ready", info))
     try:
         ChildLoop(conn, spec.settings, backend).run()

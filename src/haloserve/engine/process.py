@@ -61,11 +61,13 @@ class LlamaSpec:
     def backend(self) -> Backend:
         """Register the workers with ggml (before the load, so llama.cpp offloads layers to them)."""
         from haloserve.engine import rpc
+        from haloserve.engine.devices import list_devices, offload_devices
         from haloserve.engine.llama_backend import LlamaBackend
 
-        for endpoint in rpc.parse_endpoints(self.settings.rpc):
-            rpc.rpc_api().add_server(endpoint)
-        return LlamaBackend(self.settings, self.model_path)
+        names = [n for ep in rpc.parse_endpoints(self.settings.rpc) for n in rpc.rpc_api().add_server(ep)]
+        # The device list is passed explicitly, in llama.cpp's own default order: this build's default
+        # selection (no devices given) left registered RPC devices out and kept every layer on the CPU.
+        return LlamaBackend(self.settings, self.model_path, offload_devices(names, list_devices()))
 
     def unreachable(self, *, handshake: bool) -> list[str]:
         """Workers that do not answer, each as ``RPC worker host:port: why``."""
@@ -394,4 +396,10 @@ class ProcessEngine:
         self._info = info
         self.restarts += 1
         self._adopt(child)
-        log.warning("engine reloaded in %.1fs: serving again", time.monotonic() - t0)
+        load = info.extra["load"]
+        log.warning(
+            "engine reloaded in %.1fs (model load %.1fs, %d bytes sent to the RPC workers): serving again",
+            time.monotonic() - t0,
+            load.get("seconds", 0.0),
+            load.get("bytes_sent", 0),
+        )
