@@ -199,3 +199,18 @@ def test_a_failed_reload_is_retried(tmp_path: Path) -> None:
         eng.stop(5)
     assert set(threading.enumerate()) <= threads_before  # no thread, child or pipe outlives stop()
     assert children() <= children_before and len(os.listdir("/proc/self/fd")) <= fds_before
+
+
+def test_a_child_that_stops_making_progress_is_replaced() -> None:
+    s = ServeSettings(parallel=1)  # type: ignore[call-arg]
+    eng = ProcessEngine(s, FakeSpec(s, delay=3.0), probe_interval=0.2, stall_timeout=1.0)
+    eng.start()  # each decode takes 3 s: a worker that hangs, as the parent sees it
+    try:
+        time.sleep(2.0)  # idle for longer than the stall timeout: not a stall (nothing was asked)
+        assert eng.ready and eng.restarts == 0
+        outs = asyncio.run(drain_one(eng, "x"))
+        assert outs[-1].finish_reason == "error" and "no engine step for" in (outs[-1].error or "")
+        wait_for(lambda: eng.ready)
+        assert eng.restarts == 1
+    finally:
+        eng.stop(5)

@@ -72,8 +72,9 @@ def _rpc_engine(settings: ServeSettings, path: Path, gpus: list[str]) -> Any:
     """The child-process engine over the ``--rpc`` workers, once each answers the RPC handshake (a
     worker that does not is one line and exit 2, before anything loads)."""
     from haloserve.config.serve_env import check_build
+    from haloserve.engine.child import LlamaSpec
     from haloserve.engine.devices import supports_mlock
-    from haloserve.engine.process import LlamaSpec, ProcessEngine
+    from haloserve.engine.process import ProcessEngine
     from haloserve.engine.rpc import rpc_api
     from haloserve.engine.workers import device_counts, unreachable
     from haloserve.errors import ConfigError

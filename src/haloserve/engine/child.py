@@ -25,6 +25,8 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 from haloserve.config.serve import ServeSettings
@@ -59,6 +61,39 @@ class ChildSpec(Protocol):
         Without ``handshake`` only a TCP connect is tried (a worker serves one client at a time, so a
         worker busy with our child never answers a handshake)."""
         ...
+
+
+@dataclass(frozen=True)
+class LlamaSpec:
+    """The llama.cpp engine of ``settings`` with its ``--rpc`` workers (see :class:`ChildSpec`)."""
+
+    settings: ServeSettings
+    model_path: Path
+    probe_timeout: float = 2.0
+
+    def vocab(self) -> tuple[Any, str | None]:
+        """The model loaded vocabulary-only (no weights, no devices): tokenizer and chat template."""
+        from haloserve.engine.llamacpp import LlamaModel, ModelParams
+
+        model = LlamaModel(self.model_path, ModelParams(vocab_only=True))
+        return model, model.chat_template
+
+    def backend(self) -> Backend:
+        """Register the workers with ggml (before the load, so llama.cpp offloads layers to them)."""
+        from haloserve.engine import rpc
+        from haloserve.engine.devices import list_devices, offload_devices
+        from haloserve.engine.llama_backend import LlamaBackend
+
+        names = [n for ep in rpc.parse_endpoints(self.settings.rpc) for n in rpc.rpc_api().add_server(ep)]
+        # The device list is passed explicitly, in llama.cpp's own default order: this build's default
+        # selection (no devices given) left registered RPC devices out and kept every layer on the CPU.
+        return LlamaBackend(self.settings, self.model_path, offload_devices(names, list_devices()))
+
+    def unreachable(self, *, handshake: bool) -> list[str]:
+        """Workers that do not answer, each as ``RPC worker host:port: why``."""
+        from haloserve.engine.workers import unreachable
+
+        return unreachable(self.settings.rpc, handshake=handshake, timeout=self.probe_timeout)
 
 
 class ChildStream:

@@ -25,13 +25,11 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from haloserve.config.serve import ServeSettings
-from haloserve.engine.backend import Backend
 from haloserve.engine.base import EngineInfo, EngineStats, GenerationRequest, Output
 from haloserve.engine.bridge import RequestStream, deliver
 from haloserve.engine.child import ChildSpec
@@ -41,39 +39,6 @@ log = logging.getLogger("haloserve.engine")
 
 RETRY_AFTER = 2.0  # seconds a client is told to wait while the engine reloads
 _COUNTERS = [f.name for f in fields(EngineStats) if f.name not in ("busy_slots", "queue_depth")]
-
-
-@dataclass(frozen=True)
-class LlamaSpec:
-    """The llama.cpp engine of ``settings`` with its ``--rpc`` workers (see :class:`ChildSpec`)."""
-
-    settings: ServeSettings
-    model_path: Path
-    probe_timeout: float = 2.0
-
-    def vocab(self) -> tuple[Any, str | None]:
-        """The model loaded vocabulary-only (no weights, no devices): tokenizer and chat template."""
-        from haloserve.engine.llamacpp import LlamaModel, ModelParams
-
-        model = LlamaModel(self.model_path, ModelParams(vocab_only=True))
-        return model, model.chat_template
-
-    def backend(self) -> Backend:
-        """Register the workers with ggml (before the load, so llama.cpp offloads layers to them)."""
-        from haloserve.engine import rpc
-        from haloserve.engine.devices import list_devices, offload_devices
-        from haloserve.engine.llama_backend import LlamaBackend
-
-        names = [n for ep in rpc.parse_endpoints(self.settings.rpc) for n in rpc.rpc_api().add_server(ep)]
-        # The device list is passed explicitly, in llama.cpp's own default order: this build's default
-        # selection (no devices given) left registered RPC devices out and kept every layer on the CPU.
-        return LlamaBackend(self.settings, self.model_path, offload_devices(names, list_devices()))
-
-    def unreachable(self, *, handshake: bool) -> list[str]:
-        """Workers that do not answer, each as ``RPC worker host:port: why``."""
-        from haloserve.engine.workers import unreachable
-
-        return unreachable(self.settings.rpc, handshake=handshake, timeout=self.probe_timeout)
 
 
 class _Child:
@@ -143,10 +108,21 @@ class _Child:
 class ProcessEngine:
     """An :class:`~haloserve.engine.base.Engine` whose scheduler and model run in a supervised child."""
 
-    def __init__(self, settings: ServeSettings, spec: ChildSpec, *, probe_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        spec: ChildSpec,
+        *,
+        probe_interval: float = 1.0,
+        stall_timeout: float | None = None,
+    ) -> None:
         self.settings = settings
         self.spec = spec
         self.probe_interval = probe_interval
+        # a worker that hangs (stopped, partitioned) instead of dying blocks the child's compute for good
+        self.stall_timeout = settings.rpc_stall_timeout if stall_timeout is None else stall_timeout
+        self._heard = time.monotonic()  # when the child last made progress (or work arrived when idle)
+        self._kill_reason = ""  # why the supervisor killed the child, if it did
         self._tokenizer: Any = None
         self._template: str | None = None
         self._info: EngineInfo | None = None
@@ -262,6 +238,8 @@ class ProcessEngine:
                 )
             rid = next(self._ids)
             stream.job = rid
+            if not self._live:
+                self._heard = time.monotonic()  # an idle child owed us nothing until now
             self._live[rid] = stream
         self._post(("gen", rid, request, grammar))
         return stream
@@ -314,6 +292,7 @@ class ProcessEngine:
         try:
             while True:
                 kind, outs, admitted, stats = conn.recv()
+                self._heard = time.monotonic()
                 if kind != "step":  # pragma: no cover - the protocol has no other message after ready
                     continue
                 for rid in admitted:
@@ -348,7 +327,8 @@ class ProcessEngine:
         base.max_seqs_in_step = max(base.max_seqs_in_step, cur.max_seqs_in_step)
         child.stats = EngineStats()
         down = self.spec.unreachable(handshake=True)
-        why = "; ".join(down) if down else f"the engine process exited (code {code})"
+        why = "; ".join(down) or self._kill_reason or f"the engine process exited (code {code})"
+        self._kill_reason = ""
         self._fault = f"{why}; reloading the model when every worker answers"
         log.error("engine lost: %s", why)
         n = self._fail_live(f"{why}: the request was lost")
@@ -369,8 +349,12 @@ class ProcessEngine:
             if self._ready:
                 child = self._child
                 down = self.spec.unreachable(handshake=False)
+                quiet = time.monotonic() - self._heard
+                if not down and self._live and quiet > self.stall_timeout:
+                    down = [f"no engine step for {quiet:.0f} s (a worker that hangs?)"]
                 if down and child is not None and self._ready:
-                    log.error("%s: restarting the engine", "; ".join(down))
+                    self._kill_reason = "; ".join(down)
+                    log.error("%s: restarting the engine", self._kill_reason)
                     child.process.kill()  # the reader sees the pipe close and reports the loss
                 continue
             if not self._gone.is_set():
