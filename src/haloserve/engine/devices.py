@@ -62,6 +62,7 @@ def _ggml() -> Any:
     g.ggml_backend_dev_memory.restype = None
     g.ggml_backend_dev_backend_reg.argtypes, g.ggml_backend_dev_backend_reg.restype = [vp], vp
     g.ggml_backend_reg_name.argtypes, g.ggml_backend_reg_name.restype = [vp], ctypes.c_char_p
+    g.ggml_backend_dev_by_name.argtypes, g.ggml_backend_dev_by_name.restype = [ctypes.c_char_p], vp
     return g
 
 
@@ -109,6 +110,26 @@ def list_devices() -> list[Device]:
         return []
 
 
+def device_handles(names: Iterable[str]) -> list[int]:
+    """ggml device handles by name (for llama.cpp's ``devices`` model parameter); ValueError if unknown."""
+    g, out = _ggml(), []
+    for name in names:
+        dev = g.ggml_backend_dev_by_name(name.encode())
+        if not dev:
+            raise ValueError(f"ggml has no device named {name!r}")
+        out.append(dev)
+    return out
+
+
+def offload_devices(rpc_names: Iterable[str], devices: Iterable[Device]) -> tuple[str, ...]:
+    """The devices llama.cpp offloads to by default, in its order: the RPC workers' devices first (in
+    ``--rpc`` order), then the local GPUs, the integrated ones only when there is no discrete one."""
+    local = [d for d in devices if d.backend != "RPC"]
+    gpus = [d.name for d in local if d.type == "gpu"]
+    igpus = [d.name for d in local if d.type == "igpu"]
+    return (*rpc_names, *(gpus or igpus))
+
+
 def gpu_devices(devices: Iterable[Device]) -> list[Device]:
     """The devices ``-ngl`` can offload layers to."""
     return [d for d in devices if d.is_gpu]
@@ -152,6 +173,35 @@ def kv_buffers(lines: Iterable[str]) -> dict[str, int]:
     for line in lines:
         for name, mib in _KV_BUF_RE.findall(line):
             out[name] = out.get(name, 0) + int(float(mib) * 2**20)
+    return out
+
+
+def _holds(device: Device, buffer: str) -> bool:
+    """Whether the buffer named ``buffer`` in llama.cpp's log lives on ``device``: ``CPU_Mapped`` on CPU,
+    ``ROCm0`` on ROCm0, ``RPC0[host:port]`` on the RPC device whose description is ``host:port``."""
+    if device.backend.startswith("RPC"):
+        return buffer.startswith("RPC") and buffer.endswith(f"[{device.description}]")
+    return buffer == device.name or buffer.startswith(device.name + "_")
+
+
+def device_usage(devices: Iterable[Device], placement: Placement, kv: dict[str, int]) -> list[dict[str, Any]]:
+    """Per device: the layers llama.cpp assigned to it (its load log), the bytes of weights and KV cache
+    in its buffers, and its memory as the device reports it now."""
+    out = []
+    for d in devices:
+        weights = sum(v for k, v in placement.weights.items() if _holds(d, k))
+        out.append(
+            {
+                "name": d.name,
+                "backend": d.backend,
+                "description": d.description,
+                "layers": placement.layer_devices.get(d.name, 0),
+                "weights_bytes": weights,
+                "kv_cache_bytes": sum(v for k, v in kv.items() if _holds(d, k)),
+                "memory_free": d.memory_free,
+                "memory_total": d.memory_total,
+            }
+        )
     return out
 
 
