@@ -113,3 +113,12 @@ def test_duplicate_names_are_refused(tmp_path: Path) -> None:
 def test_an_empty_models_dir_is_a_start_up_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no models found"):
         build_registry(ServeSettings(models_dir=tmp_path))
+
+
+def test_rpc_with_many_models_is_refused_not_ignored(tmp_path: Path) -> None:
+    from haloserve.cli.serve_models import build_models_app
+
+    touch(tmp_path, "a.gguf")
+    settings = ServeSettings(models_dir=tmp_path, rpc=["127.0.0.1:50052"])
+    with pytest.raises(ConfigError, match=r"--rpc .* cannot be combined with --models-dir"):
+        build_models_app(settings, print)

@@ -31,6 +31,10 @@ def build_models_app(settings: ServeSettings, warn: Callable[[str], None]) -> An
     from haloserve.server.model_memory import budget_after_overhead, planned_bytes
     from haloserve.server.models import ModelManager
 
+    if settings.rpc:
+        # One split model per server: the RPC engine registers its workers in a child process of its own.
+        raise ConfigError("--rpc serves one model split over workers; it cannot be combined with "
+                          "--models-dir/--models (run one halo serve --rpc per split model)")
     entries = build_registry(settings)
     gpus: list[str] = []
     if settings.engine == "llama":
