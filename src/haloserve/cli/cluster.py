@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import time
 from pathlib import Path
-from typing import Any
 
 HELP = "Run several boxes as one serving cluster on Ray: start, join, deploy, status, scale, logs, stop."
 INSTALL = "Ray is not installed: pip install 'haloserve[cluster]'"
@@ -104,34 +102,3 @@ def run(args: argparse.Namespace) -> int:
     from haloserve.cli import cluster_actions
 
     return int(getattr(cluster_actions, args.action)(args))
-
-
-def resolve_address(args: argparse.Namespace) -> str:
-    """--address, else what this box's start/join recorded."""
-    from haloserve.cluster.node import node_record
-    from haloserve.errors import ConfigError
-
-    if args.address:
-        return str(args.address)
-    rec: dict[str, Any] = node_record(Path(args.state_dir)) or {}
-    if rec.get("address"):
-        return str(rec["address"])
-    raise ConfigError(
-        f"no cluster recorded in {args.state_dir}: run `halo cluster start` here, or give --address HEAD:PORT"
-    )
-
-
-def wait_ready(name: str, timeout: float) -> dict[str, Any]:
-    """Poll the controller until every replica of ``name`` is ready, one failed, or ``timeout`` passes."""
-    from haloserve.cluster import client
-
-    end = time.monotonic() + timeout
-    while True:
-        status = client.call(client.controller().status)
-        dep = next((d for d in status["deployments"] if d["name"] == name), None)
-        reps = dep["replica_list"] if dep else []
-        if reps and all(r.get("state") in ("ready", "failed") for r in reps):
-            return status
-        if time.monotonic() > end:
-            return status
-        time.sleep(0.5)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from haloserve.cli.cluster import resolve_address, wait_ready
 from haloserve.cli.render import console, print_json
 from haloserve.cluster import client
 from haloserve.cluster.memory import detect_memory
@@ -99,6 +99,7 @@ def stop(args: argparse.Namespace) -> int:
         return 0
     if record.get("role") == "head":
         try:
+            check_reachable(str(record["address"]), timeout=3)  # Ray's own connect waits a minute
             client.connect(str(record["address"]))
             if client.kill_controller():
                 _say("stopped the controller and its replicas (deployments stay saved for the next start)")
@@ -231,3 +232,29 @@ def logs(args: argparse.Namespace) -> int:
     for entry in data["logs"]:
         sys.stdout.write(f"==> {entry['replica']} <==\n{entry['log']}")
     return 0
+
+
+def resolve_address(args: argparse.Namespace) -> str:
+    """--address, else what this box's start/join recorded."""
+    if args.address:
+        return str(args.address)
+    rec: dict[str, Any] = node_record(Path(args.state_dir)) or {}
+    if rec.get("address"):
+        return str(rec["address"])
+    raise ConfigError(
+        f"no cluster recorded in {args.state_dir}: run `halo cluster start` here, or give --address HEAD:PORT"
+    )
+
+
+def wait_ready(name: str, timeout: float) -> dict[str, Any]:
+    """Poll the controller until every replica of ``name`` is ready, one failed, or ``timeout`` passes."""
+    end = time.monotonic() + timeout
+    while True:
+        status = client.call(client.controller().status)
+        dep = next((d for d in status["deployments"] if d["name"] == name), None)
+        reps = dep["replica_list"] if dep else []
+        if reps and all(r.get("state") in ("ready", "failed") for r in reps):
+            return status
+        if time.monotonic() > end:
+            return status
+        time.sleep(0.5)

@@ -1,0 +1,161 @@
+"""halo cluster end to end on a real three-node Ray cluster (see conftest.py) with the bundled model.
+
+The tests run in order on one module-scoped cluster: deploy, refuse, kill and restart, fail a replica
+whose model file is missing, scale, lose a node, read logs, and finally lose Ray altogether.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.cluster.conftest import Cluster, wait_for
+
+pytestmark = [pytest.mark.model, pytest.mark.process]
+
+DEPLOY = ("--ctx-size", "2048", "--parallel", "2")
+
+
+def ask(url: str) -> str:
+    """One short chat completion from ``url`` (a halo serve replica or the gateway)."""
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", timeout=60, max_retries=0)
+    reply = client.chat.completions.create(
+        model="smol", messages=[{"role": "user", "content": "Say hi"}], max_tokens=4, temperature=0
+    )
+    return reply.choices[0].message.content or ""
+
+
+def ready(c: Cluster, name: str = "smol") -> list[dict]:
+    return [r for r in c.replicas(name) if r["state"] == "ready"]
+
+
+def test_every_node_registers_its_memory(cluster: Cluster) -> None:
+    nodes = {n["name"]: n for n in cluster.status()["nodes"]}
+    assert sorted(nodes) == ["head", "n2", "n3"]
+    assert all(n["total_mib"] == 1500 and n["free_mib"] == 1500 for n in nodes.values())
+
+
+def test_two_replicas_spread_over_two_nodes_and_both_serve(cluster: Cluster) -> None:
+    out = cluster.halo("deploy", str(cluster.model), "--name", "smol", "--replicas", "2", *DEPLOY)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 replica(s) of 1260 MiB (halo plan:" in out.stdout
+    reps = cluster.replicas("smol")
+    assert [r["state"] for r in reps] == ["ready", "ready"]
+    assert len({r["node"] for r in reps}) == 2  # spread: one per node
+    listed = {b["url"]: b for b in cluster.backends()}
+    assert set(listed) == {r["url"] for r in reps}
+    assert all(b["models"] == ["smol"] for b in listed.values())
+    for r in reps:
+        assert ask(r["url"])
+
+
+def test_a_deployment_that_fits_nowhere_is_refused_with_the_numbers(cluster: Cluster) -> None:
+    out = cluster.halo("deploy", str(cluster.model), "--name", "other", "--replicas", "2", *DEPLOY)
+    assert out.returncode == 1
+    line = out.stderr.strip()
+    assert "\n" not in line and line.startswith("halo cluster: error: other does not fit (1 of 2 placed)")
+    assert (
+        "a replica needs 1.23 GiB" in line and "240.00 MiB free of 1.46 GiB" in line and "halo plan:" in line
+    )
+    assert [d["name"] for d in cluster.status()["deployments"]] == ["smol"]  # nothing half-placed
+
+
+def test_scaling_past_what_fits_is_refused(cluster: Cluster) -> None:
+    out = cluster.halo("scale", "smol", "4")
+    assert out.returncode == 1 and "smol does not fit (1 of 2 placed)" in out.stderr
+    assert len(cluster.replicas("smol")) == 2
+
+
+def test_a_killed_replica_is_restarted_and_listed_again(cluster: Cluster) -> None:
+    victim = cluster.replicas("smol")[1]
+    os.kill(victim["pid"], signal.SIGKILL)
+    began = time.monotonic()
+    wait_for(
+        lambda: victim["url"] not in {b["url"] for b in cluster.backends()}, 30, "the dead replica to leave"
+    )
+
+    def back() -> dict | None:
+        now = {r["id"]: r for r in ready(cluster)}.get(victim["id"])
+        return now if now and now["restarts"] == 1 else None
+
+    now = wait_for(back, 90, "the replica to be restarted")
+    print(f"replica restarted and ready {time.monotonic() - began:.1f} s after SIGKILL")
+    assert now["pid"] != victim["pid"] and now["node"] == victim["node"]
+    assert now["url"] == victim["url"]  # same port again, so the gateway sees the same backend
+    wait_for(lambda: now["url"] in {b["url"] for b in cluster.backends()}, 10, "the replica to be listed")
+    assert ask(now["url"])
+
+
+def test_a_model_file_missing_on_the_node_fails_with_the_cause(cluster: Cluster) -> None:
+    out = cluster.halo(
+        "deploy", str(cluster.model), "--name", "ghost", "--node-path", "/nonexistent/ghost.gguf", "--on", "n3",
+        *DEPLOY,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "ghost-1 on n3: failed (model file not found on node n3: /nonexistent/ghost.gguf)" in out.stdout
+    time.sleep(3)  # not restarted over and over
+    (rep,) = cluster.replicas("ghost")
+    assert rep["state"] == "failed" and rep["restarts"] == 0
+    assert "ghost" not in json.dumps(cluster.backends())
+    assert cluster.halo("remove", "ghost").returncode == 0
+
+
+def test_scale_down_then_up(cluster: Cluster) -> None:
+    before = cluster.replicas("smol")
+    assert cluster.halo("scale", "smol", "1").returncode == 0
+    assert [r["id"] for r in cluster.replicas("smol")] == [before[0]["id"]]
+    wait_for(lambda: len(cluster.backends()) == 1, 10, "the backends file to drop the replica")
+    with pytest.raises(httpx.TransportError):
+        httpx.get(before[1]["url"] + "/health", timeout=5)  # its process is gone
+    assert cluster.halo("scale", "smol", "2").returncode == 0
+    wait_for(lambda: len(ready(cluster)) == 2, 120, "two ready replicas")
+    assert len(cluster.backends()) == 2
+
+
+def test_a_lost_node_has_its_replica_placed_on_another(cluster: Cluster) -> None:
+    reps = cluster.replicas("smol")
+    used = {r["node"] for r in reps}
+    lost = next(n for n in ("n2", "n3") if n in used)
+    spare = ({"head", "n2", "n3"} - used).pop()
+    moved = next(r for r in reps if r["node"] == lost)
+    assert cluster.halo("stop", node=lost).returncode == 0
+
+    def replaced() -> dict | None:
+        now = {r["id"]: r for r in ready(cluster)}.get(moved["id"])
+        return now if now and now["node"] == spare else None
+
+    now = wait_for(replaced, 150, f"{moved['id']} to move from {lost} to {spare}")
+    assert now["restarts"] >= 1
+    assert lost not in {n["name"] for n in cluster.status()["nodes"]}
+    wait_for(lambda: now["url"] in {b["url"] for b in cluster.backends()}, 10, "the moved replica listed")
+    assert ask(now["url"])
+
+
+def test_logs_show_each_replicas_serve_log(cluster: Cluster) -> None:
+    out = cluster.halo("logs", "smol", "-n", "200")
+    assert out.returncode == 0
+    for r in cluster.replicas("smol"):
+        assert f"==> {r['id']} <==" in out.stdout
+    assert "GET /health 200" in out.stdout
+
+
+def test_replicas_keep_serving_when_ray_is_gone(cluster: Cluster) -> None:
+    urls = [r["url"] for r in ready(cluster)]
+    assert len(urls) == 2
+    for node in ("head", "n2", "n3"):  # the head and every raylet die at once
+        record = cluster.dir(node) / "node.json"
+        if record.exists():
+            for pid in json.loads(record.read_text())["ray_pids"]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    time.sleep(5)  # actor workers notice their raylet is gone and exit
+    for url in urls:
+        assert ask(url)
