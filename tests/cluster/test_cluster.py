@@ -6,6 +6,7 @@ whose model file is missing, scale, lose a node, read logs, and finally lose Ray
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -93,10 +94,8 @@ def test_a_killed_replica_is_restarted_and_listed_again(cluster: Cluster) -> Non
 
 
 def test_a_model_file_missing_on_the_node_fails_with_the_cause(cluster: Cluster) -> None:
-    out = cluster.halo(
-        "deploy", str(cluster.model), "--name", "ghost", "--node-path", "/nonexistent/ghost.gguf", "--on", "n3",
-        *DEPLOY,
-    )  # fmt: skip
+    missing = ("--node-path", "/nonexistent/ghost.gguf", "--on", "n3")
+    out = cluster.halo("deploy", str(cluster.model), "--name", "ghost", *missing, *DEPLOY)
     assert out.returncode == 1
     assert "ghost-1 on n3: failed (model file not found on node n3: /nonexistent/ghost.gguf)" in out.stdout
     time.sleep(3)  # not restarted over and over
@@ -152,10 +151,8 @@ def test_replicas_keep_serving_when_ray_is_gone(cluster: Cluster) -> None:
         record = cluster.dir(node) / "node.json"
         if record.exists():
             for pid in json.loads(record.read_text())["ray_pids"]:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
     time.sleep(5)  # actor workers notice their raylet is gone and exit
     for url in urls:
         assert ask(url)

@@ -15,7 +15,7 @@ from haloserve.cluster.replica import _load_from_metrics, backoff
 from haloserve.cluster.spec import Deployment, from_deploy_spec
 from haloserve.errors import ConfigError, HaloError
 from haloserve.testing.remote import free_port
-from haloserve.units import GiB, MiB
+from haloserve.units import GiB
 
 
 def rooms(**free: int) -> list[NodeRoom]:
@@ -57,7 +57,7 @@ def test_pack_fills_the_fullest_node_that_fits() -> None:
 def test_a_split_replica_needs_distinct_nodes() -> None:
     nodes = rooms(a=2000, b=2000)
     assert place(nodes, "big", [1500, 1500], 1) == [["a", "b"]]
-    with pytest.raises(PlacementError, match="2 bundles of 1.46 GiB \\+ 1.46 GiB on distinct nodes"):
+    with pytest.raises(PlacementError, match=r"2 bundles of 1.46 GiB \+ 1.46 GiB on distinct nodes"):
         place(rooms(a=9000), "big", [1500, 1500], 1)
 
 
