@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from haloserve.testing.remote import free_port
@@ -45,16 +46,35 @@ class Cluster:
         cmd = [sys.executable, "-m", "haloserve", "cluster", *args, "--state-dir", str(self.dir(node))]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
 
-    def status(self) -> dict[str, Any]:
+    def status_cli(self) -> dict[str, Any]:
         """``halo cluster status --json``."""
         out = self.halo("status", "--json")
         assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
+        return dict(json.loads(out.stdout))
+
+    def status(self) -> dict[str, Any]:
+        """The controller's status, asked from this process (a Ray driver: polling through the CLI would
+        cost seconds per look on a loaded machine)."""
+        from haloserve.cluster import client
+
+        client.connect(f"127.0.0.1:{self.port}")
+        return dict(client.call(client.controller().status))
+
+    def disconnect(self) -> None:
+        """Leave Ray before it goes away (a driver whose head is gone exits its process)."""
+        import ray
+
+        ray.shutdown()
 
     def replicas(self, name: str) -> list[dict[str, Any]]:
         """The replicas of deployment ``name`` as status reports them."""
         deps = [d for d in self.status()["deployments"] if d["name"] == name]
         return deps[0]["replica_list"] if deps else []
+
+    def gateway_backends(self) -> dict[str, bool]:
+        """URL -> healthy, as the gateway's ``/health`` lists its backends."""
+        body = httpx.get(f"{self.gateway}/health", timeout=10).json()
+        return {b["url"]: bool(b["healthy"]) for b in body.get("backends", [])}
 
     def backends(self) -> list[dict[str, Any]]:
         """The gateway's backends file as the controller wrote it."""
@@ -78,6 +98,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: floa
         time.sleep(step)
 
 
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/health", timeout=5)
+    except httpx.TransportError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Cluster]:
     """Head + two workers; everything the CLI started is stopped at the end, node by node."""
@@ -98,7 +126,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Itera
             )  # fmt: skip
             started.append(node)
             assert out.returncode == 0, out.stdout + out.stderr
+        wait_for(lambda: _answers(c.gateway), 60, "the gateway to answer")
         yield c
     finally:
+        c.disconnect()
         for node in reversed(started):
             c.halo("stop", node=node, timeout=120)

@@ -10,7 +10,9 @@ import contextlib
 import json
 import os
 import signal
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -20,14 +22,14 @@ from tests.cluster.conftest import Cluster, wait_for
 
 pytestmark = [pytest.mark.model, pytest.mark.process]
 
-DEPLOY = ("--ctx-size", "2048", "--parallel", "2")
+DEPLOY = ("--ctx-size", "2048", "--parallel", "2", "--serve-args", "--threads 1")
 
 
-def ask(url: str) -> str:
+def ask(url: str, prompt: str = "Say hi") -> str:
     """One short chat completion from ``url`` (a halo serve replica or the gateway)."""
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", timeout=60, max_retries=0)
     reply = client.chat.completions.create(
-        model="smol", messages=[{"role": "user", "content": "Say hi"}], max_tokens=4, temperature=0
+        model="smol", messages=[{"role": "user", "content": prompt}], max_tokens=4, temperature=0
     )
     return reply.choices[0].message.content or ""
 
@@ -42,18 +44,34 @@ def test_every_node_registers_its_memory(cluster: Cluster) -> None:
     assert all(n["total_mib"] == 1500 and n["free_mib"] == 1500 for n in nodes.values())
 
 
-def test_two_replicas_spread_over_two_nodes_and_both_serve(cluster: Cluster) -> None:
+def served(url: str) -> float:
+    """Chat requests a replica has answered (its ``halo_requests_total`` counters)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("halo_requests_total{") and "chat" in line
+    )
+
+
+def test_two_replicas_spread_over_two_nodes_and_both_serve_through_the_gateway(cluster: Cluster) -> None:
+    began = time.monotonic()
     out = cluster.halo("deploy", str(cluster.model), "--name", "smol", "--replicas", "2", *DEPLOY)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "2 replica(s) of 1260 MiB (halo plan:" in out.stdout
+    print(f"deploy returned with 2 ready replicas after {time.monotonic() - began:.1f} s")
     reps = cluster.replicas("smol")
     assert [r["state"] for r in reps] == ["ready", "ready"]
     assert len({r["node"] for r in reps}) == 2  # spread: one per node
+    urls = {r["url"] for r in reps}
     listed = {b["url"]: b for b in cluster.backends()}
-    assert set(listed) == {r["url"] for r in reps}
-    assert all(b["models"] == ["smol"] for b in listed.values())
-    for r in reps:
-        assert ask(r["url"])
+    assert set(listed) == urls and all(b["models"] == ["smol"] for b in listed.values())
+    wait_for(lambda: all(cluster.gateway_backends().get(u) for u in urls), 30, "the gateway to admit both")
+    print(f"both in the gateway after {time.monotonic() - began:.1f} s")
+    with ThreadPoolExecutor(4) as pool:  # distinct prompts, so the prefix policy spreads them
+        replies = list(pool.map(lambda i: ask(cluster.gateway, f"Count to {i}"), range(8)))
+    assert all(replies)
+    assert all(served(u) > 0 for u in urls)  # both replicas answered some
 
 
 def test_a_deployment_that_fits_nowhere_is_refused_with_the_numbers(cluster: Cluster) -> None:
@@ -73,24 +91,45 @@ def test_scaling_past_what_fits_is_refused(cluster: Cluster) -> None:
     assert len(cluster.replicas("smol")) == 2
 
 
-def test_a_killed_replica_is_restarted_and_listed_again(cluster: Cluster) -> None:
+def test_a_replica_killed_under_load_is_restarted_and_readmitted(cluster: Cluster) -> None:
     victim = cluster.replicas("smol")[1]
-    os.kill(victim["pid"], signal.SIGKILL)
-    began = time.monotonic()
-    wait_for(
-        lambda: victim["url"] not in {b["url"] for b in cluster.backends()}, 30, "the dead replica to leave"
-    )
+    errors: list[str] = []
+    answered = [0]
+    done = threading.Event()
 
-    def back() -> dict | None:
-        now = {r["id"]: r for r in ready(cluster)}.get(victim["id"])
-        return now if now and now["restarts"] == 1 else None
+    def load() -> None:  # non-streamed requests through the gateway all along
+        i = 0
+        while not done.is_set():
+            i += 1
+            try:
+                ask(cluster.gateway, f"Name a colour, {i}")
+                answered[0] += 1
+            except openai.OpenAIError as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
 
-    now = wait_for(back, 90, "the replica to be restarted")
-    print(f"replica restarted and ready {time.monotonic() - began:.1f} s after SIGKILL")
+    workers = [threading.Thread(target=load) for _ in range(2)]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(2)
+        os.kill(victim["pid"], signal.SIGKILL)
+        began = time.monotonic()
+        wait_for(lambda: not cluster.gateway_backends().get(victim["url"]), 30, "the gateway to eject it")
+
+        def back() -> dict | None:
+            now = {r["id"]: r for r in ready(cluster)}.get(victim["id"])
+            return now if now and now["restarts"] == 1 else None
+
+        now = wait_for(back, 90, "the replica to be restarted")
+        wait_for(lambda: cluster.gateway_backends().get(now["url"]), 30, "the gateway to re-admit it")
+        print(f"replica back in the gateway {time.monotonic() - began:.1f} s after SIGKILL")
+    finally:
+        done.set()
+        for w in workers:
+            w.join(timeout=120)
+    assert errors == [] and answered[0] > 0
     assert now["pid"] != victim["pid"] and now["node"] == victim["node"]
-    assert now["url"] == victim["url"]  # same port again, so the gateway sees the same backend
-    wait_for(lambda: now["url"] in {b["url"] for b in cluster.backends()}, 10, "the replica to be listed")
-    assert ask(now["url"])
+    assert now["url"] == victim["url"]  # same port again: the gateway sees the same backend return
 
 
 def test_a_model_file_missing_on_the_node_fails_with_the_cause(cluster: Cluster) -> None:
@@ -110,6 +149,7 @@ def test_scale_down_then_up(cluster: Cluster) -> None:
     assert cluster.halo("scale", "smol", "1").returncode == 0
     assert [r["id"] for r in cluster.replicas("smol")] == [before[0]["id"]]
     wait_for(lambda: len(cluster.backends()) == 1, 10, "the backends file to drop the replica")
+    wait_for(lambda: before[1]["url"] not in cluster.gateway_backends(), 10, "the gateway to drop it")
     with pytest.raises(httpx.TransportError):
         httpx.get(before[1]["url"] + "/health", timeout=5)  # its process is gone
     assert cluster.halo("scale", "smol", "2").returncode == 0
@@ -132,8 +172,21 @@ def test_a_lost_node_has_its_replica_placed_on_another(cluster: Cluster) -> None
     now = wait_for(replaced, 150, f"{moved['id']} to move from {lost} to {spare}")
     assert now["restarts"] >= 1
     assert lost not in {n["name"] for n in cluster.status()["nodes"]}
-    wait_for(lambda: now["url"] in {b["url"] for b in cluster.backends()}, 10, "the moved replica listed")
-    assert ask(now["url"])
+    wait_for(lambda: cluster.gateway_backends().get(now["url"]), 30, "the gateway to admit the moved one")
+    assert ask(cluster.gateway)
+
+
+def test_status_json_matches_what_is_running(cluster: Cluster) -> None:
+    data = cluster.status_cli()
+    assert {n["name"] for n in data["nodes"]} == {n["name"] for n in cluster.status()["nodes"]}
+    (dep,) = data["deployments"]
+    assert dep["name"] == "smol" and dep["need_mib"] == [1260]
+    used = {n["name"]: n["used_mib"] for n in data["nodes"]}
+    for r in dep["replica_list"]:
+        assert set(r) >= {"id", "node", "url", "state", "restarts", "load", "pid", "error"}
+        assert r["state"] == "ready" and used[r["node"]] == 1260
+        assert httpx.get(r["url"] + "/health", timeout=10).status_code == 200
+        assert os.path.exists(f"/proc/{r['pid']}")
 
 
 def test_logs_show_each_replicas_serve_log(cluster: Cluster) -> None:
@@ -147,6 +200,7 @@ def test_logs_show_each_replicas_serve_log(cluster: Cluster) -> None:
 def test_replicas_keep_serving_when_ray_is_gone(cluster: Cluster) -> None:
     urls = [r["url"] for r in ready(cluster)]
     assert len(urls) == 2
+    cluster.disconnect()
     for node in ("head", "n2", "n3"):  # the head and every raylet die at once
         record = cluster.dir(node) / "node.json"
         if record.exists():
@@ -156,3 +210,5 @@ def test_replicas_keep_serving_when_ray_is_gone(cluster: Cluster) -> None:
     time.sleep(5)  # actor workers notice their raylet is gone and exit
     for url in urls:
         assert ask(url)
+    replies = [ask(cluster.gateway, f"Pick a number, {i}") for i in range(4)]  # the gateway still routes
+    assert all(replies)

@@ -55,7 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     stop = sub.add_parser("stop", help="Undo start/join on this box (replicas here, gateway, Ray).")
     deploy = sub.add_parser("deploy", help="Serve a model on the cluster (or every model of a spec file).")
     deploy.add_argument("model", nargs="?", help="GGUF file (the planner reads it; nodes load --node-path)")
-    deploy.add_argument("extra", nargs="*", help="after --: more halo serve flags, verbatim")
+    deploy.add_argument(
+        "--serve-args",
+        default="",
+        metavar="'FLAGS'",
+        help="more halo serve flags, one string, e.g. '--threads 4'",
+    )
     deploy.add_argument("--file", help="a halo deploy spec (YAML) instead of MODEL")
     deploy.add_argument("--name", help="model id clients ask for (default: the file's stem)")
     deploy.add_argument("--replicas", type=int, default=1)

@@ -111,6 +111,24 @@ def stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_args(text: str) -> list[str]:
+    """``--serve-args`` split as a shell would; planning flags belong to deploy's own options."""
+    import shlex
+
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise ConfigError(f"--serve-args: {exc}") from None
+    planned = {"--ctx-size", "-c", "--parallel", "-np", "--cache-type-k", "--cache-type-v", "--model", "-m",
+               "--host", "--port", "--alias", "-a", "--rpc"}  # fmt: skip
+    for word in words:
+        if word.split("=", 1)[0] in planned:
+            raise ConfigError(
+                f"--serve-args: {word.split('=', 1)[0]} is set by halo cluster deploy (use its own flag)"
+            )
+    return words
+
+
 def _deployments(args: argparse.Namespace) -> list[Deployment]:
     if args.file:
         if args.model:
@@ -139,7 +157,7 @@ def _deployments(args: argparse.Namespace) -> list[Deployment]:
             parallel=args.parallel,
             cache_type_k=args.cache_type_k,
             cache_type_v=args.cache_type_v,
-            serve_args=args.extra,
+            serve_args=_serve_args(args.serve_args),
         )
     ]
 

@@ -120,6 +120,7 @@ def launch_gateway(opts: NodeOptions, backends_file: Path) -> int:
     gateway = [
         sys.executable, "-m", "haloserve", "gateway", "--backends-file", str(backends_file),
         "--host", opts.gateway_host, "--port", str(opts.gateway_port),
+        "--keys-db", str(opts.state_dir / "gateway.db"),
     ]  # fmt: skip
     cmd = [sys.executable, "-m", "haloserve.cluster.supervise", "--", *gateway]
     return procs.launch_detached(cmd, opts.state_dir / "logs" / "gateway.log")
