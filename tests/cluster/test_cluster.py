@@ -197,9 +197,10 @@ def test_logs_show_each_replicas_serve_log(cluster: Cluster) -> None:
     assert "GET /health 200" in out.stdout
 
 
-def test_replicas_keep_serving_when_ray_is_gone(cluster: Cluster) -> None:
-    urls = [r["url"] for r in ready(cluster)]
-    assert len(urls) == 2
+def test_replicas_keep_serving_when_ray_is_gone_and_a_new_head_adopts_them(cluster: Cluster) -> None:
+    before = {r["id"]: r for r in ready(cluster)}
+    assert len(before) == 2
+    nodes = sorted({r["node"] for r in before.values()})
     cluster.disconnect()
     for node in ("head", "n2", "n3"):  # the head and every raylet die at once
         record = cluster.dir(node) / "node.json"
@@ -208,7 +209,24 @@ def test_replicas_keep_serving_when_ray_is_gone(cluster: Cluster) -> None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
     time.sleep(5)  # actor workers notice their raylet is gone and exit
-    for url in urls:
-        assert ask(url)
-    replies = [ask(cluster.gateway, f"Pick a number, {i}") for i in range(4)]  # the gateway still routes
-    assert all(replies)
+    for r in before.values():
+        assert ask(r["url"])
+    assert all(ask(cluster.gateway, f"Pick a number, {i}") for i in range(3))  # the gateway still routes
+
+    # Ray comes back: the head starts again (its gateway is kept), the other node rejoins, and the new
+    # controller re-creates each replica on its node, whose actor adopts the process still serving
+    out = cluster.halo("start", "--name", "head", "--gpu-memory", "1500MiB", "--num-cpus", "1",
+                       "--port", str(cluster.port), "--gateway-port", str(cluster.gateway_port))  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "kept running" in out.stdout
+    for node in nodes:
+        if node != "head":
+            out = cluster.halo("join", f"127.0.0.1:{cluster.port}", "--name", node, "--gpu-memory", "1500MiB",
+                               "--num-cpus", "1", node=node)  # fmt: skip
+            assert out.returncode == 0, out.stdout + out.stderr
+    after = wait_for(lambda: len(ready(cluster)) == 2 and ready(cluster), 120, "the replicas to be adopted")
+    assert {r["id"]: (r["pid"], r["node"], r["url"]) for r in after} == {
+        rid: (r["pid"], r["node"], r["url"]) for rid, r in before.items()
+    }
+    assert {b["url"] for b in cluster.backends()} == {r["url"] for r in after}
+    assert ask(cluster.gateway)

@@ -20,6 +20,7 @@ from haloserve.cluster.node import (
     start_ray,
     stop_local,
 )
+from haloserve.cluster.procs import pid_alive
 from haloserve.cluster.spec import Deployment, check_name, from_deploy_spec
 from haloserve.errors import ConfigError, HaloError
 from haloserve.units import MiB, fmt_bytes, parse_size
@@ -31,7 +32,8 @@ def _say(text: str) -> None:
 
 def _options(args: argparse.Namespace, address: str | None) -> NodeOptions:
     state = Path(args.state_dir).expanduser().resolve()
-    if node_record(state):
+    old = node_record(state) or {}
+    if any(isinstance(p, int) and pid_alive(p) for p in old.get("ray_pids", [])):
         raise ConfigError(f"this box is already in a cluster ({state}/node.json): `halo cluster stop` first")
     check_name(args.name)
     override = parse_size(args.gpu_memory) if args.gpu_memory else None
@@ -45,6 +47,7 @@ def _options(args: argparse.Namespace, address: str | None) -> NodeOptions:
 
 def start(args: argparse.Namespace) -> int:
     """Ray head (or join --ray-address), controller, gateway."""
+    previous = node_record(Path(args.state_dir).expanduser().resolve()) or {}
     opts = _options(args, args.ray_address)
     opts.ray_port, opts.gateway_host, opts.gateway_port = args.port, args.gateway_host, args.gateway_port
     if args.ray_address:
@@ -66,7 +69,12 @@ def start(args: argparse.Namespace) -> int:
         stop_local(opts.state_dir)
         raise
     _say("controller running (Ray actor halo-controller, namespace haloserve)")
-    if not args.no_gateway:
+    kept = previous.get("gateway_pid")
+    if isinstance(kept, int) and pid_alive(kept):  # Ray was lost, the gateway kept serving: keep it
+        record["gateway_pid"], record["gateway_url"] = kept, previous.get("gateway_url")
+        save_record(opts.state_dir, record)
+        _say(f"gateway {record['gateway_url']}/v1 kept running (pid {kept})")
+    elif not args.no_gateway:
         record["gateway_pid"] = launch_gateway(opts, opts.state_dir / "backends.json")
         record["gateway_url"] = f"http://{opts.gateway_host}:{opts.gateway_port}"
         save_record(opts.state_dir, record)

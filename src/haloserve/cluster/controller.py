@@ -25,6 +25,7 @@ from haloserve.cluster.spec import Deployment
 
 RemoteReplica = ray.remote(Replica)
 REPLACE_BACKOFF = 5.0  # seconds between attempts to re-place a replica that fits nowhere now
+RESTORE_GRACE = 60.0  # a new controller waits this long for the nodes of saved replicas to rejoin
 
 
 def live_nodes() -> dict[str, dict[str, Any]]:
@@ -82,6 +83,10 @@ class Controller:
                 _Replica(r["id"], r["nodes"], int(r.get("gen", 0)), int(r.get("moves", 0)))
                 for r in entry.get("replicas", [])
             ]
+        self.started = time.monotonic()
+        # replicas saved by an earlier controller (Ray's head was lost): their processes may still serve,
+        # so the backends file is left alone until they are adopted back or the grace has passed
+        self.restoring = {r.id for reps in self.replicas.values() for r in reps}
         threading.Thread(target=self._loop, name="halo-controller", daemon=True).start()
 
     # -- API ------------------------------------------------------------------------------------------
@@ -130,6 +135,7 @@ class Controller:
                 return {"error": f"no deployment named {name} (see halo cluster status)"}
             for r in self.replicas.pop(name):
                 self._destroy(r)
+                self.restoring.discard(r.id)
             del self.deployments[name]
             self._save()
         self._write_backends()
@@ -297,6 +303,13 @@ class Controller:
         gone = [n for n in r.nodes if n not in nodes]
         if r.pg is None and not r.actors and not gone and self._adopt(dep, r):
             return
+        if gone and r.id in self.restoring and time.monotonic() - self.started < RESTORE_GRACE:
+            r.status = {
+                **r.status,
+                "state": "pending",
+                "error": f"waiting for node {', '.join(gone)} to rejoin",
+            }
+            return
         self._destroy(r)
         self.replicas[dep.name].remove(r)
         rooms = self._rooms(nodes)
@@ -361,6 +374,14 @@ class Controller:
 
     def _write_backends(self) -> None:
         with self.lock:
+            if self.restoring:
+                settled = {
+                    r.id for reps in self.replicas.values() for r in reps if r.status.get("state") == "ready"
+                }
+                self.restoring -= settled
+                if self.restoring and time.monotonic() - self.started < RESTORE_GRACE:
+                    return
+                self.restoring = set()
             backends = [
                 {
                     "url": r.status["url"],
