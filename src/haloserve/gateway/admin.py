@@ -15,7 +15,7 @@ import hmac
 import json
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,10 +29,25 @@ from haloserve.errors import (
     NotFoundError,
 )
 from haloserve.gateway.request import TOO_DEEP, error_response, read_body
-from haloserve.gateway.store import group_usage, parse_groups
+from haloserve.gateway.store import Store, group_usage, parse_groups
 
-if TYPE_CHECKING:
-    from haloserve.gateway.app import Gateway
+
+class Gateway(Protocol):
+    """What the admin routes need of the gateway worker they belong to (gateway/app.py's Gateway)."""
+
+    store: Store
+
+    def backends_info(self) -> list[dict[str, Any]]:
+        """Each backend's state, as /health shows it."""
+        ...
+
+    async def flush_usage(self) -> None:
+        """Write this worker's pending usage counters."""
+        ...
+
+    async def refresh_keys(self, *, force: bool = False) -> None:
+        """Re-read the keys database."""
+        ...
 
 T = TypeVar("T")
 PREFIX = "/admin/"

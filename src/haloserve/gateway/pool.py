@@ -119,7 +119,8 @@ class Pool:
                 f"no healthy backend for model {model!r}", retry_after=max(1.0, soonest)
             )
         room = [b for b in live if b.has_room()]
-        if any(b.model_states for b in live):  # a multi-model backend: prefer where it is loaded
+        # Multi-model backends report states: prefer where the model is loaded (a choice only among several).
+        if len(live) > 1 and any(b.model_states for b in live):
             room = by_readiness(model, live, room)
         if not room:
             return None
