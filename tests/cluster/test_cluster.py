@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -22,6 +23,7 @@ from tests.cluster.conftest import Cluster, wait_for
 
 pytestmark = [pytest.mark.model, pytest.mark.process]
 
+DOCS = Path(__file__).parents[2] / "docs" / "cluster.md"
 DEPLOY = ("--ctx-size", "2048", "--parallel", "2", "--serve-args", "--threads 1")
 
 
@@ -42,6 +44,30 @@ def test_every_node_registers_its_memory(cluster: Cluster) -> None:
     nodes = {n["name"]: n for n in cluster.status()["nodes"]}
     assert sorted(nodes) == ["head", "n2", "n3"]
     assert all(n["total_mib"] == 1500 and n["free_mib"] == 1500 for n in nodes.values())
+
+
+def test_a_split_deployment_places_a_server_and_its_rpc_worker_on_two_nodes(cluster: Cluster) -> None:
+    out = cluster.halo(
+        "deploy", str(cluster.model), "--name", "split", "--split", "rpc", "--nodes", "2", *DEPLOY
+    )
+    status = cluster.status()
+    (dep,) = status["deployments"]
+    assert dep["need_mib"] == [1181, 1202]  # halo plan's shares of an even layer split
+    (rep,) = dep["replica_list"]
+    server_node, worker_node = rep["nodes"]
+    assert server_node != worker_node
+    used = {n["name"]: n["used_mib"] for n in status["nodes"]}
+    assert used[server_node] == 1181 and used[worker_node] == 1202
+    (worker,) = rep["workers"]
+    assert worker["role"] == "rpc-worker" and worker["node"] == worker_node and worker["state"] == "ready"
+    assert worker["url"].startswith("127.0.0.1:")  # halo rpc-worker listening, started before the server
+    if rep["state"] == "ready":  # halo serve --rpc (branch rpcserve) serves the split model
+        assert out.returncode == 0 and ask(rep["url"])
+    else:  # without it halo serve refuses --rpc (exit 2): failed at once with the cause, no restarts
+        assert out.returncode == 1 and rep["state"] == "failed" and rep["restarts"] == 0
+        assert "serve exited with status 2" in rep["error"] and "--rpc" in rep["error"]
+    assert cluster.halo("remove", "split").returncode == 0
+    assert all(n["used_mib"] == 0 for n in cluster.status()["nodes"])
 
 
 def served(url: str) -> float:
@@ -82,6 +108,7 @@ def test_a_deployment_that_fits_nowhere_is_refused_with_the_numbers(cluster: Clu
     assert (
         "a replica needs 1.23 GiB" in line and "240.00 MiB free of 1.46 GiB" in line and "halo plan:" in line
     )
+    assert line in DOCS.read_text()  # the example in docs/cluster.md is this very message
     assert [d["name"] for d in cluster.status()["deployments"]] == ["smol"]  # nothing half-placed
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,36 @@ def test_without_ray_the_command_says_how_to_get_it(
     assert main(["cluster", "status"]) == 2
     err = capsys.readouterr().err
     assert err == "halo cluster: error: Ray is not installed: pip install 'haloserve[cluster]'\n"
+
+
+@pytest.mark.slow  # imports Ray
+def test_joining_a_head_that_is_not_there_is_one_line_and_quick(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    began = time.monotonic()
+    args = ["cluster", "join", f"127.0.0.1:{free_port()}", "--timeout", "2", "--state-dir", str(tmp_path)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("halo cluster: error: no Ray head at 127.0.0.1:")
+    assert time.monotonic() - began < 60  # no hang: the probe gives up after 2 s
+    assert not (tmp_path / "node.json").exists()
+
+
+@pytest.mark.slow  # imports Ray
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--split", "rpc"], "--split rpc needs --nodes 2 or more"),
+        (["--nodes", "2"], "--nodes needs --split rpc"),
+        (
+            ["--serve-args", "--port 9000"],
+            "--serve-args: --port is set by halo cluster deploy (use its own flag)",
+        ),
+        (["--replicas", "0"], "--replicas must be at least 1 (halo cluster remove stops a deployment)"),
+    ],
+)
+def test_deploy_refuses_bad_flags_before_touching_the_cluster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    assert main(["cluster", "deploy", "m.gguf", *flags, "--state-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"halo cluster: error: {message}\n"

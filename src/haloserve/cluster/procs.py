@@ -22,10 +22,12 @@ def launch_detached(cmd: Sequence[str], log_path: Path, env: dict[str, str] | No
     """Start ``cmd`` in a new session, output appended to ``log_path``; returns its pid.
 
     A short-lived ``sh`` starts it in the background and exits, so the process is not a child of the
-    caller (Ray kills an actor worker's children when the worker exits).
+    caller (Ray kills an actor worker's children when the worker exits). A subshell waits for it and
+    writes its exit status to ``<log>.exit`` (:func:`exit_status`).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    script = '"$@" >>"$0" 2>&1 </dev/null & echo $!'
+    Path(f"{log_path}.exit").unlink(missing_ok=True)
+    script = '( "$@" >>"$0" 2>&1 </dev/null & echo $!; exec >/dev/null 2>&1; wait $!; echo $? >"$0.exit" ) &'
     out = subprocess.run(
         ["sh", "-c", script, str(log_path), *cmd],
         capture_output=True,
@@ -36,6 +38,18 @@ def launch_detached(cmd: Sequence[str], log_path: Path, env: dict[str, str] | No
         timeout=30,
     )
     return int(out.stdout.strip())
+
+
+def exit_status(log_path: Path, wait: float = 2.0) -> int | None:
+    """The exit status :func:`launch_detached` recorded for the process logging to ``log_path``."""
+    end = time.monotonic() + wait
+    while True:
+        try:
+            return int(Path(f"{log_path}.exit").read_text().strip())
+        except (OSError, ValueError):
+            if time.monotonic() > end:
+                return None
+            time.sleep(0.05)
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -6,8 +6,10 @@ restarts the actor (``max_restarts=-1``) in the same placement-group bundle, so 
 incarnation counts the restart and launches again, after a backoff (1, 2, 4, 8 s) while launches keep
 failing before their ``/health`` answered; after :data:`MAX_FAILURES` such failures, or at once when the
 model file is missing on the node, the replica stays ``failed`` with the cause and is not started
-again. A new incarnation that finds its process still running (the actor worker died, or Ray's head was
-lost and came back) adopts it instead of starting a second one.
+again (so is a process that exits with status 2 before it was ever healthy: halo's status for a
+refused flag or setting, which no restart fixes). A new incarnation that finds its process still
+running (the actor worker died, or Ray's head was lost and came back) adopts it instead of starting a
+second one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from haloserve.cluster import procs
 from haloserve.cluster.spec import Deployment
 
 MAX_FAILURES = 5
+USAGE_EXIT = 2  # halo's exit status for a refused flag or setting (ConfigError): failed at once
 STATE_DIR_ENV = "HALO_CLUSTER_DIR"
 HOST_ENV = "HALO_CLUSTER_HOST"
 NODE_ENV = "HALO_CLUSTER_NODE"
@@ -192,7 +195,12 @@ class Replica:
                 if not procs.pid_alive(self.pid):
                     if self.stopped.is_set():
                         return
-                    record["error"] = f"process {self.pid} exited: " + self._last_line()
+                    code = procs.exit_status(self.log_path)
+                    why = f"{self.role} exited with status {code}: {self._last_line()}"
+                    if code == USAGE_EXIT and self.state != "ready":  # a refused flag does not fix itself
+                        self._fail(record, why)
+                        return
+                    record["error"] = why
                     procs.write_json(self.record_path, record)
                     self.state = "restarting"
                     os._exit(1)  # Ray restarts the actor, which relaunches (see the module docstring)
