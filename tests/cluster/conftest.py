@@ -109,7 +109,6 @@ def _answers(url: str) -> bool:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Cluster]:
     """Head + two workers; everything the CLI started is stopped at the end, node by node."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     c = Cluster(tmp_path_factory.mktemp("cluster"), free_port(), free_port(), model_path)
     started: list[str] = []
     try:

@@ -97,9 +97,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch to the action; without Ray, say how to get it."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    try:  # found, not imported: join and stop never load Ray in this process (seconds on a busy box)
+        found = importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
         from haloserve.cli.render import console
 
         console(stderr=True).print(f"halo cluster: error: {INSTALL}", markup=False, highlight=False)
