@@ -19,6 +19,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from haloserve.cluster import MEMORY_RESOURCE, NAMESPACE, NODE_PIN, NODE_RESOURCE_PREFIX, procs
+from haloserve.cluster.ledger import ReplicaRecord, live_nodes
 from haloserve.cluster.placement import NodeRoom, PlacementError, place
 from haloserve.cluster.replica import Replica
 from haloserve.cluster.spec import Deployment
@@ -26,41 +27,6 @@ from haloserve.cluster.spec import Deployment
 RemoteReplica = ray.remote(Replica)
 REPLACE_BACKOFF = 5.0  # seconds between attempts to re-place a replica that fits nowhere now
 RESTORE_GRACE = 60.0  # a new controller waits this long for the nodes of saved replicas to rejoin
-
-
-def live_nodes() -> dict[str, dict[str, Any]]:
-    """Alive halo nodes by name: Ray node id, address and registered MiB."""
-    out: dict[str, dict[str, Any]] = {}
-    for n in ray.nodes():
-        if not n.get("Alive"):
-            continue
-        res = n.get("Resources", {})
-        names = [k[len(NODE_RESOURCE_PREFIX) :] for k in res if k.startswith(NODE_RESOURCE_PREFIX)]
-        if names:
-            out[names[0]] = {
-                "node_id": n["NodeID"],
-                "address": n.get("NodeManagerAddress"),
-                "total_mib": int(res.get(MEMORY_RESOURCE, 0)),
-            }
-    return out
-
-
-class _Replica:
-    """The controller's record of one replica: its bundles' nodes, placement group and actors."""
-
-    def __init__(self, rid: str, nodes: list[str], gen: int = 0, moves: int = 0) -> None:
-        self.id = rid
-        self.nodes = nodes
-        self.gen = gen  # bumped on each re-placement: actor and group names stay unique
-        self.moves = moves  # re-placements to another node (each counts as a restart)
-        self.pg: Any = None
-        self.actors: list[Any] = []
-        self.status: dict[str, Any] = {"id": rid, "node": nodes[0], "state": "placing", "restarts": 0}
-        self.placed_at = 0.0
-        self.retry_at = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "nodes": self.nodes, "gen": self.gen, "moves": self.moves}
 
 
 class Controller:
@@ -72,7 +38,7 @@ class Controller:
         self.host_of: dict[str, str] = {}
         self.lock = threading.RLock()
         self.deployments: dict[str, Deployment] = {}
-        self.replicas: dict[str, list[_Replica]] = {}
+        self.replicas: dict[str, list[ReplicaRecord]] = {}
         self.counter: dict[str, int] = {}
         self._written: list[dict[str, Any]] | None = None
         saved = procs.read_json(self.dir / "deployments.json") or {}
@@ -80,7 +46,7 @@ class Controller:
             self.deployments[name] = Deployment.model_validate(entry["deployment"])
             self.counter[name] = int(entry.get("counter", 0))
             self.replicas[name] = [
-                _Replica(r["id"], r["nodes"], int(r.get("gen", 0)), int(r.get("moves", 0)))
+                ReplicaRecord(r["id"], r["nodes"], int(r.get("gen", 0)), int(r.get("moves", 0)))
                 for r in entry.get("replicas", [])
             ]
         self.started = time.monotonic()
@@ -206,12 +172,12 @@ class Controller:
             return f"{exc.message}; {dep.plan_summary}"
         for nodes in chosen:
             self.counter[dep.name] += 1
-            r = _Replica(f"{dep.name}-{self.counter[dep.name]}", nodes)
+            r = ReplicaRecord(f"{dep.name}-{self.counter[dep.name]}", nodes)
             self.replicas[dep.name].append(r)
             self._create(dep, r)
         return None
 
-    def _create(self, dep: Deployment, r: _Replica) -> None:
+    def _create(self, dep: Deployment, r: ReplicaRecord) -> None:
         bundles = [
             {MEMORY_RESOURCE: float(mib), f"{NODE_RESOURCE_PREFIX}{node}": NODE_PIN}
             for node, mib in zip(r.nodes, dep.need_mib, strict=False)
@@ -234,7 +200,7 @@ class Controller:
                 continue
             r.actors.insert(0, self._actor(r, index, cfg))
 
-    def _actor(self, r: _Replica, index: int, cfg: dict[str, Any]) -> Any:
+    def _actor(self, r: ReplicaRecord, index: int, cfg: dict[str, Any]) -> Any:
         strategy = PlacementGroupSchedulingStrategy(r.pg, placement_group_bundle_index=index)
         return RemoteReplica.options(
             name=f"halo-replica-{cfg['id']}.{r.gen}",
@@ -247,7 +213,7 @@ class Controller:
             scheduling_strategy=strategy,
         ).remote(cfg)
 
-    def _destroy(self, r: _Replica) -> None:
+    def _destroy(self, r: ReplicaRecord) -> None:
         for actor in r.actors:
             with contextlib.suppress(Exception):
                 ray.get(actor.stop.remote(), timeout=15)
@@ -284,7 +250,7 @@ class Controller:
             self._refresh(r)
         self._write_backends()
 
-    def _adopt(self, dep: Deployment, r: _Replica) -> bool:
+    def _adopt(self, dep: Deployment, r: ReplicaRecord) -> bool:
         """A new controller finds the replica's group and actors still alive (same generation)."""
         from ray.util import get_placement_group
 
@@ -297,7 +263,7 @@ class Controller:
             return False
         return True
 
-    def _replace(self, dep: Deployment, r: _Replica, nodes: dict[str, dict[str, Any]]) -> None:
+    def _replace(self, dep: Deployment, r: ReplicaRecord, nodes: dict[str, dict[str, Any]]) -> None:
         if time.monotonic() < r.retry_at:
             return
         gone = [n for n in r.nodes if n not in nodes]
@@ -336,7 +302,7 @@ class Controller:
         self._create(dep, r)
         self._save()
 
-    def _start_split_server(self, dep: Deployment, r: _Replica) -> None:
+    def _start_split_server(self, dep: Deployment, r: ReplicaRecord) -> None:
         try:
             states = ray.get([a.status.remote() for a in r.actors], timeout=2)
         except Exception:
@@ -358,7 +324,7 @@ class Controller:
                 "error": bad[0]["error"] if bad else None,
             }
 
-    def _refresh(self, r: _Replica) -> None:
+    def _refresh(self, r: ReplicaRecord) -> None:
         if not r.actors or len(r.actors) < len(r.nodes):
             return
         try:
