@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "usage": "haloserve.cli.usage",
     "deploy": "haloserve.cli.deploy",
     "rpc-worker": "haloserve.cli.rpc_worker",
+    "cluster": "haloserve.cli.cluster",
 }
 
 

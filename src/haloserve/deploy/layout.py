@@ -9,6 +9,7 @@ from haloserve.deploy import services as svc
 from haloserve.deploy.fit import FitReport, NodeMemory, Placement
 from haloserve.deploy.gateway_config import Backend, gateway_config
 from haloserve.deploy.spec import DeploySpec, Model, Node
+from haloserve.units import MiB, fmt_bytes
 
 HOST_ONLY = "the same server as its compose service, for a host without Docker"
 
@@ -157,8 +158,10 @@ def build_layout(spec: DeploySpec, fit: FitReport) -> Layout:
             head = spec.node(model.nodes[0])
             backends.append(_backend(model, head.address))
             swarm_backends.append(_backend(model, head.address))
+    head_node = spec.node(spec.gateway.node) if spec.gateway else spec.nodes[0]
     for np_ in plans.values():
         _dotenv(spec, np_, fit)
+        np_.scripts.append(_cluster_script(spec, np_, head_node))
         if spec.backend == "rocm":
             np_.services.append(svc.rocm_test(spec, np_.node))
     stack_gateway = None
@@ -169,6 +172,20 @@ def build_layout(spec: DeploySpec, fit: FitReport) -> Layout:
         stack.insert(0, svc.gateway(spec, gw_node, swarm=True))
         stack_gateway = gateway_config(spec.gateway, swarm_backends)
     return Layout(spec, fit, list(plans.values()), stack, stack_gateway, [*fit.warnings, *_halo_gaps(fit)])
+
+
+def _cluster_script(spec: DeploySpec, np_: NodePlan, head_node: Node) -> Script:
+    """``halo cluster start`` (head) or ``join`` (the others), with the node's planned budget."""
+    usable = np_.memory.budget.usable_bytes
+    context: dict[str, object] = {
+        "node": np_.node,
+        "head": np_.node.name == head_node.name,
+        "head_node": head_node,
+        "usable_mib": usable // MiB,
+        "usable_text": fmt_bytes(usable),
+        "gateway_port": spec.gateway.port if spec.gateway else 8090,
+    }
+    return Script("halo-cluster.sh", "halo-cluster.sh.j2", context, "halo cluster start/join for this node")
 
 
 def _halo_gaps(fit: FitReport) -> list[str]:
