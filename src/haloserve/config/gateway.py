@@ -176,6 +176,7 @@ class GatewaySettings(HaloSettings):
     metrics_auth: bool = option(
         True, "With --require-keys, /metrics needs a valid key too (--no-metrics-auth: open to any scraper)."
     )
+    ui: bool = option(True, "Serve the web UI at /ui (static pages calling this API; --no-ui: off).")
     reserve_tokens: int = option(
         1024,
         "Completion tokens held against a key's tokens/minute quota while a request that sets no"

@@ -31,6 +31,7 @@ from haloserve.server.openai_routes import router as openai_router
 from haloserve.server.ops_routes import router as ops_router
 from haloserve.server.state import ServerState, api_keys, open_paths
 from haloserve.server.tokens import TokenServing
+from haloserve.ui.asgi import UIFiles
 
 log = logging.getLogger("haloserve.server")
 
@@ -125,6 +126,8 @@ def create_app(
         api_keys=state.api_keys,
         open_paths=open_paths(settings),
     )
+    if settings.ui:
+        app.add_middleware(UIFiles)  # outermost: static pages only, the API path pays one prefix test
     return app
 
 
