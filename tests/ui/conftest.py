@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,3 +93,42 @@ def open_page(browser: Any) -> Iterator[Any]:
     yield make
     for p in pages:
         p.close()
+
+
+def paste_key(page: Any, selector: str, key: str) -> None:
+    """Type a key into a key field the way a user pastes it (the page reacts on ``change``)."""
+    page.fill(selector, key)
+    page.dispatch_event(selector, "change")
+
+
+def metric(url: str, name: str, key: str | None = None) -> float:
+    """The sum of the samples of ``name`` (labels given in ``name`` must match) on ``url``/metrics."""
+    import re
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    text = httpx.get(url + "/metrics", headers=headers, timeout=10).text
+    base, _, labels = name.partition("{")
+    want = [p for p in labels.rstrip("}").split(",") if p]
+    total = 0.0
+    for m in re.finditer(rf"^{re.escape(base)}(\{{[^}}]*\}})? (\S+)$", text, re.M):
+        if all(w in (m.group(1) or "") for w in want):
+            total += float(m.group(2))
+    return total
+
+
+def wait_js(page: Any, expression: str, timeout: float = 60.0) -> Any:
+    """Poll ``expression`` (a JS expression) in the page until it is truthy; its value.
+
+    Playwright's wait_for_function evaluates a string with eval(), which the UI's CSP forbids (as it
+    should): evaluate() of a function is allowed, so poll with that.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = page.evaluate(f"() => ({expression})")
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for: {expression}")
+        time.sleep(0.1)
