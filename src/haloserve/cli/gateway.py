@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load settings, then serve until SIGTERM (drained) or SIGINT."""
     from haloserve.cli.serve import setup_logging
-    from haloserve.gateway.app import check_settings
+    from haloserve.gateway.checks import check_settings
     from haloserve.gateway.run import run as run_gateway
     from haloserve.protocol.connlimits import ConnLimits, raise_nofile_limit
 

@@ -39,6 +39,10 @@ class BackendSpec(BaseModel):
     models: list[str] = Field(
         default_factory=list, description="Models it serves (empty: discovered from /v1/models)."
     )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Free-form tags shown in /health and /admin/backends (node, zone...).",
+    )
 
     @field_validator("url")
     @classmethod
@@ -50,13 +54,7 @@ class BackendSpec(BaseModel):
 
     def resolved_api_key(self) -> str | None:
         """The upstream key, with ``ENV:NAME`` read from the environment."""
-        if self.api_key and self.api_key.startswith("ENV:"):
-            name = self.api_key[4:]
-            value = os.environ.get(name)
-            if not value:
-                raise ConfigError(f"backend {self.url}: environment variable {name} is not set")
-            return value
-        return self.api_key
+        return resolve_secret(self.api_key, f"backend {self.url}")
 
 
 def parse_backend(text: str) -> dict[str, Any]:
@@ -70,7 +68,7 @@ def parse_backend(text: str) -> dict[str, Any]:
     for part in parts[1:]:
         key, sep, value = part.partition("=")
         key = key.strip().replace("-", "_")
-        if not sep or key not in BackendSpec.model_fields or key == "url":
+        if not sep or key not in BackendSpec.model_fields or key in ("url", "labels"):
             raise ConfigError(f"--backend {text!r}: unknown option {part!r}")
         out[key] = [m for m in value.split("|") if m] if key == "models" else value
     return out
@@ -97,6 +95,12 @@ class GatewaySettings(HaloSettings):
         description="Backend URL[,weight=N,max_concurrency=N,api_key=ENV:NAME,models=a|b] (repeatable).",
         aliases=("--backend",),
         metavar="URL[,OPT=V]",
+    )
+    backends_file: Path | None = option(
+        None,
+        'JSON file {"backends": [{"url": ..., "models"?, "weight"?, "labels"?}]} of more backends, kept'
+        " current by another program (halo cluster): re-read within a second of a change.",
+        metavar="PATH",
     )
     policy: Policy = option("prefix", "Balancing policy.")
     keys_db: Path = option(
@@ -176,6 +180,12 @@ class GatewaySettings(HaloSettings):
     metrics_auth: bool = option(
         True, "With --require-keys, /metrics needs a valid key too (--no-metrics-auth: open to any scraper)."
     )
+    admin_key: str | None = option(
+        None,
+        "Key of the admin API under /admin/ (a literal or ENV:NAME); unset: the admin API answers 404.",
+        secret=True,
+        metavar="KEY",
+    )
     ui: bool = option(True, "Serve the web UI at /ui (static pages calling this API; --no-ui: off).")
     reserve_tokens: int = option(
         1024,
@@ -193,10 +203,21 @@ class GatewaySettings(HaloSettings):
             return v
         return [parse_backend(item) if isinstance(item, str) else item for item in _rejoin(v)]
 
-    @field_validator("keys_db", "backend_ca", mode="before")
+    @field_validator("keys_db", "backend_ca", "backends_file", mode="before")
     @classmethod
     def _expand(cls, v: Any) -> Any:
         return Path(v).expanduser() if isinstance(v, str) else v
+
+
+def resolve_secret(value: str | None, what: str) -> str | None:
+    """A key given as a literal or as ``ENV:NAME`` (read from the environment; unset is an error)."""
+    if value and value.startswith("ENV:"):
+        name = value[4:]
+        got = os.environ.get(name)
+        if not got:
+            raise ConfigError(f"{what}: environment variable {name} is not set")
+        return got
+    return value or None
 
 
 class KeysSettings(HaloSettings):

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from haloserve.config import load_settings
-from haloserve.config.gateway import GatewaySettings
-from haloserve.errors import ConfigError, HaloError, NotFoundError
+from haloserve.config.gateway import BackendSpec, GatewaySettings, resolve_secret
+from haloserve.errors import HaloError, NotFoundError
 from haloserve.gateway.accounting import Accounting, Quotas
+from haloserve.gateway.admin import PREFIX as ADMIN_PREFIX
+from haloserve.gateway.admin import Admin, admin_key_hash
 from haloserve.gateway.backends import Backend, BreakerConfig
+from haloserve.gateway.checks import backend_ssl_context
+from haloserve.gateway.discovery import BackendsFile
 from haloserve.gateway.health import probe_loop, probe_once
 from haloserve.gateway.http1 import ClientPool
 from haloserve.gateway.limits import GuardedServer, LimitsSource
@@ -69,6 +72,10 @@ class Gateway:
         self._config_mtime = self._mtime()
         self.breaker = BreakerConfig()
         self.pool = Pool([], Balancer(settings.policy))
+        self.admin = Admin(self)
+        self.backends_file = BackendsFile(None)
+        self.backends_file.poll(settings.backends_file)  # at start, before the loop runs: read it here
+        self._switching = asyncio.Lock()
         self._apply(settings)
         self.store = Store(settings.keys_db)
         self.accounting = Accounting(quotas=Quotas(workers=settings.workers))
@@ -132,7 +139,7 @@ class Gateway:
         return self
 
     async def _first_probes(self) -> None:
-        while not all(b.healthy or b.failures for b in self.pool.backends):
+        while not all(b.healthy or b.failures or b.probe_error for b in self.pool.backends):
             await asyncio.sleep(0.02)
 
     async def drain(self, timeout: float | None = None) -> None:
@@ -183,6 +190,8 @@ class Gateway:
         method, path = request.method, request.path
         if method == "POST" and path.startswith("/v1/"):
             return await self.proxy.handle(request)
+        if path.startswith(ADMIN_PREFIX):
+            return await self.admin.handle(request)
         try:
             if method == "GET" or method == "HEAD":
                 if self.settings.ui and (path.startswith(ui_assets.PREFIX) or path == "/"):
@@ -225,19 +234,15 @@ class Gateway:
         if b.failed(fatal=fatal):
             log.warning("backend %s ejected after %d failure(s)", b.url, b.failures)
 
-    def _health(self, ready: bool) -> web.Response:
-        backends = [
-            {
-                "url": b.url,
-                "healthy": b.healthy,
-                "circuit": b.state,
-                "in_flight": b.in_flight,
-                "limit": b.limit,
-                "models": sorted(b.models),
-                "error": b.probe_error or None,
-            }
-            for b in self.pool.backends
+    def backends_info(self) -> list[dict[str, Any]]:
+        """Each backend's state, as /health and /admin/backends show it."""
+        static = {spec.url for spec in self.settings.backends}
+        return [
+            {**b.describe(), "source": "static" if b.url in static else "file"} for b in self.pool.backends
         ]
+
+    def _health(self, ready: bool) -> web.Response:
+        backends = self.backends_info()
         ok = self.pool.ready() and not self.draining
         body = {
             "status": "ok" if ok else ("draining" if self.draining else "no healthy backend"),
@@ -272,13 +277,18 @@ class Gateway:
     async def _upkeep(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            try:
-                await self.flush_usage()
-                await self.refresh_keys()
+            try:  # backends first: a slow or locked keys db must not hold up discovery
                 mtime = self._mtime()
                 if mtime != self._config_mtime:
                     self._config_mtime = mtime
                     await self.reload_now()
+                elif await self._poll_backends_file(self.settings.backends_file):
+                    await self._switch(self.settings)
+            except Exception:
+                log.exception("gateway upkeep (backends) failed")
+            try:
+                await self.flush_usage()
+                await self.refresh_keys()
             except Exception:  # upkeep must survive a bad moment (disk full, locked db)
                 log.exception("gateway upkeep failed")
             self.upstream.prune()
@@ -296,11 +306,11 @@ class Gateway:
             usage.put_back(deltas)
             raise
 
-    async def refresh_keys(self) -> None:
-        """Reload the key cache when the keys table changed."""
+    async def refresh_keys(self, *, force: bool = False) -> None:
+        """Reload the key cache when the keys table changed (``force``: now, whatever the version)."""
         loop = asyncio.get_running_loop()
         version = await loop.run_in_executor(None, self.store.version)
-        if version != self._keys_version:
+        if force or version != self._keys_version:
             records = await loop.run_in_executor(None, self.store.active_hashes)
             self.accounting.keys.replace(records)
             self._keys_version = version
@@ -330,7 +340,17 @@ class Gateway:
             pool.balancer = Balancer(s.policy, chunk=s.prefix_chunk, threshold=s.balance_threshold)
         pool.balancer.threshold = s.balance_threshold
         pool.queue_size, pool.queue_timeout, pool.workers = s.queue_size, s.queue_timeout, s.workers
-        return pool.update(s.backends, prepared)
+        self.admin.key_hash = admin_key_hash(resolve_secret(s.admin_key, "--admin-key"))
+        return pool.update(self._specs(s), prepared)
+
+    def _specs(self, s: GatewaySettings) -> list[BackendSpec]:
+        """The backends of ``s`` and then those of the backends file (a URL in both: the static one)."""
+        static = {spec.url for spec in s.backends}
+        return [*s.backends, *(spec for spec in self.backends_file.specs if spec.url not in static)]
+
+    async def _poll_backends_file(self, path: Path | None) -> bool:
+        """Re-read the backends file if it changed (off the event loop); True when its list changed."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.backends_file.poll, path)
 
     def _reprobe(self, added: list[Backend], removed: list[Backend]) -> None:
         """Stop probing removed backends and start on added ones (once started: start() probes all)."""
@@ -350,14 +370,19 @@ class Gateway:
         await self.reload_now()
 
     async def reload_now(self) -> bool:
-        """Re-read the config file (SIGHUP or a change on disk); a bad file keeps the running config.
+        """Re-read the config file and the backends file (SIGHUP or a change on disk).
 
-        New backends are probed before the switch, so requests never see a pool without them.
+        A bad config file keeps the running config (and a bad backends file its last good list).
         """
         if self.config_path is None:
-            return False
+            if self.settings.backends_file is None:
+                return False
+            await self._poll_backends_file(self.settings.backends_file)
+            await self._switch(self.settings)
+            return True
         try:
             new = load_settings(GatewaySettings, flags=self.flags, file=self.config_path)
+            resolve_secret(new.admin_key, "--admin-key")
         except HaloError as exc:
             log.error("config reload failed, keeping the running config: %s", exc.message)
             return False
@@ -366,41 +391,32 @@ class Gateway:
         if changed:
             log.warning("reload: %s need a restart to change", ", ".join(changed))
             new = new.model_copy(update={f: getattr(self.settings, f) for f in fixed})
-        known = {b.url for b in self.pool.backends}
-        prepared: dict[str, Backend] = {}
-        for spec in new.backends:
-            if spec.url not in known:
-                try:
-                    prepared[spec.url] = Backend(spec, self.breaker, api_key=spec.resolved_api_key())
-                except HaloError as exc:
-                    log.error("config reload failed, keeping the running config: %s", exc.message)
-                    return False
-        if prepared and self.client is not None:
-            client = self.client
-            await asyncio.gather(
-                *(probe_once(client, b, new.health_timeout, discover=True) for b in prepared.values())
-            )
-        self.settings = new
-        self._reprobe(*self._apply(new, prepared))
-        log.info("config reloaded: %d backend(s), policy %s", len(new.backends), new.policy)
+        await self._poll_backends_file(new.backends_file)
+        if not await self._switch(new):
+            return False
+        log.info("config reloaded: %d backend(s), policy %s", len(self.pool.backends), new.policy)
         return True
 
+    async def _switch(self, new: GatewaySettings) -> bool:
+        """Apply ``new`` and the backends file's list: new backends are probed before they join, so
+        requests never see a pool without them and they get traffic only once healthy; removed ones
+        finish their in-flight requests. False (nothing changed) when a new backend's key is missing."""
+        async with self._switching:  # a SIGHUP and the upkeep's poll may come together
+            known = {b.url for b in self.pool.backends}
+            prepared: dict[str, Backend] = {}
+            for spec in self._specs(new):
+                if spec.url not in known:
+                    try:
+                        prepared[spec.url] = Backend(spec, self.breaker, api_key=spec.resolved_api_key())
+                    except HaloError as exc:
+                        log.error("backend update failed, keeping the running backends: %s", exc.message)
+                        return False
+            if prepared and self.client is not None:
+                client = self.client
+                await asyncio.gather(
+                    *(probe_once(client, b, new.health_timeout, discover=True) for b in prepared.values())
+                )
+            self.settings = new
+            self._reprobe(*self._apply(new, prepared))
+            return True
 
-def check_settings(settings: GatewaySettings) -> None:
-    """Refuse to start without backends, or with a --backend-ca that is not a readable PEM file."""
-    if not settings.backends:
-        raise ConfigError("no backends: give --backend URL (repeatable) or 'backends:' in --config")
-    backend_ssl_context(settings.backend_ca)
-
-
-def backend_ssl_context(ca: Path | None) -> ssl.SSLContext:
-    """TLS settings for https:// backends: the system's trust store, plus ``ca`` when given."""
-    ctx = ssl.create_default_context()
-    if ca is not None:
-        try:
-            ctx.load_verify_locations(cafile=str(ca))
-        except FileNotFoundError:
-            raise ConfigError(f"--backend-ca: {ca}: no such file") from None
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"--backend-ca: {ca}: not a PEM file of certificates ({exc})") from None
-    return ctx

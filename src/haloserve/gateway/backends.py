@@ -18,10 +18,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from haloserve.config.gateway import BackendSpec
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+# A model's state on a backend (the ``status.value`` of its /v1/models card), best first: a request
+# goes where its model is loaded, else where it is loading, else where it can be loaded; where it
+# failed only when nothing else can take it.
+LOADED, LOADING, UNLOADED, FAILED = "loaded", "loading", "unloaded", "failed"
+RANK = {LOADED: 0, LOADING: 1, UNLOADED: 2, FAILED: 3}
+_OTHER_RANK = RANK[UNLOADED]  # a state we do not know (a newer server's): as if it could be loaded
 _MAX_EJECT = 300.0
 
 
@@ -41,9 +48,11 @@ class Backend:
     spec: BackendSpec
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     models: frozenset[str] = frozenset()
+    model_states: dict[str, str] = field(default_factory=dict)  # models not loaded -> their state
     learned_limit: int = 0
     in_flight: int = 0
     healthy: bool = False  # set by the first successful probe or discovery
+    admitted: bool = False  # it has been healthy once: until then failed probes are no ejection
     state: str = CLOSED
     failures: int = 0
     ejections: int = 0
@@ -68,6 +77,29 @@ class Backend:
     def serves(self, model: str) -> bool:
         """True when ``model`` is one of this backend's models."""
         return model in self.models
+
+    def rank(self, model: str) -> int:
+        """How ready ``model`` is here: 0 loaded, 1 loading, 2 unloaded (can load), 3 failed."""
+        state = self.model_states.get(model)
+        return 0 if state is None else RANK.get(state, _OTHER_RANK)
+
+    def describe(self) -> dict[str, Any]:
+        """Plain data for ``/health`` and ``/admin/backends`` (never the upstream key)."""
+        return {
+            "url": self.url,
+            "healthy": self.healthy,
+            "circuit": self.state,
+            "in_flight": self.in_flight,
+            "limit": self.limit,
+            "weight": self.spec.weight,
+            "requests": self.requests,
+            "errors": self.errors,
+            "models": sorted(self.models),
+            "loaded": sorted(m for m in self.models if m not in self.model_states),
+            "model_states": {m: self.model_states.get(m, LOADED) for m in sorted(self.models)},
+            "labels": dict(self.spec.labels),
+            "error": self.probe_error or None,
+        }
 
     def routable(self, now: float) -> bool:
         """Healthy, circuit not open (a half-open circuit takes one trial at a time)."""
@@ -135,13 +167,19 @@ class Backend:
         """An active probe succeeded: healthy again; an expired open circuit closes with slow start."""
         now = time.monotonic() if now is None else now
         was_down = not self.healthy
-        self.healthy = True
+        self.healthy = self.admitted = True
         if (self.state == OPEN and now >= self.open_until) or self.state == HALF_OPEN:
             self.succeeded(now)
         elif was_down and self.returned_at == 0.0 and self.requests:
             self.returned_at = now
 
     def probe_failed(self, now: float | None = None) -> bool:
-        """An active probe failed: unhealthy, and the circuit opens. Returns True on a new ejection."""
+        """An active probe failed: unhealthy, and the circuit opens. Returns True on a new ejection.
+
+        A backend never healthy yet (starting, loading its model, just discovered) only stays out:
+        opening its circuit would keep it out for ``eject_time`` after its first 200.
+        """
         self.healthy = False
+        if not self.admitted:
+            return False
         return self.failed(now, fatal=True)

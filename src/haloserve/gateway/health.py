@@ -1,7 +1,10 @@
 """Active health probes, model discovery and concurrency learning, one task per backend.
 
 - health: ``GET /health`` (a 404 there, as from Ollama, falls back to ``/v1/models``);
-- models: ``GET /v1/models`` unless the backend's models are configured;
+- models: ``GET /v1/models`` on every probe: the model ids (unless the backend's models are
+  configured) and each model's ``status.value`` (``loaded``, ``loading``, ``unloaded``, ``failed``)
+  as multi-model servers report it (llama-server's router mode, ``halo serve --models-dir``); a model
+  without a status (llama-server, vLLM, Ollama) is loaded;
 - concurrency, unless configured: ``total_slots`` of ``GET /props`` (llama-server and ``halo serve``),
   else the number of entries of ``GET /slots`` (llama-server), else ``halo_slots_total`` in
   ``GET /metrics`` (``halo serve``); a backend that tells none of them is not limited.
@@ -10,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Callable
@@ -17,12 +21,12 @@ from typing import Any
 
 import aiohttp
 
-from haloserve.gateway.backends import Backend
+from haloserve.gateway.backends import LOADED, Backend
 from haloserve.gateway.http1 import untrusted_certificate
 
 log = logging.getLogger("haloserve.gateway")
 _SLOTS_TOTAL = re.compile(rb"^halo_slots_total(?:\{[^}]*\})?\s+([0-9.]+)", re.M)
-_REDISCOVER_EVERY = 6  # probes between refreshes of the model list and slot count
+_REDISCOVER_EVERY = 6  # probes between refreshes of the slot count (models: every probe)
 
 
 def _headers(b: Backend) -> dict[str, str]:
@@ -44,18 +48,37 @@ async def check_health(session: aiohttp.ClientSession, b: Backend, timeout: floa
     return status == 200
 
 
-async def discover_models(session: aiohttp.ClientSession, b: Backend, timeout: float) -> frozenset[str]:
-    """Model ids from ``/v1/models``."""
+def parse_models(data: Any) -> tuple[frozenset[str], dict[str, str]] | None:
+    """Model ids of a ``/v1/models`` answer and the states of those not loaded (None: not a list)."""
+    items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return None
+    ids: set[str] = set()
+    states: dict[str, str] = {}
+    for m in items:
+        if not isinstance(m, dict) or "id" not in m:
+            continue
+        ident = str(m["id"])
+        ids.add(ident)
+        status = m.get("status")
+        value = status.get("value") if isinstance(status, dict) else None
+        if isinstance(value, str) and value != LOADED:
+            states[ident] = value
+    return frozenset(ids), states
+
+
+async def discover_models(session: aiohttp.ClientSession, b: Backend, timeout: float) -> None:
+    """Read ``/v1/models`` into ``b.models`` (unless configured) and ``b.model_states``."""
     import json
 
     status, body = await _get(session, b, "/v1/models", timeout)
-    if status != 200:
-        return b.models
-    data: Any = json.loads(body)
-    items = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(items, list):
-        return b.models
-    return frozenset(str(m["id"]) for m in items if isinstance(m, dict) and "id" in m)
+    listed = parse_models(json.loads(body)) if status == 200 else None
+    if listed is None:
+        return
+    ids, states = listed
+    if not b.spec.models:
+        b.models = ids
+    b.model_states = {m: v for m, v in states.items() if m in b.models}
 
 
 async def learn_limit(session: aiohttp.ClientSession, b: Backend, timeout: float) -> int:
@@ -89,11 +112,15 @@ async def probe_once(
     reason = "the health check did not answer 200"
     try:
         ok = await check_health(session, b, timeout)
-        if ok and (discover or not b.models):
+        learn = ok and (discover or not b.models) and not b.spec.max_concurrency
+        if ok:
             if not b.spec.models:
-                b.models = await discover_models(session, b, timeout)
-            if not b.spec.max_concurrency:
-                b.learned_limit = await learn_limit(session, b, timeout)
+                await discover_models(session, b, timeout)
+            else:  # configured models: their states are a bonus, a backend without them is still fine
+                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                    await discover_models(session, b, timeout)
+        if learn:
+            b.learned_limit = await learn_limit(session, b, timeout)
     except asyncio.TimeoutError:
         reason, ok = f"no answer within {timeout:g}s", False
     except (aiohttp.ClientError, OSError, ValueError) as exc:

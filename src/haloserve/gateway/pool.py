@@ -10,9 +10,25 @@ from collections.abc import Iterable
 
 from haloserve.config.gateway import BackendSpec
 from haloserve.errors import QueueFullError, ServiceUnavailableError
-from haloserve.gateway.backends import Backend, BreakerConfig
+from haloserve.gateway.backends import FAILED, RANK, Backend, BreakerConfig
 from haloserve.gateway.policy import Balancer, RouteInfo
 from haloserve.protocol.models import unknown_model
+
+
+def by_readiness(model: str, live: list[Backend], room: list[Backend]) -> list[Backend]:
+    """Of the backends with room, those where ``model`` is readiest: loaded, then loading, then can load.
+
+    So a request goes where its model is loaded while one of those has room, and makes another
+    backend load it only when they are all full. A backend where the model failed to load takes it
+    only when every live backend has it failed; when the others are merely full, the request waits.
+    """
+    best_live = min(b.rank(model) for b in live)
+    if best_live < RANK[FAILED]:
+        room = [b for b in room if b.rank(model) < RANK[FAILED]]
+    if not room:
+        return room
+    best = min(b.rank(model) for b in room)
+    return [b for b in room if b.rank(model) == best]
 
 
 class Pool:
@@ -103,6 +119,9 @@ class Pool:
                 f"no healthy backend for model {model!r}", retry_after=max(1.0, soonest)
             )
         room = [b for b in live if b.has_room()]
+        # Multi-model backends report states: prefer where the model is loaded (a choice only among several).
+        if len(live) > 1 and any(b.model_states for b in live):
+            room = by_readiness(model, live, room)
         if not room:
             return None
         if len(room) == 1:

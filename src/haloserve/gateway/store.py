@@ -23,6 +23,8 @@ from haloserve.errors import CommandError, ConfigError, NotFoundError
 
 ANONYMOUS = "-"
 KEY_PREFIX = "halo-"
+USAGE_GROUPS = ("day", "key", "model")
+_COUNTERS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -115,6 +117,29 @@ class CreatedKey:
 
     record: KeyRecord
     secret: str
+
+
+def parse_groups(text: str, what: str = "by") -> list[str]:
+    """``"key,model"`` -> ``["key", "model"]``; a ConfigError for an empty list or an unknown column."""
+    by = [g.strip() for g in text.split(",") if g.strip()]
+    if not by or any(g not in USAGE_GROUPS for g in by):
+        raise ConfigError(f"{what} takes a comma list of {', '.join(USAGE_GROUPS)}")
+    return by
+
+
+def group_usage(rows: Iterable[UsageRow], by: list[str]) -> list[dict[str, Any]]:
+    """Sum usage rows over the columns not in ``by`` (what ``halo usage`` and ``/admin/usage`` report)."""
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        r = row.as_dict()
+        ident = tuple(r["key_name"] if g == "key" else r[g] for g in by)
+        acc = out.get(ident)
+        if acc is None:
+            acc = out[ident] = {g: v for g, v in zip(by, ident, strict=True)}
+            acc.update(dict.fromkeys(_COUNTERS, 0))
+        for f in _COUNTERS:
+            acc[f] += r[f]
+    return [out[k] for k in sorted(out)]
 
 
 def _row_to_key(row: sqlite3.Row) -> KeyRecord:

@@ -242,10 +242,18 @@ class FakeUpstream:
         data = [
             {"id": m, "object": "model", "created": created, "owned_by": "fake"} for m in self.config.models
         ]
+        for card in data:
+            state = self.config.model_status.get(str(card["id"]))
+            if state is not None:  # the shape of llama-server's router mode and halo serve --models-dir
+                status: dict[str, Any] = {"value": state}
+                if state == "failed":
+                    status.update(failed=True, error="fake: failed to load")
+                card["status"] = status
         return _json_response({"object": "list", "data": data})
 
     async def _health(self, request: web.BaseRequest) -> web.StreamResponse:
-        return _json_response({"status": "ok"})
+        status = self.config.health_status
+        return _json_response({"status": "ok" if status == 200 else "unavailable"}, status)
 
     async def _chat(self, request: web.BaseRequest) -> web.StreamResponse:
         return await self._generate(request, chat=True)
@@ -285,6 +293,8 @@ class FakeUpstream:
         model = body.get("model") or cfg.models[0]
         if model not in cfg.models:
             return _error(ModelNotFoundError(f"the model {model!r} does not exist", param="model"))
+        if cfg.model_status.get(model) == "unloaded":  # loaded on demand (at once: the fake has no weights)
+            cfg.model_status = {**cfg.model_status, model: "loaded"}
         if cfg.error_on is not None and cfg.error_on.encode() in raw:
             self.stats.injected["poisoned"] += 1
             poisoned = HaloError(f"fake upstream: the request contains {cfg.error_on!r}")

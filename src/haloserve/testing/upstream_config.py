@@ -88,6 +88,13 @@ class UpstreamConfig(BaseModel):
         "between events), 'cr' for bare carriage returns.",
     )
     header_delay_ms: float = Field(default=0.0, ge=0, description="Delay before response headers are sent.")
+    health_status: int = Field(default=200, ge=200, le=599, description="Status /health answers.")
+    model_status: dict[str, Literal["loaded", "loading", "unloaded", "failed"]] = Field(
+        default_factory=dict,
+        description="Lifecycle state /v1/models reports per model, as a multi-model server does (a model "
+        "not named here has no status field, as from llama-server or vLLM); a request for an 'unloaded' "
+        "model loads it.",
+    )
     seed: int = Field(default=0, description="Seed of the failure-injection draws.")
     record_timings: bool = Field(
         default=False, description="Keep per-request send timestamps for /fake/timings."
