@@ -98,6 +98,8 @@ async () => {
   }
   eq("md unclosed fence streams", () => html("```\ncode so far").querySelector("pre").textContent, "code so far");
   eq("md nested inline", () => html("**a *b* c**").querySelector("strong em").textContent, "b");
+  eq("md intraword underscores stay", html("x = window.__a + window.__b; snake__case__name").querySelectorAll("strong").length, 0);
+  eq("md underscore bold", html("a __b__ c").querySelector("strong")?.textContent, "b");
   eq("md lone star", html("2 * 3 = 6").textContent, "2 * 3 = 6");
   eq("md paragraphs and breaks", [html("a\nb\n\nc").querySelectorAll("p").length, html("a\nb").querySelectorAll("br").length], [2, 1]);
 

@@ -3,7 +3,7 @@
 // paragraphs, headings, fenced code, lists, block quotes, rules, `code`, **bold**, *em*, [links](https://..).
 
 const SAFE_URL = /^(https?:|mailto:)/i;
-const INLINE = /`([^`\n]+)`|\*\*([^\n]+?)\*\*|__([^\n]+?)__|\*([^*\s][^*\n]*?)\*|\[([^\]\n]+)\]\(([^)\s]+)\)/g;
+const INLINE = /`([^`\n]+)`|\*\*([^\n]+?)\*\*|(?<!\w)__([^\n]+?)__(?!\w)|\*([^*\s][^*\n]*?)\*|\[([^\]\n]+)\]\(([^)\s]+)\)/g;
 
 function el(tag, cls) {
   const node = document.createElement(tag);

@@ -1,6 +1,6 @@
 // The status page: the server's own /metrics every 2 s (parsed here, so the API does no extra work),
 // /v1/models with load/unload where the server supports it, and on a gateway its backends.
-import { call, el, fillTable, keys } from "./api.js";
+import { call, el, fillTable } from "./api.js";
 import { TimeChart, fmt } from "./chart.js";
 import { histogramMean, parsePrometheus, rate, total } from "./prom.js";
 
@@ -134,20 +134,13 @@ export class Status {
   }
 
   async backends() {
-    let list;
-    if (keys.admin) {
-      try {
-        list = (await call("/admin/backends", { admin: true })).data;
-      } catch {
-        list = null; // no admin API or a wrong key: /health has the same minus model states
-      }
-    }
-    if (!list) list = (await call("/health")).backends || [];
+    // /health is open and carries each backend's state, load and models (with their loaded state)
+    const list = (await call("/health")).backends || [];
     $("st-backends-box").hidden = false;
     const models = (b) =>
-      (b.models || [])
-        .map((x) => (typeof x === "string" ? x : `${x.id || x.model}${x.status || x.state ? ` (${x.status || x.state})` : ""}`))
-        .join(", ");
+      b.model_states
+        ? Object.entries(b.model_states).map(([m, st]) => `${m} (${st})`).join(", ")
+        : (b.models || []).join(", ");
     fillTable(
       $("st-backends"),
       ["backend", "health", "circuit", "load", "models", "error"],
