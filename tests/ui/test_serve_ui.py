@@ -4,6 +4,7 @@ The server has an API key: the UI's calls are judged like any API call."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -128,7 +129,36 @@ def test_status_page_shows_the_node_and_its_charts_move(open_page: Any, server: 
     finally:
         stop.set()
         worker.join(60)
+    assert metric(server.url, "halo_kv_cache_capacity_tokens", KEY) == 4096
+    assert 0 < metric(server.url, "halo_kv_cache_tokens", KEY) <= 4096  # the slots hold the chats
     tiles = p.locator("#st-tiles").inner_text()
     assert "/ 2" in tiles and "KV cache" in tiles and "prefix hits" in tiles
     ui.screenshot("status")
+    assert ui.errors == []
+
+
+def test_json_schema_and_tools_switches(open_page: Any, server: RemoteServer) -> None:
+    ui = _open(open_page, server)
+    p = ui.page
+    paste_key(p, "#api-key", KEY)
+    wait_js(p, "document.querySelectorAll('#pg-model option').length > 0")
+    sent: list[dict[str, Any]] = []
+    p.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/chat/completions") else None)
+    p.check("#pg-json")
+    p.fill("#pg-schema", '{"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}')
+    p.fill("#pg-max", "24")
+    p.fill("#pg-input", "Is water wet? Answer in JSON.")
+    p.click("#pg-send")
+    p.wait_for_selector(".msg.assistant[data-state='done']")
+    reply = json.loads(p.locator(".msg.assistant .body").last.inner_text())
+    assert isinstance(reply["ok"], bool)  # the server enforced the schema the page sent
+    p.uncheck("#pg-json")
+    p.check("#pg-tools")
+    p.fill("#pg-max", "8")
+    p.fill("#pg-input", "What is the weather in Paris?")
+    p.click("#pg-send")
+    p.wait_for_selector(".msg.assistant:nth-of-type(4)[data-state='done']")
+    assert sent[0]["response_format"]["type"] == "json_schema" and "tools" not in sent[0]
+    assert sent[1]["tools"][0]["function"]["name"] == "get_weather" and "response_format" not in sent[1]
+    assert [m["role"] for m in sent[1]["messages"]] == ["user", "assistant", "user"]
     assert ui.errors == []

@@ -223,7 +223,7 @@ class Gateway:
         asset = ui_assets.lookup(path)
         if asset is None:
             if path == ui_assets.PREFIX or path.startswith(ui_assets.PREFIX + "/"):
-                return web.Response(status=404, text="not found")
+                return web.Response(status=404, text="not found", headers=ui_assets.SECURITY_HEADERS)
             return None
         gz = ui_assets.accepts_gzip(request.headers.get("Accept-Encoding", ""))
         return web.Response(body=asset.payload(gz), headers=asset.headers(gz))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from haloserve.ui.assets import PREFIX, accepts_gzip, lookup, wants_html
+from haloserve.ui.assets import PREFIX, SECURITY_HEADERS, accepts_gzip, lookup, wants_html
 
 
 class UIFiles:
@@ -34,7 +34,7 @@ class UIFiles:
         if asset is None:
             if path == PREFIX or path.startswith(PREFIX + "/"):
                 body = b"not found"
-                head = {"Content-Type": "text/plain", "Content-Length": str(len(body))}
+                head = {**SECURITY_HEADERS, "Content-Type": "text/plain", "Content-Length": str(len(body))}
                 await _send(send, 404, head, body, method)
                 return
             await self.app(scope, receive, send)
