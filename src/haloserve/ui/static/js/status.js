@@ -68,8 +68,14 @@ export class Status {
     const kv = total(m, "halo_kv_cache_tokens"), cap = total(m, "halo_kv_cache_capacity_tokens");
     const hits = total(m, "halo_prefix_cache_hit_tokens_total") ?? 0;
     const computed = total(m, "halo_prompt_tokens_processed_total") ?? 0;
+    const budget = total(m, "halo_models_budget_bytes");
+    const many = budget === null ? [] : [ // many models on demand: what is loaded of the budget
+      tile("models loaded", `${fmt(total(m, "halo_model_loaded"))} / ${fmt((m.get("halo_model_loaded") || []).length)}`),
+      tile("model memory", `${fmt(total(m, "halo_models_used_bytes") / 2 ** 30)} / ${fmt(budget / 2 ** 30)} GiB`),
+    ];
     $("st-tiles").replaceChildren(
-      tile("slots busy", `${fmt(busy)} / ${fmt(slots)}`),
+      ...many,
+      tile("slots busy", slots === null ? fmt(busy) : `${fmt(busy)} / ${fmt(slots)}`),
       tile("queue depth", fmt(total(m, "halo_queue_depth"))),
       tile("KV cache", cap ? `${((100 * kv) / cap).toFixed(1)} %` : fmt(kv), `${fmt(kv)} of ${fmt(cap)} tokens`),
       tile("prefix hits", hits + computed ? `${((100 * hits) / (hits + computed)).toFixed(1)} %` : "–", `${fmt(hits)} prompt tokens reused`),
