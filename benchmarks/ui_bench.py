@@ -1,11 +1,11 @@
 """Does an open web UI cost the API anything? halo serve c=16 throughput and gateway added latency, with
 and without a browser showing the UI.
 
-"UI open" is Debian's chromium (headless, driven by Playwright) showing the status page, which reads
-``/metrics``, ``/v1/models`` (and on the gateway ``/health``) every 2 s, and reloaded every 10 s. Runs
-alternate off/on so drift on a shared machine hits both alike; medians are reported. The browser runs
-on the same CPUs as the server and the load generator, so on a small machine its own rendering work
-is part of what is measured.
+"UI browser" is Debian's chromium (headless, driven by Playwright) showing the status page, which reads
+``/metrics``, ``/v1/models`` (and on the gateway ``/health``) every 2 s, reloaded every 10 s; it runs on
+the same CPUs as the server and the load generator, so on a small machine its own rendering work is
+part of what is measured. "UI polls" makes only the page's requests, without a browser: the server's
+share. Runs alternate closed/browser/polls so drift on a shared machine hits all alike; medians.
 
 1. **halo serve**: the bundled model (or ``--engine fake``), 16 slots, ``halo bench`` at c=16 (64
    synthetic prompts, 64 words in, 32 tokens out): output tokens/s.
@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from haloserve.bench.preflight import cpu_model
 from haloserve.bench.runner import Runner
 from haloserve.bundled import bundled_model_path
@@ -47,18 +49,23 @@ def bench(url: str, **kw: Any) -> Any:
     return asyncio.run(Runner(BenchSettings(**values).checked()).run()).levels[0].metrics
 
 
+MODES = ("closed", "browser", "polls")
+
+
 @contextlib.contextmanager
-def ui_open(url: str, on: bool) -> Iterator[None]:
-    """A headless chromium on ``url``/ui/#status, reloaded every 10 s, while the block runs (if ``on``)."""
-    if not on:
+def ui_open(url: str, mode: str) -> Iterator[None]:
+    """While the block runs: nothing (``closed``), headless chromium on ``url``/ui/#status reloaded every
+    10 s (``browser``), or only the page's requests, every 2 s, from a thread (``polls``: the server's
+    share of an open UI without the browser's own CPU)."""
+    if mode == "closed":
         yield
         return
-    from playwright.sync_api import sync_playwright
-
     stop = threading.Event()
     ready = threading.Event()
 
     def browse() -> None:
+        from playwright.sync_api import sync_playwright
+
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
             page = browser.new_page()
@@ -68,7 +75,14 @@ def ui_open(url: str, on: bool) -> Iterator[None]:
                 page.reload()
             browser.close()
 
-    t = threading.Thread(target=browse, daemon=True)
+    def poll() -> None:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            ready.set()
+            while not stop.wait(2):
+                for path in ("/metrics", "/v1/models", "/health"):
+                    client.get(path)
+
+    t = threading.Thread(target=browse if mode == "browser" else poll, daemon=True)
     t.start()
     ready.wait(60)
     try:
@@ -78,19 +92,19 @@ def ui_open(url: str, on: bool) -> Iterator[None]:
         t.join(60)
 
 
-def serve_round(srv: RemoteServer, on: bool) -> float:
+def serve_round(srv: RemoteServer, mode: str) -> float:
     """c=16 output tokens/s of halo serve, UI open or not."""
     kw = {"concurrency": [16], "num_prompts": 64, "input_len": 64, "output_len": 32, "warmup": 0}
-    with ui_open(srv.url, on):
+    with ui_open(srv.url, mode):
         m = bench(srv.url, **kw)
     assert m.failed == 0, m.first_error
     return float(m.output_throughput)
 
 
-def gateway_round(upstream: str, gw: RemoteServer, on: bool) -> float:
+def gateway_round(upstream: str, gw: RemoteServer, mode: str) -> float:
     """Added e2e p50 latency (ms) of the gateway over the upstream, UI open on the gateway or not."""
     kw = {"concurrency": [16], "num_prompts": 160, "input_len": 32, "output_len": 64, "warmup": 16}
-    with ui_open(gw.url, on):
+    with ui_open(gw.url, mode):
         direct = bench(upstream, **kw)
         via = bench(gw.url, **kw)
     assert direct.failed == 0 and via.failed == 0
@@ -113,8 +127,8 @@ def main() -> int:
     if not shutil.which("chromium"):
         print("ui_bench: error: chromium is not installed", file=sys.stderr)
         return 2
-    serve: dict[bool, list[float]] = {False: [], True: []}
-    added: dict[bool, list[float]] = {False: [], True: []}
+    serve: dict[str, list[float]] = {m: [] for m in MODES}
+    added: dict[str, list[float]] = {m: [] for m in MODES}
     srv_args = ["--parallel", "16", "--ctx-size", "16384"]
     if args.engine == "fake":
         srv_args += ["--engine", "fake", "--fake-ttft", "0.02", "--fake-itl", "0.01"]
@@ -122,17 +136,17 @@ def main() -> int:
         srv_args += ["--model", str(bundled_model_path()), "--threads", "2"]
     with RemoteServer(srv_args) as srv:
         for r in range(args.rounds):
-            for on in (False, True) if r % 2 == 0 else (True, False):
-                serve[on].append(serve_round(srv, on))
-                print(f"serve round {r} ui={'on' if on else 'off'}: {serve[on][-1]:.1f} tok/s", flush=True)
+            for mode in MODES if r % 2 == 0 else MODES[::-1]:
+                serve[mode].append(serve_round(srv, mode))
+                print(f"serve round {r} ui {mode}: {serve[mode][-1]:.1f} tok/s", flush=True)
     cfg = UpstreamConfig(ttft_ms=20, itl_ms=2, default_max_tokens=64)
     with tempfile.TemporaryDirectory() as tmp, spawn(cfg) as up:
         gw_args = ["--backend", up, "--keys-db", str(Path(tmp) / "gw.db"), "--no-access-log"]
         with RemoteServer(gw_args, command="gateway", health_path="/ready") as gw:
             for r in range(args.rounds):
-                for on in (False, True) if r % 2 == 0 else (True, False):
-                    added[on].append(gateway_round(up, gw, on))
-                    print(f"gateway round {r} ui={'on' if on else 'off'}: +{added[on][-1]:.2f} ms", flush=True)
+                for mode in MODES if r % 2 == 0 else MODES[::-1]:
+                    added[mode].append(gateway_round(up, gw, mode))
+                    print(f"gateway round {r} ui {mode}: +{added[mode][-1]:.2f} ms", flush=True)
     text = render(serve, added, args.rounds, args.engine)
     print(text)
     if args.write:
@@ -140,27 +154,28 @@ def main() -> int:
     return 0
 
 
-def render(serve: dict[bool, list[float]], added: dict[bool, list[float]], rounds: int, engine: str) -> str:
+def render(serve: dict[str, list[float]], added: dict[str, list[float]], rounds: int, engine: str) -> str:
     """The BENCHMARKS.md section."""
-    s_off, s_on = statistics.median(serve[False]), statistics.median(serve[True])
-    a_off, a_on = statistics.median(added[False]), statistics.median(added[True])
 
-    def runs(xs: list[float]) -> str:
-        return ", ".join(f"{x:.1f}" for x in xs)
+    def cell(xs: list[float]) -> str:
+        return f"{statistics.median(xs):.1f} ({', '.join(f'{x:.1f}' for x in xs)})"
 
+    what = "fake engine" if engine == "fake" else "bundled model"
     return "\n".join(
         [
             "## Web UI",
             "",
-            f"`benchmarks/ui_bench.py`, {cpu_model()}, medians of {rounds} alternating rounds; \"UI open\" is",
-            "headless chromium on the status page (polling every 2 s, reloaded every 10 s) on the same CPUs.",
+            f"`benchmarks/ui_bench.py`, {cpu_model()}, medians of {rounds} alternating rounds (each run in",
+            "brackets). UI *browser*: headless chromium on the status page (it polls every 2 s and is",
+            "reloaded every 10 s), on the same CPUs as server and load generator; UI *polls*: only the",
+            "page's requests (`/metrics`, `/v1/models`, `/health` every 2 s), without a browser.",
             "",
-            "| measure | UI closed | UI open | ratio |",
+            "| measure | UI closed | UI browser | UI polls |",
             "|---|---|---|---|",
-            f"| halo serve ({'fake engine' if engine == 'fake' else 'bundled model'}) c=16 output tokens/s | {s_off:.1f} ({runs(serve[False])}) | {s_on:.1f} "
-            f"({runs(serve[True])}) | {s_on / s_off:.2f}x |",
-            f"| gateway added latency, e2e p50 ms | {a_off:.2f} ({runs(added[False])}) | {a_on:.2f} "
-            f"({runs(added[True])}) | |",
+            f"| halo serve ({what}) c=16 output tokens/s | "
+            + " | ".join(cell(serve[m]) for m in MODES)
+            + " |",
+            "| gateway added latency, e2e p50 ms | " + " | ".join(cell(added[m]) for m in MODES) + " |",
         ]
     )
 
