@@ -145,7 +145,8 @@ def test_json_schema_and_tools_switches(open_page: Any, server: RemoteServer) ->
     sent: list[dict[str, Any]] = []
     p.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/chat/completions") else None)
     p.check("#pg-json")
-    p.fill("#pg-schema", '{"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}')
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    p.fill("#pg-schema", json.dumps({**schema, "additionalProperties": False}))
     p.fill("#pg-max", "24")
     p.fill("#pg-input", "Is water wet? Answer in JSON.")
     p.click("#pg-send")

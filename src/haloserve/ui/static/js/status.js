@@ -110,7 +110,17 @@ export class Status {
   async models() {
     const body = await call("/v1/models");
     const data = body.data || [];
-    const managed = this.kind === "serve" && data.some((d) => d.status && d.status.value);
+    // Load/unload only where the server manages models (--models-dir/--models: its /health lists them);
+    // a single-model server also gives its one card a status ("loaded") but cannot unload it.
+    if (this.managed === undefined && this.kind === "serve") {
+      try {
+        const health = await call("/health");
+        this.managed = !!health.models && typeof health.models === "object" && !Array.isArray(health.models);
+      } catch {
+        /* loading: ask again next time */
+      }
+    }
+    const managed = !!this.managed && data.some((d) => d.status && d.status.value);
     const rows = data.map((d) => {
       const state = (d.status && d.status.value) || "loaded";
       const cell = el("span", state, "state " + state);
