@@ -16,6 +16,8 @@ from haloserve.gateway.policy import Balancer, RouteInfo
 from haloserve.gateway.pool import Pool
 from haloserve.testing.gateway import ThreadedGateway
 from haloserve.testing.upstream import FakeUpstream
+from haloserve.testing.upstream_cli import _parser, config_flags, config_from_args
+from haloserve.testing.upstream_config import UpstreamConfig
 from tests.gateway.conftest import MakeGateway, MakeUpstream
 
 MSG = [{"role": "user", "content": "hello there"}]
@@ -35,6 +37,11 @@ def test_parse_models_reads_states() -> None:
     }
     assert parse_models(data) == (frozenset("abcde"), {"c": "unloaded", "d": "failed"})
     assert parse_models({"data": "nope"}) is None and parse_models([]) is None
+
+
+def test_fake_upstream_states_survive_its_command_line() -> None:
+    cfg = UpstreamConfig(models=["a", "b"], model_status={"a": "unloaded", "b": "failed"}, health_status=503)
+    assert config_from_args(_parser().parse_args(config_flags(cfg))) == cfg
 
 
 def pool_of(states: list[dict[str, str]], **limits: int) -> Pool:

@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
         elif name == "models":
             p.add_argument(flag, default=argparse.SUPPRESS, help="comma-separated model ids")
+        elif name == "model_status":
+            p.add_argument(
+                flag, default=argparse.SUPPRESS, help="MODEL=STATE,... (loaded, loading, unloaded, failed)"
+            )
         elif typing.get_origin(ann) is typing.Literal:
             p.add_argument(
                 flag, choices=typing.get_args(ann), default=argparse.SUPPRESS, help=field.description
@@ -51,6 +55,9 @@ def config_from_args(ns: argparse.Namespace) -> UpstreamConfig:
     values: dict[str, Any] = {k: v for k, v in vars(ns).items() if k in UpstreamConfig.model_fields}
     if "models" in values:
         values["models"] = [m.strip() for m in values["models"].split(",") if m.strip()]
+    if "model_status" in values:
+        pairs = (item.partition("=") for item in values["model_status"].split(",") if item.strip())
+        values["model_status"] = {m.strip(): state.strip() for m, _, state in pairs}
     return UpstreamConfig.model_validate(values)
 
 
@@ -90,6 +97,8 @@ def config_flags(config: UpstreamConfig) -> list[str]:
             out.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, list):
             out += [flag, ",".join(value)]
+        elif isinstance(value, dict):
+            out += [flag, ",".join(f"{k}={v}" for k, v in value.items())]
         else:
             out += [flag, str(value)]
     return out
