@@ -129,6 +129,12 @@ def test_gateway_status_lists_backends(open_page: Any, gateway: ThreadedGateway)
         gateway.url + "/admin/keys", json={"name": "ops"}, headers={"Authorization": f"Bearer {ADMIN}"}
     )
     key = made.json()["key"]
+    page = httpx.get(gateway.url + "/", headers={"Accept": "text/html"})
+    assert page.status_code == 307 and page.headers["location"] == "/ui/"
+    assert httpx.get(gateway.url + "/").status_code == 404  # API clients on / unchanged
+    ui_page = httpx.get(gateway.url + "/ui/")
+    assert "frame-ancestors 'none'" in ui_page.headers["content-security-policy"]
+    assert ui_page.headers["x-content-type-options"] == "nosniff"
     ui = _open(open_page, gateway, "#status")
     p = ui.page
     paste_key(p, "#api-key", key)
