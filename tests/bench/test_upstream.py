@@ -164,3 +164,20 @@ def test_child_process_with_flags_and_timings() -> None:
         (rec,) = get(url + "/fake/timings")["requests"]
         assert rec["id"] == "abc" and len(rec["tokens"]) == 3
         assert 0.004 < rec["tokens"][0] - rec["received"] < 0.05
+
+
+def test_words_replace_the_generated_text_and_survive_the_command_line(upstream: FakeUpstream) -> None:
+    from haloserve.testing.upstream_cli import _parser, config_flags, config_from_args
+
+    words = ["<b>a, b</b>", ' "c"']
+    upstream.configure(words=words)
+    c = client(upstream)
+    msgs = [{"role": "user", "content": "x"}]
+    r = c.chat.completions.create(model="fake-model", messages=msgs, max_tokens=3)  # type: ignore[arg-type]
+    assert r.choices[0].message.content == '<b>a, b</b> "c"<b>a, b</b>'
+    stream = c.chat.completions.create(
+        model="fake-model", messages=msgs, max_tokens=2, stream=True  # type: ignore[arg-type]
+    )
+    assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == '<b>a, b</b> "c"'
+    flags = config_flags(UpstreamConfig(words=words))
+    assert config_from_args(_parser().parse_args(flags)).words == words  # commas and quotes kept

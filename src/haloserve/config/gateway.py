@@ -186,6 +186,7 @@ class GatewaySettings(HaloSettings):
         secret=True,
         metavar="KEY",
     )
+    ui: bool = option(True, "Serve the web UI at /ui (static pages calling this API; --no-ui: off).")
     reserve_tokens: int = option(
         1024,
         "Completion tokens held against a key's tokens/minute quota while a request that sets no"

@@ -305,6 +305,7 @@ class ServeSettings(HaloSettings):
         "Require the API key on /metrics when --api-key is set (--no-metrics-auth: open, for a scraper"
         " without the key; /health is always open).",
     )
+    ui: bool = option(True, "Serve the web UI at /ui (static pages calling this API; --no-ui: off).")
     log_level: Literal["debug", "info", "warning", "error"] = option("info", "Log verbosity.")
     log_prompts: bool = option(False, "Log prompts and outputs (off by default: they are private).")
     # Fake engine (tests and benchmarks)

@@ -115,6 +115,7 @@ class EngineStats:
     steps: int = 0
     busy_slots: int = 0
     queue_depth: int = 0
+    kv_tokens: int = 0  # tokens the slots' KV caches hold now (a gauge)
     prompt_tokens_processed: int = 0
     prompt_tokens_cached: int = 0
     generated_tokens: int = 0

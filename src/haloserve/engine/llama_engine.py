@@ -131,6 +131,8 @@ class LlamaEngine:
         st, sched = self._stats, self._sched
         st.busy_slots = 0 if sched is None else sum(1 for sl in sched.slots if not sl.free)
         st.queue_depth = max(0, self._n_submitted - (0 if sched is None else sched.n_taken))
+        # len() of each slot's list is atomic under the GIL; a gauge may be a step old
+        st.kv_tokens = 0 if sched is None else sum(len(sl.tokens) for sl in sched.slots)
         return st
 
     # -- compute thread --------------------------------------------------------------------------

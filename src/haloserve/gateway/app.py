@@ -38,6 +38,7 @@ from haloserve.gateway.request import error_response
 from haloserve.gateway.serverlog import AccessLog, ServerLog
 from haloserve.gateway.store import Store
 from haloserve.protocol.models import find_card, model_card, model_list
+from haloserve.ui import assets as ui_assets
 
 log = logging.getLogger("haloserve.gateway")
 
@@ -193,6 +194,10 @@ class Gateway:
             return await self.admin.handle(request)
         try:
             if method == "GET" or method == "HEAD":
+                if self.settings.ui and (path.startswith(ui_assets.PREFIX) or path == "/"):
+                    page = self._ui(request)
+                    if page is not None:
+                        return page
                 if path in ("/health", "/ready"):
                     return self._health(path == "/ready")
                 if path == "/metrics" and self.settings.metrics:
@@ -207,6 +212,21 @@ class Gateway:
             raise NotFoundError(f"{method} {path}: not found")
         except HaloError as exc:
             return error_response(exc)
+
+    def _ui(self, request: web.BaseRequest) -> web.Response | None:
+        """A UI file, the redirect of a browser's ``GET /``, or None (not the UI's)."""
+        path = request.path
+        if path == "/":
+            if not ui_assets.wants_html(request.headers.get("Accept", "")):
+                return None
+            return web.Response(status=307, headers={"Location": ui_assets.PREFIX + "/"})
+        asset = ui_assets.lookup(path)
+        if asset is None:
+            if path == ui_assets.PREFIX or path.startswith(ui_assets.PREFIX + "/"):
+                return web.Response(status=404, text="not found", headers=ui_assets.SECURITY_HEADERS)
+            return None
+        gz = ui_assets.accepts_gzip(request.headers.get("Accept-Encoding", ""))
+        return web.Response(body=asset.payload(gz), headers=asset.headers(gz))
 
     def on_failure(self, b: Backend, *, fatal: bool) -> None:
         """A request on ``b`` failed: count it; log an ejection."""

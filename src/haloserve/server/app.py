@@ -36,6 +36,7 @@ from haloserve.server.ops_routes import router as ops_router
 from haloserve.server.shutdown import begin_shutdown
 from haloserve.server.state import ServerState, api_keys, open_paths
 from haloserve.server.tokens import TokenServing
+from haloserve.ui.asgi import UIFiles
 
 log = logging.getLogger("haloserve.server")
 
@@ -179,6 +180,8 @@ def _assemble(app: FastAPI, settings: ServeSettings, state: ServerState) -> None
         api_keys=state.api_keys,
         open_paths=open_paths(settings),
     )
+    if settings.ui:
+        app.add_middleware(UIFiles)  # outermost: static pages only, the API path pays one prefix test
 
 
 def engine_path(settings: ServeSettings) -> str:

@@ -34,6 +34,12 @@ class _EngineCollector(Collector):
         if info is not None:
             yield GaugeMetricFamily("halo_slots_total", "Slots (parallel sequences).", value=info.n_parallel)
             yield GaugeMetricFamily("halo_ctx_per_slot", "Context tokens per slot.", value=info.n_ctx_slot)
+            yield GaugeMetricFamily(
+                "halo_kv_cache_capacity_tokens", "Tokens the KV cache can hold (all slots).", value=info.n_ctx
+            )
+        yield GaugeMetricFamily(
+            "halo_kv_cache_tokens", "Tokens the slots' KV caches hold now.", value=st.kv_tokens
+        )
         counters = [
             ("halo_engine_steps", "Decode steps (llama_decode calls).", st.steps),
             (

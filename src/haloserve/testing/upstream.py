@@ -85,8 +85,9 @@ def _error(exc: HaloError) -> web.Response:
 class _Chunks:
     """Pre-encoded pieces of one stream's SSE chunks (string joins, no json.dumps per token)."""
 
-    def __init__(self, chat: bool, model: str, include_usage: bool) -> None:
+    def __init__(self, chat: bool, model: str, include_usage: bool, words: list[str] | None = None) -> None:
         self.chat = chat
+        self.words = [json.dumps(w).encode() for w in words] if words else _WORDS_JSON
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         obj = "chat.completion.chunk" if chat else "text_completion"
         usage = ',"usage":null' if include_usage else ""
@@ -103,7 +104,7 @@ class _Chunks:
 
     def token(self, index: int) -> bytes:
         """The chunk carrying generated token ``index``."""
-        text = _WORDS_JSON[index % len(_WORDS_JSON)]
+        text = self.words[index % len(self.words)]
         if self.chat:
             return self.head + b'"delta":{"content":' + text + b"}" + self.tail
         return self.head + b'"text":' + text + self.tail
@@ -332,7 +333,7 @@ class FakeUpstream:
             self.timings.append(record)
         if not body.get("stream"):
             await _sleep_until(loop, start + (cfg.ttft_ms + (n_out - 1) * cfg.itl_ms) / 1000)
-            return _json_response(_full_response(chat, model, n_in, n_out, finish))
+            return _json_response(_full_response(chat, model, n_in, n_out, finish, cfg.words))
         opts = body.get("stream_options")
         include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
         return await self._stream(
@@ -357,7 +358,7 @@ class FakeUpstream:
         stats.streams += 1
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        chunks = _Chunks(chat, model, include_usage)
+        chunks = _Chunks(chat, model, include_usage, cfg.words)
         eol = _LINE_ENDS[cfg.line_end]
         fault_at = min(cfg.cut_after_tokens, n_out - 1)
         ttft, itl = cfg.ttft_ms / 1000, cfg.itl_ms / 1000
@@ -448,8 +449,10 @@ async def _sleep_until(loop: asyncio.AbstractEventLoop, deadline: float) -> floa
     return max(0.0, loop.time() - deadline)
 
 
-def _full_response(chat: bool, model: str, n_in: int, n_out: int, finish: str) -> dict[str, Any]:
-    text = "".join(token_text(i) for i in range(n_out))
+def _full_response(
+    chat: bool, model: str, n_in: int, n_out: int, finish: str, words: list[str] | None = None
+) -> dict[str, Any]:
+    text = "".join(words[i % len(words)] if words else token_text(i) for i in range(n_out))
     usage = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
     base = {"created": int(time.time()), "model": model, "system_fingerprint": None, "usage": usage}
     if chat:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -36,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
         elif name == "models":
             p.add_argument(flag, default=argparse.SUPPRESS, help="comma-separated model ids")
+        elif name == "words":  # any text, commas included: a JSON list
+            p.add_argument(flag, type=json.loads, default=argparse.SUPPRESS, help="JSON list of strings")
         elif name == "model_status":
             p.add_argument(
                 flag, default=argparse.SUPPRESS, help="MODEL=STATE,... (loaded, loading, unloaded, failed)"
@@ -95,6 +98,8 @@ def config_flags(config: UpstreamConfig) -> list[str]:
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             out.append(flag if value else "--no-" + flag[2:])
+        elif name == "words":
+            out += [flag, json.dumps(value)]
         elif isinstance(value, list):
             out += [flag, ",".join(value)]
         elif isinstance(value, dict):

@@ -24,6 +24,12 @@ class UpstreamConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     models: list[str] = Field(default_factory=lambda: ["fake-model"], min_length=1)
+    words: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Tokens generated in turn instead of the lorem-ipsum words (one string per token; e.g. "
+        "markup, to test that a client renders model output as text).",
+    )
     ttft_ms: float = Field(default=0.0, ge=0, description="Time from request receipt to the first token.")
     itl_ms: float = Field(default=0.0, ge=0, description="Interval between successive tokens.")
     default_max_tokens: int = Field(default=16, ge=1, description="Output length when the request sets none.")

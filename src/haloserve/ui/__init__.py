@@ -1,0 +1,1 @@
+"""The web UI: static pages served at ``/ui`` by ``halo serve`` and ``halo gateway`` (no build step)."""
