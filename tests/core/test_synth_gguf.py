@@ -42,3 +42,19 @@ def test_loads_and_seeds_differ(tmp_path: Path) -> None:
         finally:
             llm.close()
     assert outs[0] != outs[1]
+
+
+@pytest.mark.model
+def test_padded_vocabulary_loads(tmp_path: Path) -> None:
+    """A Llama-3-sized vocabulary (128,256) on the bundled tokenizer: llama.cpp loads it, text
+    tokenises as before, and the logits row has the padded size."""
+    from llama_cpp import Llama
+
+    path = write_gguf(tmp_path / "v.gguf", shape="tiny", qtype="q8_0", n_vocab=128256)
+    llm = Llama(str(path), n_ctx=128, verbose=False, logits_all=False)
+    try:
+        assert llm.n_vocab() == 128256
+        assert llm.tokenize(b"hello world", add_bos=False) == [28120, 905]
+        assert llm.detokenize([128255]) == b""  # a control token renders as nothing
+    finally:
+        llm.close()

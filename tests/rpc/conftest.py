@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shlex
 import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -91,3 +98,83 @@ def make_peer() -> Iterator[Callable[[Handler], Peer]]:
     yield make
     for p in peers:
         p.close()
+
+
+class HaloProcess:
+    """A ``python -m haloserve`` child whose stdout and stderr lines are collected as they come."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "haloserve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+            for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))
+        ]
+        for r in self._readers:
+            r.start()
+
+    @staticmethod
+    def _read(stream: IO[str], lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> str:
+        """The first stdout or stderr line containing ``text`` (fails when the process ends first)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.out + self.err:
+                if text in line:
+                    return line
+            if self.proc.poll() is not None:
+                time.sleep(0.2)  # let the readers drain
+                if not any(text in line for line in self.out + self.err):
+                    break
+            time.sleep(0.05)
+        raise AssertionError(f"no line with {text!r}; stdout={self.out} stderr={self.err}")
+
+    def finish(self, timeout: float = 30.0) -> int:
+        """Wait for the exit status (and the last output lines)."""
+        code = self.proc.wait(timeout)
+        for r in self._readers:
+            r.join(5)
+        return code
+
+    def kill(self) -> None:
+        """Kill it if it still runs."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def halo() -> Iterator[Callable[..., HaloProcess]]:
+    """Start ``halo`` commands as child processes; every one left running is killed after the test."""
+    started: list[HaloProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> HaloProcess:
+        started.append(HaloProcess(list(args), env))
+        return started[-1]
+
+    yield start
+    for p in started:
+        p.kill()
+
+
+STANDIN = Path(__file__).with_name("standin_rpc_server.py")
+
+
+@pytest.fixture
+def standin(tmp_path: Path) -> Path:
+    """An executable named ggml-rpc-server that runs the stand-in (same PID: exec, so signals reach it)."""
+    shim = tmp_path / "bin" / "ggml-rpc-server"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(STANDIN))} "$@"\n')
+    shim.chmod(0o755)
+    return shim

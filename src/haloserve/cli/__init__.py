@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "keys": "haloserve.cli.keys",
     "usage": "haloserve.cli.usage",
     "deploy": "haloserve.cli.deploy",
+    "rpc-worker": "haloserve.cli.rpc_worker",
 }
 
 

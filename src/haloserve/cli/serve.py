@@ -136,7 +136,6 @@ def run(args: argparse.Namespace) -> int:
 
     from haloserve.config.serve_env import check_environ, check_settings, env_warnings, serve_environ
     from haloserve.server.app import create_app
-    from haloserve.server.shutdown import FLUSH_MARGIN, begin_shutdown
 
     settings = load_settings(
         ServeSettings,
@@ -150,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
     for line in env_warnings(os.environ):
         warn(line)
     protocol = connection_protocol(settings)
+    if settings.models_dir is not None or settings.models is not None:
+        from haloserve.cli.serve_models import build_models_app
+
+        return _serve(settings, protocol, build_models_app(settings, warn))
     engine = build_engine(settings)
     failure: list[str] = []
     server: uvicorn.Server | None = None
@@ -164,6 +167,30 @@ def run(args: argparse.Namespace) -> int:
         _startup_banner(state, settings.host, port)
 
     app = create_app(settings, engine, on_load_error=on_load_error, on_ready=on_ready)
+
+    def attach(srv: uvicorn.Server) -> None:
+        nonlocal server
+        server = srv
+
+    return _serve(settings, protocol, app, failure, attach)
+
+
+def _serve(
+    settings: ServeSettings,
+    protocol: Any,
+    app: Any,
+    failure: list[str] | None = None,
+    attach: Any = None,
+) -> int:
+    """Run ``app`` under uvicorn until SIGINT/SIGTERM; every state's streams get a proper end."""
+    import uvicorn
+
+    from haloserve.server.app import begin_app_shutdown
+    from haloserve.server.shutdown import FLUSH_MARGIN
+
+    def shutdown() -> None:
+        begin_app_shutdown(app, settings.shutdown_timeout)
+
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -177,7 +204,9 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout + FLUSH_MARGIN),
         server_header=False,
     )
-    server = _server_class(lambda: begin_shutdown(app.state.halo, settings.shutdown_timeout))(config)
+    server = _server_class(shutdown)(config)
+    if attach is not None:
+        attach(server)
     server.run()
     if failure:
         raise CommandError(f"model failed to load: {failure[0]}")

@@ -15,6 +15,7 @@ from haloserve.config.base import HaloSettings, field_extra, flag_name
 SETTINGS = {
     "serve": "haloserve.config.serve:ServeSettings",
     "gateway": "haloserve.config.gateway:GatewaySettings",
+    "rpc-worker": "haloserve.config.rpc_worker:RpcWorkerSettings",
 }
 
 

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import field_validator, model_validator
 
 from haloserve.config import connections
+from haloserve.config import models as many
 from haloserve.config.base import HaloSettings, option
 
 KVType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]
@@ -51,6 +52,13 @@ class ServeSettings(HaloSettings):
         "llama",
         "Engine: the embedded llama.cpp engine, or a fake one for tests and benchmarks.",
     )
+    # Many models on demand (config/models.py, docs/models.md)
+    models_dir: Path | None = many.MODELS_DIR
+    models: Path | None = many.MODELS_FILE
+    memory_budget: many.Size = many.MEMORY_BUDGET
+    models_max: int = many.MODELS_MAX
+    model_ttl: float = many.MODEL_TTL
+    model_load_timeout: float = many.MODEL_LOAD_TIMEOUT
     # Context and batching
     ctx_size: int = option(
         0,

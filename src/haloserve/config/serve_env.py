@@ -68,6 +68,7 @@ def _other_commands() -> set[str]:
     from haloserve.config.doctor import DoctorSettings
     from haloserve.config.gateway import GatewaySettings, KeysSettings
     from haloserve.config.plan import PlanSettings
+    from haloserve.config.rpc_worker import RpcWorkerSettings
 
     classes: Iterable[type[HaloSettings]] = (
         BenchSettings,
@@ -75,6 +76,7 @@ def _other_commands() -> set[str]:
         GatewaySettings,
         KeysSettings,
         PlanSettings,
+        RpcWorkerSettings,
     )
     return {var for cls in classes for f in cls.model_fields for var in cls.env_names(f)}
 

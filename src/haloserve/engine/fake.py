@@ -10,6 +10,7 @@ cancellation exactly as the real engine does.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from haloserve.config.serve import ServeSettings
@@ -46,8 +47,18 @@ class ByteTokenizer:
 class FakeEngine:
     """Implements the engine interface with asyncio timers instead of a model."""
 
-    def __init__(self, settings: ServeSettings, model_path: str = "fake.gguf") -> None:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        model_path: str = "fake.gguf",
+        *,
+        start_delay: float = 0.0,
+        start_error: str | None = None,
+    ) -> None:
         self.settings = settings
+        # A load that takes time or fails (the many-models manager's tests): start() sleeps, then raises.
+        self.start_delay = start_delay
+        self.start_error = start_error
         n_ctx = settings.ctx_size or 4096 * settings.parallel
         self._info = EngineInfo(
             model_path=model_path,
@@ -87,7 +98,11 @@ class FakeEngine:
         return self._ready
 
     def start(self) -> None:
-        """Nothing to load."""
+        """Nothing to load (or wait ``start_delay`` seconds, then fail with ``start_error`` if set)."""
+        if self.start_delay:
+            time.sleep(self.start_delay)
+        if self.start_error is not None:
+            raise RuntimeError(self.start_error)
         self._ready = True
 
     def stop(self, timeout: float = 10.0) -> None:

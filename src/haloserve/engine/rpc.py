@@ -26,8 +26,9 @@ from typing import Any, Literal
 from haloserve.errors import CommandError, ConfigError
 
 DEFAULT_PORT = 50052
-# The wire this probe speaks: ggml-rpc.h RPC_PROTO_*_VERSION of llama-cpp-python 0.3.36's ggml. The
-# version a worker must have is the installed library's (read from its header when the wheel ships one).
+# The wire this probe speaks (HELLO with 24 bytes of transport caps): ggml-rpc.h RPC_PROTO_*_VERSION of
+# llama-cpp-python 0.3.36's ggml. The version a worker must have is the installed library's (read from
+# the ggml-rpc.h its wheel installs), with ggml's own rule: same major, minor not newer.
 WIRE_VERSION = (7, 0, 0)
 _CONN_CAPS_SIZE = 24  # ggml-rpc/transport.h RPC_CONN_CAPS_SIZE: the HELLO request is these bytes
 _CMD_GET_DEVICE_MEMORY, _CMD_HELLO, _CMD_DEVICE_COUNT = 11, 14, 15
@@ -232,8 +233,8 @@ def probe(endpoint: Endpoint | str, timeout: float = 3.0) -> ProbeResult:
 
 
 def _probe_old(ep: Endpoint, deadline: float, result: Any) -> ProbeResult:
-    # A server older than protocol 4 reads a HELLO with no payload and closes on ours; ask it that way to
-    # name its version (its reply is major, minor, patch)
+    # A server from before the HELLO carried transport caps reads a HELLO with no payload and closes on
+    # ours; ask it that way to name its version (its reply is major, minor, patch)
     try:
         with socket.create_connection(
             (ep.host, ep.port), timeout=max(0.001, deadline - time.monotonic())

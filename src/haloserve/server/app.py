@@ -27,8 +27,13 @@ from haloserve.server.completion import CompletionServing
 from haloserve.server.errors import install_error_handlers
 from haloserve.server.metrics import ServerMetrics
 from haloserve.server.middleware import RequestContext
+from haloserve.server.model_metrics import ModelCollector
+from haloserve.server.model_routes import router as models_router
+from haloserve.server.model_state import NoEngine
+from haloserve.server.models import ModelManager
 from haloserve.server.openai_routes import router as openai_router
 from haloserve.server.ops_routes import router as ops_router
+from haloserve.server.shutdown import begin_shutdown
 from haloserve.server.state import ServerState, api_keys, open_paths
 from haloserve.server.tokens import TokenServing
 
@@ -104,12 +109,61 @@ def create_app(
         template_source=template_source,
     )
     app.state.halo = state
+    app.state.models = None
     # One serving object per endpoint; the routes validate, call it, and serialise what it returns.
     app.state.chat_serving = ChatServing(state)
     app.state.completion_serving = CompletionServing(state)
     app.state.token_serving = TokenServing(state)
+    _assemble(app, settings, state)
+    return app
+
+
+def create_models_app(
+    settings: ServeSettings, models: ModelManager, *, on_ready: Callable[[ServerState], None] | None = None
+) -> FastAPI:
+    """A fresh app serving the models of ``models`` on demand, each with its own engine (docs/models.md)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await models.start()
+        if on_ready is not None:
+            on_ready(app.state.halo)
+        try:
+            yield
+        finally:
+            await models.close()
+
+    app = FastAPI(
+        title="haloserve",
+        version=__version__,
+        description="OpenAI-compatible API of one haloserve node serving several models.",
+        lifespan=lifespan,
+    )
+    models.api_keys = api_keys(settings)  # the per-model states check the same keys
+    state = ServerState(
+        settings=settings, engine=NoEngine(), model_id="", metrics=models.metrics, api_keys=models.api_keys
+    )
+    models.metrics.registry.register(ModelCollector(models))
+    app.state.halo = state
+    app.state.models = models
+    _assemble(app, settings, state)
+    return app
+
+
+def begin_app_shutdown(app: FastAPI, timeout: float) -> None:
+    """Start draining the app (event-loop thread): with many models, no more loads, and every loaded
+    model's requests end as one model's do (server/shutdown.py)."""
+    models: ModelManager | None = app.state.models
+    if models is not None:
+        models.draining = True
+    for state in [app.state.halo, *(models.states() if models is not None else [])]:
+        begin_shutdown(state, timeout)
+
+
+def _assemble(app: FastAPI, settings: ServeSettings, state: ServerState) -> None:
     install_error_handlers(app)
     app.include_router(ops_router)
+    app.include_router(models_router)
     app.include_router(openai_router)
     if settings.cors_origin:
         app.add_middleware(
@@ -125,7 +179,6 @@ def create_app(
         api_keys=state.api_keys,
         open_paths=open_paths(settings),
     )
-    return app
 
 
 def engine_path(settings: ServeSettings) -> str:

@@ -107,15 +107,27 @@ class ServerMetrics:
             buckets=_E2E_BUCKETS,
             registry=r,
         )
+        # Per model (many models, docs/models.md); the manager's collector adds loads and memory.
+        self.model_requests = Counter(
+            "halo_model_requests", "Finished requests by model and status.", ["model", "status"], registry=r
+        )
+        self.model_tokens = Counter(
+            "halo_model_tokens",
+            "Tokens of finished requests by model and kind.",
+            ["model", "kind"],
+            registry=r,
+        )
         r.register(_EngineCollector(stats, info))
 
-    def request_done(self, endpoint: str, status: int) -> None:
-        """Count one finished request."""
+    def request_done(self, endpoint: str, status: int, model: str | None = None) -> None:
+        """Count one finished request (by model too when ``model`` is given)."""
         self.requests.labels(endpoint, str(status)).inc()
+        if model is not None:
+            self.model_requests.labels(model, str(status)).inc()
 
-    def record(self, endpoint: str, start: float) -> RequestRecord:
+    def record(self, endpoint: str, start: float, model: str | None = None) -> RequestRecord:
         """The metrics of one generation request that arrived at ``start`` (``time.monotonic()``)."""
-        return RequestRecord(self, endpoint, start)
+        return RequestRecord(self, endpoint, start, model)
 
 
 class RequestRecord:
@@ -126,10 +138,21 @@ class RequestRecord:
     task was cancelled), 500 for anything else. A streamed response hands the record over
     (:meth:`hand_over`) to the generator that writes the stream, which enters it again."""
 
-    __slots__ = ("_handed_over", "done", "endpoint", "first", "last", "last_tokens", "metrics", "start")
+    __slots__ = (
+        "_handed_over",
+        "done",
+        "endpoint",
+        "first",
+        "last",
+        "last_tokens",
+        "metrics",
+        "model",
+        "start",
+    )
 
-    def __init__(self, metrics: ServerMetrics, endpoint: str, start: float) -> None:
+    def __init__(self, metrics: ServerMetrics, endpoint: str, start: float, model: str | None = None) -> None:
         self.metrics = metrics
+        self.model = model
         self.endpoint = endpoint
         self.start = start
         self.first = 0.0
@@ -155,16 +178,19 @@ class RequestRecord:
             return
         self.done = True
         m = self.metrics
-        m.request_done(self.endpoint, 200)
+        m.request_done(self.endpoint, 200, self.model)
         m.prompt_tokens.inc(final.prompt_tokens)
         m.generation_tokens.inc(final.completion_tokens)
+        if self.model is not None:
+            m.model_tokens.labels(self.model, "prompt").inc(final.prompt_tokens)
+            m.model_tokens.labels(self.model, "generation").inc(final.completion_tokens)
         m.e2e.observe(time.monotonic() - self.start)
 
     def failed(self, status: int) -> None:
         """Count a failure with ``status`` (only the first outcome of a request counts)."""
         if not self.done:
             self.done = True
-            self.metrics.request_done(self.endpoint, status)
+            self.metrics.request_done(self.endpoint, status, self.model)
 
     def hand_over(self) -> RequestRecord:
         """Leave the counting to the next ``with`` block (the stream's), unless this one fails."""

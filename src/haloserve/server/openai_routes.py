@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from haloserve.protocol.openai import ChatCompletionRequest, CompletionRequest
 from haloserve.server.chat.serving import ChatServing
 from haloserve.server.completion import CompletionServing
+from haloserve.server.model_routes import serving_for
 
 router = APIRouter()
 
@@ -15,16 +16,18 @@ router = APIRouter()
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI)")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     """Chat completion, streamed as SSE when ``stream`` is true."""
-    serving: ChatServing = request.app.state.chat_serving
-    serving.check(request, body)
-    gen = await serving.build(body, request.scope["state"]["request_id"])
-    return await serving.respond(request, gen)
+    serving: ChatServing
+    async with serving_for(request, body.model, "chat") as serving:
+        serving.check(request, body)
+        gen = await serving.build(body, request.scope["state"]["request_id"])
+        return await serving.respond(request, gen)
 
 
 @router.post("/v1/completions", summary="Text completion (OpenAI)")
 async def completions(body: CompletionRequest, request: Request) -> Response:
     """Text completion, streamed as SSE when ``stream`` is true."""
-    serving: CompletionServing = request.app.state.completion_serving
-    serving.check(request, body)
-    gen = await serving.build(body, request.scope["state"]["request_id"])
-    return await serving.respond(request, gen)
+    serving: CompletionServing
+    async with serving_for(request, body.model, "completion") as serving:
+        serving.check(request, body)
+        gen = await serving.build(body, request.scope["state"]["request_id"])
+        return await serving.respond(request, gen)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from haloserve.errors import InvalidRequestError, NotFoundError
-from haloserve.protocol.models import find_card, model_card, model_list
+from haloserve.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
+from haloserve.protocol.models import find_card, model_list
 from haloserve.protocol.openai import find_invalid_text, invalid_text_message
+from haloserve.server.model_routes import manager_of, model_cards, serving_for
 from haloserve.server.state import ServerState, check_api_key, state_of
 from haloserve.server.tokens import TokenServing
 
@@ -21,6 +24,9 @@ router = APIRouter()
 async def health(request: Request) -> JSONResponse:
     """Readiness: 503 (OpenAI error shape) while loading, 200 with slot counts when ready."""
     state = state_of(request)
+    models = manager_of(request)
+    if models is not None:
+        return _models_health(state, models)
     state.require_ready()
     st = state.engine.stats()
     info = state.engine.info
@@ -36,6 +42,18 @@ async def health(request: Request) -> JSONResponse:
     )
 
 
+def _models_health(state: ServerState, models: Any) -> JSONResponse:
+    """Many models: 200 while at least one model is loaded or can be loaded, with each one's state."""
+    if state.draining:
+        raise ServiceUnavailableError("the server is shutting down", retry_after=5.0)
+    shown = {m.id: ("unloaded" if m.status == "unloading" else m.status) for m in models.models.values()}
+    if not models.fits_any():
+        raise ServiceUnavailableError(
+            "no model can be served: " + ", ".join(f"{k} {v}" for k, v in shown.items())
+        )
+    return JSONResponse({"status": "ok", "models": shown})
+
+
 @router.get("/metrics", summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of this server's registry."""
@@ -45,42 +63,32 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _model_card(state: ServerState) -> dict[str, Any]:
-    meta: dict[str, Any] | None = None
-    if state.engine.ready:
-        info = state.engine.info
-        meta = {
-            "n_ctx": info.n_ctx,
-            "n_ctx_per_slot": info.n_ctx_slot,
-            "n_parallel": info.n_parallel,
-            "n_ctx_train": info.n_ctx_train,
-            "n_vocab": info.n_vocab,
-            "description": info.description,
-        }
-    return model_card(state.model_id, meta=meta)
-
-
-@router.get("/v1/models", summary="The served model")
+@router.get("/v1/models", summary="The served models and their state")
 async def list_models(request: Request) -> JSONResponse:
-    """OpenAI ``GET /v1/models``."""
-    state = state_of(request)
-    check_api_key(state, request)
-    return JSONResponse(model_list([_model_card(state)]))
+    """OpenAI ``GET /v1/models``, each card with its ``status`` and haloserve's ``halo`` block."""
+    check_api_key(state_of(request), request)
+    return JSONResponse(model_list(model_cards(request)))
 
 
 @router.get("/v1/models/{model_id:path}", summary="One model")
 async def get_model(model_id: str, request: Request) -> JSONResponse:
     """OpenAI ``GET /v1/models/{id}``."""
-    state = state_of(request)
-    check_api_key(state, request)
-    return JSONResponse(find_card([_model_card(state)], model_id))
+    check_api_key(state_of(request), request)
+    return JSONResponse(find_card(model_cards(request), model_id))
 
 
 @router.get("/props", summary="llama-server compatible server properties")
 async def props(request: Request) -> JSONResponse:
-    """``total_slots`` and context facts, in llama-server's ``/props`` shape (read by gateways)."""
+    """``total_slots`` and context facts, in llama-server's ``/props`` shape (read by gateways); with many
+    models, of the loaded model named by ``?model=`` (router mode's spelling)."""
     state = state_of(request)
     check_api_key(state, request)
+    models = manager_of(request)
+    if models is not None:
+        m = models.resolve(request.query_params.get("model", ""))
+        if m.state is None:
+            raise ServiceUnavailableError(f"model {m.id!r} is not loaded", retry_after=5.0)
+        state = m.state
     state.require_ready()
     info = state.engine.info
     return JSONResponse(
@@ -100,23 +108,30 @@ async def props(request: Request) -> JSONResponse:
 
 @router.post("/tokenize", summary="llama-server compatible tokenizer")
 async def tokenize(request: Request) -> JSONResponse:
-    """``{"content": str, "add_special": bool}`` -> ``{"tokens": [int]}``."""
-    serving = _tokens(request)
-    serving.check(request)
-    return JSONResponse(await serving.tokenize(await _json_object(request)))
+    """``{"content": str, "add_special": bool}`` -> ``{"tokens": [int]}`` (``model``: which one)."""
+    async with _token_serving(request) as (serving, body):
+        return JSONResponse(await serving.tokenize(body))
 
 
 @router.post("/detokenize", summary="llama-server compatible detokenizer")
 async def detokenize(request: Request) -> JSONResponse:
-    """``{"tokens": [int]}`` -> ``{"content": str}``."""
-    serving = _tokens(request)
-    serving.check(request)
-    return JSONResponse(serving.detokenize(await _json_object(request)))
+    """``{"tokens": [int]}`` -> ``{"content": str}`` (many models: ``model`` names one)."""
+    async with _token_serving(request) as (serving, body):
+        return JSONResponse(serving.detokenize(body))
 
 
-def _tokens(request: Request) -> TokenServing:
-    serving: TokenServing = request.app.state.token_serving
-    return serving
+@asynccontextmanager
+async def _token_serving(request: Request) -> AsyncIterator[tuple[TokenServing, dict[str, Any]]]:
+    """The checked token serving and the body (one model: checked before the body is read)."""
+    if manager_of(request) is None:
+        serving: TokenServing = request.app.state.token_serving
+        serving.check(request)
+        yield serving, await _json_object(request)
+        return
+    body = await _json_object(request)
+    async with serving_for(request, str(body.get("model") or ""), "token") as serving:
+        serving.check(request)
+        yield serving, body
 
 
 async def _json_object(request: Request) -> dict[str, Any]:

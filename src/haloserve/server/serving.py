@@ -113,7 +113,7 @@ class OpenAIServing:
         state.streams.add(stream)  # a shutdown ends it: 503 while queued, an error event at the deadline
         if state.draining:  # shutdown began while the prompt was prepared
             shutdown.on_new_stream(state, stream)
-        record = state.metrics.record(self.endpoint, greq.arrival_time)
+        record = state.metrics.record(self.endpoint, greq.arrival_time, state.model_label)
         with record:
             watcher = asyncio.create_task(_watch_disconnect(request, stream))
             try:

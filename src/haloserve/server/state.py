@@ -27,6 +27,8 @@ class ServerState:
     metrics: ServerMetrics
     api_keys: list[bytes] = field(default_factory=list)
     template_source: str | None = None
+    aliases: tuple[str, ...] = ()  # other names the model answers to (many models: docs/models.md)
+    model_label: str | None = None  # the ``model`` label of the per-model metrics (many models only)
     template: ChatTemplate | None = None
     load_error: str | None = None
     # Shutdown (see server/shutdown.py): no new work once draining; the live streams get their end.
@@ -36,7 +38,7 @@ class ServerState:
 
     def check_model(self, requested: str) -> None:
         """404 ``model_not_found`` unless ``requested`` is ours (an empty model means the default)."""
-        if requested and requested != self.model_id:
+        if requested and requested != self.model_id and requested not in self.aliases:
             raise ModelNotFoundError(
                 f"The model `{requested}` does not exist; this server serves `{self.model_id}`", param="model"
             )

@@ -39,6 +39,9 @@ class Shape:
     n_ff: int
     n_ctx_train: int = 2048
     tied: bool = True  # output projection shares token_embd (SmolLM2, Llama-3.2 1B) or has its own
+    # Vocabulary size: None keeps the tokenizer's; a larger one pads it with reserved control tokens
+    # (Llama 3 has 128,256 entries; the logits row, and so sampling's cost, scale with it).
+    n_vocab: int | None = None
 
 
 # Named shapes. The two Llama-3 shapes are the published ones; their vocabulary is the tokenizer's.
@@ -46,9 +49,18 @@ SHAPES: dict[str, Shape] = {
     "tiny": Shape(n_layer=2, n_embd=64, n_head=4, n_head_kv=2, n_ff=128, n_ctx_train=1024),
     "small": Shape(n_layer=4, n_embd=128, n_head=4, n_head_kv=2, n_ff=256, n_ctx_train=2048),
     "medium": Shape(n_layer=8, n_embd=256, n_head=8, n_head_kv=4, n_ff=768, n_ctx_train=4096),
-    "llama3-1b": Shape(n_layer=16, n_embd=2048, n_head=32, n_head_kv=8, n_ff=8192, n_ctx_train=131072),
+    "llama3-1b": Shape(
+        n_layer=16, n_embd=2048, n_head=32, n_head_kv=8, n_ff=8192, n_ctx_train=131072, n_vocab=128256
+    ),
     "llama3-8b": Shape(
-        n_layer=32, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336, n_ctx_train=131072, tied=False
+        n_layer=32,
+        n_embd=4096,
+        n_head=32,
+        n_head_kv=8,
+        n_ff=14336,
+        n_ctx_train=131072,
+        tied=False,
+        n_vocab=128256,
     ),
 }
 
@@ -98,8 +110,8 @@ def write_gguf(
         raise ValueError(f"n_embd and n_ff must be multiples of {block} for {qtype}")
     path = Path(path)
     source = GGUFReader(str(tokenizer_from or bundled_model_path()))
-    tokens = source.fields["tokenizer.ggml.tokens"]
-    n_vocab = len(tokens.data)
+    n_source = len(source.fields["tokenizer.ggml.tokens"].data)
+    n_vocab = max(n_source, sh.n_vocab or 0)
 
     w = GGUFWriter(str(path), "llama")
     arch = "llama"
@@ -115,7 +127,7 @@ def write_gguf(
     w.add_float32(f"{arch}.rope.freq_base", 500000.0)
     w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)
     w.add_uint32(f"{arch}.vocab_size", n_vocab)
-    _copy_tokenizer(source, w)
+    _copy_tokenizer(source, w, n_vocab)
 
     head_dim = sh.n_embd // sh.n_head
     kv = sh.n_head_kv * head_dim
@@ -182,14 +194,28 @@ def _random_tensor(rng: np.random.Generator, ne: list[int], t: GGMLQuantizationT
     return raw.reshape(-1)
 
 
-def _copy_tokenizer(source: GGUFReader, w: GGUFWriter) -> None:
-    """Copy every ``tokenizer.*`` key (vocabulary, merges, special ids, chat template) verbatim."""
+_PER_TOKEN = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
+_CONTROL = 3  # llama_token_type LLAMA_TOKEN_TYPE_CONTROL
+
+
+def _copy_tokenizer(source: GGUFReader, w: GGUFWriter, n_vocab: int) -> None:
+    """Copy every ``tokenizer.*`` key (vocabulary, merges, special ids, chat template), padding the
+    per-token arrays with reserved control tokens up to ``n_vocab`` entries."""
     for key, field in source.fields.items():
         if not key.startswith(_COPIED_PREFIXES):
             continue
         vtype = GGUFValueType(field.types[0])
         sub = GGUFValueType(field.types[1]) if vtype == GGUFValueType.ARRAY else None
-        w.add_key_value(key, field.contents(), vtype, sub)
+        value = field.contents()
+        if key in _PER_TOKEN and len(value) < n_vocab:
+            extra = range(len(value), n_vocab)
+            if key == "tokenizer.ggml.tokens":
+                value = [*value, *(f"<|synth_reserved_{i}|>" for i in extra)]
+            elif key == "tokenizer.ggml.token_type":
+                value = [*value, *([_CONTROL] * len(extra))]
+            else:
+                value = [*value, *([0.0] * len(extra))]
+        w.add_key_value(key, value, vtype, sub)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,9 +225,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shape", choices=sorted(SHAPES), default="small")
     p.add_argument("--qtype", choices=sorted(QTYPES), default="f16")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-vocab", type=int, default=None, help="pad the vocabulary to this many tokens")
     p.add_argument("--tokenizer-from", type=Path, default=None)
     a = p.parse_args(argv)
-    out = write_gguf(a.out, shape=a.shape, qtype=a.qtype, seed=a.seed, tokenizer_from=a.tokenizer_from)
+    extra = {"n_vocab": a.n_vocab} if a.n_vocab else {}
+    out = write_gguf(
+        a.out, shape=a.shape, qtype=a.qtype, seed=a.seed, tokenizer_from=a.tokenizer_from, **extra
+    )
     print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB")
 
 
