@@ -72,15 +72,15 @@ models:
 
 
 @pytest.mark.process
-def test_rpc_from_a_cluster_plan_is_refused_in_one_line() -> None:
+def test_rpc_workers_that_do_not_answer_are_one_line_before_anything_loads() -> None:
     env = plan_env("--ctx-size", "16384", "--nodes", "2")
     assert "LLAMA_ARG_RPC" in env and "LLAMA_ARG_TENSOR_SPLIT" in env
     r = halo("serve", "--port", "0", env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
-    assert len(errors) == 1 and "LLAMA_ARG_RPC" in errors[0] and "issue 15" in errors[0]
-    r = halo("serve", "--rpc", "10.0.0.2:50052", "--port", "0")
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--rpc" in r.stderr
+    assert len(errors) == 1 and "--rpc" in errors[0], r.stderr
+    r = halo("serve", "--rpc", "127.0.0.1:1", "--port", "0")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--rpc" in r.stderr, r.stderr
 
 
 def test_llama_server_negative_switches() -> None:
@@ -121,7 +121,9 @@ def test_llama_server_only_values_it_cannot_honour_are_refused(env: dict[str, st
 @pytest.mark.parametrize(
     ("env", "needle"),
     [
-        ({"LLAMA_ARG_RPC": "h:1"}, "issue 15"),
+        ({"LLAMA_ARG_RPC": "h:1,h:1"}, "given twice"),
+        ({"LLAMA_ARG_RPC": "h:x"}, "not a number"),
+        ({"LLAMA_ARG_RPC": "h:1", "LLAMA_ARG_SPLIT_MODE": "row"}, "whole layers"),
         ({"LLAMA_ARG_SWA_FULL": "false"}, "sliding-window"),
         ({"LLAMA_ARG_ROPE_SCALE": "4", "LLAMA_ARG_ROPE_FREQ_SCALE": "0.5"}, "disagree"),
     ],
@@ -163,3 +165,16 @@ def test_ngl_on_a_cpu_only_build_warns_only_when_asked_for() -> None:
     assert len(warned) == 1 and "no GPU backend" in warned[0]
     assert check_build(settings_from({"LLAMA_ARG_N_GPU_LAYERS": "20"}), ["Vulkan0"], True) == []
     assert check_build(settings_from({"LLAMA_ARG_N_GPU_LAYERS": "0"}), [], True) == []
+
+
+def test_rpc_tensor_split_has_one_part_per_device_workers_first() -> None:
+    env = {"LLAMA_ARG_RPC": "10.0.0.2:50052,10.0.0.3:50052"}
+    assert settings_from({**env, "LLAMA_ARG_RPC": "a:1, b:2"}).rpc == ["a:1", "b:2"]
+    assert load_settings(ServeSettings, flags={"rpc": ["a:1,b:2", "c:3"]}).rpc == ["a:1", "b:2", "c:3"]
+    three = settings_from({**env, "LLAMA_ARG_TENSOR_SPLIT": "1,1,2"})
+    assert check_build(three, ["ROCm0"], True, rpc_devices=2) == []  # 2 workers' devices + 1 local GPU
+    with pytest.raises(ConfigError, match=r"3 parts but there are 2 devices: 2 on the --rpc workers"):
+        check_build(three, [], True, rpc_devices=2)
+    assert check_build(settings_from(env), [], True, rpc_devices=2) == []  # no split: by free memory
+    warned = check_build(settings_from({**env, "LLAMA_ARG_N_GPU_LAYERS": "0"}), [], True, rpc_devices=2)
+    assert len(warned) == 1 and "workers get none" in warned[0]

@@ -61,9 +61,33 @@ def build_engine(settings: ServeSettings) -> Any:
         raise CommandError(f"model file not found: {path}")
     init_backend()
     gpus = [d.name for d in gpu_devices(list_devices())]
+    if settings.rpc:
+        return _rpc_engine(settings, path, gpus)
     for line in check_build(settings, gpus, supports_mlock()):
         warn(line)
     return LlamaEngine(settings, path)
+
+
+def _rpc_engine(settings: ServeSettings, path: Path, gpus: list[str]) -> Any:
+    """The child-process engine over the ``--rpc`` workers, once each answers the RPC handshake (a
+    worker that does not is one line and exit 2, before anything loads)."""
+    from haloserve.config.serve_env import check_build
+    from haloserve.engine.devices import supports_mlock
+    from haloserve.engine.process import LlamaSpec, ProcessEngine
+    from haloserve.engine.rpc import rpc_api
+    from haloserve.engine.workers import device_counts, unreachable
+    from haloserve.errors import ConfigError
+
+    try:
+        rpc_api()
+    except CommandError as exc:  # a build without ggml's RPC backend cannot honour --rpc
+        raise ConfigError(f"--rpc: {exc.message}") from None
+    down = unreachable(settings.rpc, handshake=True)
+    if down:
+        raise ConfigError(f"--rpc: {'; '.join(down)} (start it with `halo rpc-worker`; check the address)")
+    for line in check_build(settings, gpus, supports_mlock(), rpc_devices=sum(device_counts(settings.rpc))):
+        warn(line)
+    return ProcessEngine(settings, LlamaSpec(settings, path))
 
 
 def backend_line(backend: dict[str, Any]) -> str:
@@ -77,6 +101,21 @@ def backend_line(backend: dict[str, Any]) -> str:
         f"  backend {devices or 'none found'}; {backend['n_gpu_layers']}/{backend['n_layers']} layers on GPU;"
         f" weights on {weights}; KV cache on {kv}"
     )
+
+
+def device_lines(backend: dict[str, Any]) -> list[str]:
+    """With RPC devices: one line per device with the layers llama.cpp put on it and its memory."""
+    from haloserve.units import fmt_bytes
+
+    usage = backend.get("device_usage", [])
+    if not any(d["backend"].startswith("RPC") for d in usage):
+        return []
+    return [
+        f"  device {d['name']} [{d['backend']}] ({d['description']}): {d['layers']} layers,"
+        f" weights {fmt_bytes(d['weights_bytes'])}, KV cache {fmt_bytes(d['kv_cache_bytes'])};"
+        f" {fmt_bytes(d['memory_free'])} free of {fmt_bytes(d['memory_total'])}"
+        for d in usage
+    ]
 
 
 def _startup_banner(state: Any, host: str, port: int) -> None:
@@ -93,6 +132,7 @@ def _startup_banner(state: Any, host: str, port: int) -> None:
         f" (trained {info.n_ctx_train}); KV cache {fmt_bytes(info.kv_cache_bytes)}"
         f" ({s.cache_type_k}/{s.cache_type_v})",
         *([backend_line(info.extra["backend"])] if "backend" in info.extra else []),
+        *(device_lines(info.extra["backend"]) if "backend" in info.extra else []),
         f"  listening on http://{host}:{port}/v1"
         f"  ({keys} API key{'s' if keys != 1 else ''}; queue {s.max_queue})",
     ]

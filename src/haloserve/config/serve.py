@@ -198,7 +198,8 @@ class ServeSettings(HaloSettings):
     )
     tensor_split: list[float] = option(
         default_factory=list,
-        description="Fraction of the model on each GPU, e.g. 3,1 (comma or slash separated).",
+        description="Fraction of the model on each device, e.g. 3,1 (comma or slash separated); with --rpc"
+        " the RPC workers' devices come first, then the local GPUs (as llama.cpp orders them).",
         env=("LLAMA_ARG_TENSOR_SPLIT",),
         aliases=("-ts",),
         metavar="N0,N1,...",
@@ -219,7 +220,8 @@ class ServeSettings(HaloSettings):
     )
     rpc: list[str] = option(
         default_factory=list,
-        description="llama.cpp rpc-server workers host:port (not supported by halo serve yet: refused).",
+        description="RPC workers (`halo rpc-worker`, llama.cpp's rpc-server) to offload layers to, as"
+        " host:port[,host:port...]; the engine then runs in a supervised child process (docs/rpc.md).",
         env=("LLAMA_ARG_RPC",),
         metavar="HOST:PORT",
     )
@@ -323,6 +325,16 @@ class ServeSettings(HaloSettings):
             v = [v]
         if isinstance(v, list):
             return [p for item in v for p in re.split(r"[,/]", str(item).strip()) if p.strip()]
+        return v
+
+    @field_validator("rpc", mode="before")
+    @classmethod
+    def _rpc_list(cls, v: object) -> object:
+        # --rpc a:1,b:2 (llama-server's form) as well as a repeated flag
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, list):
+            return [p.strip() for item in v for p in str(item).split(",") if p.strip()]
         return v
 
     @model_validator(mode="after")

@@ -109,11 +109,15 @@ def check_environ(environ: Mapping[str, str]) -> None:
 
 def check_settings(s: ServeSettings) -> None:
     """Refuse values halo serve cannot honour, whatever the build (one line, :class:`ConfigError`)."""
-    if s.rpc:
+    if s.rpc and s.split_mode in ("row", "tensor"):
         raise ConfigError(
-            "--rpc (LLAMA_ARG_RPC): halo serve cannot use llama.cpp rpc-server workers yet (planned in"
-            " issue 15); run an RPC split with llama-server (deploy engine: llamacpp)"
+            f"--split-mode {s.split_mode} with --rpc: RPC workers take whole layers; use --split-mode layer"
         )
+    if s.rpc:
+        from haloserve.engine.rpc import parse_endpoints
+
+        for ep in parse_endpoints(s.rpc):  # one line naming a malformed or repeated address
+            ep.for_ggml()
     if not s.swa_full:
         raise ConfigError(
             "--no-swa-full (LLAMA_ARG_SWA_FULL=false): halo serve reuses prompt prefixes from each slot's"
@@ -126,26 +130,40 @@ def check_settings(s: ServeSettings) -> None:
         )
 
 
-def check_build(s: ServeSettings, gpus: list[str], mlock_supported: bool) -> list[str]:
+def check_build(s: ServeSettings, gpus: list[str], mlock_supported: bool, rpc_devices: int = 0) -> list[str]:
     """Refuse what this llama.cpp build cannot do; returns the warnings it can live with.
 
-    ``gpus`` names the build's GPU devices (ggml's registry); empty on a CPU-only build.
+    ``gpus`` names the build's GPU devices (ggml's registry); empty on a CPU-only build. ``rpc_devices``
+    counts the devices the ``--rpc`` workers expose (llama.cpp puts them before the local GPUs).
     """
-    if s.tensor_split and len(s.tensor_split) > max(1, len(gpus)):
-        raise ConfigError(
-            f"--tensor-split (LLAMA_ARG_TENSOR_SPLIT) has {len(s.tensor_split)} parts but this llama.cpp"
-            f" build has {len(gpus)} GPU device(s){': ' + ', '.join(gpus) if gpus else ''}"
-        )
-    if s.split_mode in ("row", "tensor") and not gpus:
-        raise ConfigError(
-            f"--split-mode {s.split_mode}: this llama.cpp build has no GPU device to split over"
-        )
-    if s.main_gpu >= max(1, len(gpus)):
-        raise ConfigError(f"--main-gpu {s.main_gpu}: this llama.cpp build has {len(gpus)} GPU device(s)")
+    if s.rpc:
+        n = rpc_devices + len(gpus)
+        if s.tensor_split and len(s.tensor_split) != n:
+            raise ConfigError(
+                f"--tensor-split (LLAMA_ARG_TENSOR_SPLIT) has {len(s.tensor_split)} parts but there are {n}"
+                f" devices: {rpc_devices} on the --rpc workers, then {len(gpus)} local GPU(s)"
+                f"{': ' + ', '.join(gpus) if gpus else ''}; give one part per device"
+            )
+        if s.main_gpu >= n:
+            raise ConfigError(f"--main-gpu {s.main_gpu}: there are {n} devices (RPC workers and local GPUs)")
+    else:
+        if s.tensor_split and len(s.tensor_split) > max(1, len(gpus)):
+            raise ConfigError(
+                f"--tensor-split (LLAMA_ARG_TENSOR_SPLIT) has {len(s.tensor_split)} parts but this llama.cpp"
+                f" build has {len(gpus)} GPU device(s){': ' + ', '.join(gpus) if gpus else ''}"
+            )
+        if s.split_mode in ("row", "tensor") and not gpus:
+            raise ConfigError(
+                f"--split-mode {s.split_mode}: this llama.cpp build has no GPU device to split over"
+            )
+        if s.main_gpu >= max(1, len(gpus)):
+            raise ConfigError(f"--main-gpu {s.main_gpu}: this llama.cpp build has {len(gpus)} GPU device(s)")
     if s.mlock and not mlock_supported:
         raise ConfigError("--mlock (LLAMA_ARG_MLOCK): this llama.cpp build cannot lock memory")
     warnings = []
-    if not gpus and s.n_gpu_layers != 0 and "n_gpu_layers" in s.model_fields_set:
+    if s.rpc and s.n_gpu_layers == 0:
+        warnings.append("-ngl 0 with --rpc: every layer stays on this node's CPU and the workers get none")
+    if not gpus and not s.rpc and s.n_gpu_layers != 0 and "n_gpu_layers" in s.model_fields_set:
         layers = "all layers" if s.n_gpu_layers < 0 else f"{s.n_gpu_layers} layers"
         warnings.append(
             f"-ngl asks for {layers} on a GPU but this llama.cpp build has no GPU backend (CPU only):"

@@ -155,6 +155,35 @@ def kv_buffers(lines: Iterable[str]) -> dict[str, int]:
     return out
 
 
+def _holds(device: Device, buffer: str) -> bool:
+    """Whether the buffer named ``buffer`` in llama.cpp's log lives on ``device``: ``CPU_Mapped`` on CPU,
+    ``ROCm0`` on ROCm0, ``RPC0[host:port]`` on the RPC device whose description is ``host:port``."""
+    if device.backend.startswith("RPC"):
+        return buffer.startswith("RPC") and buffer.endswith(f"[{device.description}]")
+    return buffer == device.name or buffer.startswith(device.name + "_")
+
+
+def device_usage(devices: Iterable[Device], placement: Placement, kv: dict[str, int]) -> list[dict[str, Any]]:
+    """Per device: the layers llama.cpp assigned to it (its load log), the bytes of weights and KV cache
+    in its buffers, and its memory as the device reports it now."""
+    out = []
+    for d in devices:
+        weights = sum(v for k, v in placement.weights.items() if _holds(d, k))
+        out.append(
+            {
+                "name": d.name,
+                "backend": d.backend,
+                "description": d.description,
+                "layers": placement.layer_devices.get(d.name, 0),
+                "weights_bytes": weights,
+                "kv_cache_bytes": sum(v for k, v in kv.items() if _holds(d, k)),
+                "memory_free": d.memory_free,
+                "memory_total": d.memory_total,
+            }
+        )
+    return out
+
+
 def describe(devices: Iterable[Device]) -> str:
     """One line naming each device: ``CPU (AMD EPYC ...), ROCm0 (gfx1151, 96.0 GiB)``."""
     from haloserve.units import fmt_bytes

@@ -120,7 +120,7 @@ def short_error(message: str) -> str:
 class GrammarConstraint:
     """One request's llguidance matcher, its mask buffer and the model's end-of-generation tokens."""
 
-    __slots__ = ("_eog", "_eos", "_mask", "_matcher", "_n_vocab", "param")
+    __slots__ = ("_eog", "_eos", "_mask", "_matcher", "_n_vocab", "grammar", "param")
 
     def __init__(
         self,
@@ -135,6 +135,7 @@ class GrammarConstraint:
         from llguidance import LLMatcher
 
         self.param = param
+        self.grammar = grammar  # the resolved Lark text: another process rebuilds the matcher from it
         self._matcher = LLMatcher(tokenizer, grammar, log_level=0)
         if self._matcher.is_error():
             raise InvalidRequestError(
@@ -178,6 +179,14 @@ class GrammarConstraint:
         if not err:
             return ""
         return f"{self.param}: the output cannot satisfy this schema: {short_error(str(err))}"
+
+
+def rebuild_constraint(grammar: str, param: str, model: Any) -> GrammarConstraint:
+    """A fresh constraint from a :attr:`GrammarConstraint.grammar` already checked by
+    :func:`build_constraint` for the same vocabulary (the child-process engine's side of it)."""
+    return GrammarConstraint(
+        grammar, llg_tokenizer(model), n_vocab=model.n_vocab, eos=model.eos, eog=model.eog_tokens, param=param
+    )
 
 
 def build_constraint(grammar: str, param: str, model: Any) -> GrammarConstraint:

@@ -70,11 +70,14 @@ def context_params(s: ServeSettings, n_ctx_train: int) -> ContextParams:
 
 def backend_report(model: LlamaModel, ctx: LlamaContext) -> dict[str, Any]:
     """Devices of this build, layers offloaded, and where the weights and the KV cache live."""
-    from haloserve.engine.devices import list_devices
+    from haloserve.engine.devices import device_usage, list_devices
 
     placed = model.placement
+    devices = list_devices()
     return {
-        "devices": [{**asdict(d), "is_gpu": d.is_gpu} for d in list_devices()],
+        "devices": [{**asdict(d), "is_gpu": d.is_gpu} for d in devices],
+        # layers per device as llama.cpp's load log assigned them, with each device's buffers and memory
+        "device_usage": device_usage(devices, placed, ctx.kv_buffers),
         "n_layers": placed.n_layers,
         "n_gpu_layers": placed.layers_offloaded,
         "layer_devices": placed.layer_devices,

@@ -118,6 +118,7 @@ class ModelParams:
     main_gpu: int = 0
     tensor_split: tuple[float, ...] = ()
     numa: str | None = None
+    vocab_only: bool = False  # the vocabulary and metadata only (a tokenizer beside a child-process engine)
 
 
 _numa_done = False
@@ -148,6 +149,7 @@ class LlamaModel:
         params.use_extra_bufts = p.repack == "on" or (p.repack == "auto" and not cpu_has_amx())
         params.split_mode = SPLIT_MODES[p.split_mode]
         params.main_gpu = p.main_gpu
+        params.vocab_only = p.vocab_only
         # llama.cpp reads llama_max_devices() floats; the array must outlive the load
         self._split = (ctypes.c_float * max(1, int(lc.llama_max_devices())))(*p.tensor_split)
         if p.tensor_split:

@@ -38,6 +38,8 @@ async def health(request: Request) -> JSONResponse:
             "slots_idle": info.n_parallel - st.busy_slots,
             "slots_processing": st.busy_slots,
             "queue_depth": st.queue_depth,
+            # where the layers are when the model is split over devices (RPC workers included)
+            **({"devices": _devices(info.extra["backend"])} if _split(info.extra) else {}),
         }
     )
 
@@ -52,6 +54,16 @@ def _models_health(state: ServerState, models: Any) -> JSONResponse:
             "no model can be served: " + ", ".join(f"{k} {v}" for k, v in shown.items())
         )
     return JSONResponse({"status": "ok", "models": shown})
+
+
+def _split(extra: dict[str, Any]) -> bool:
+    usage = extra.get("backend", {}).get("device_usage", [])
+    return sum(1 for d in usage if d["layers"]) > 1 or any(d["backend"].startswith("RPC") for d in usage)
+
+
+def _devices(backend: dict[str, Any]) -> list[dict[str, Any]]:
+    keys = ("name", "backend", "description", "layers", "memory_free", "memory_total")
+    return [{k: d[k] for k in keys} for d in backend["device_usage"]]
 
 
 @router.get("/metrics", summary="Prometheus metrics")

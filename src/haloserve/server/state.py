@@ -48,6 +48,10 @@ class ServerState:
         if self.draining:
             raise ServiceUnavailableError("the server is shutting down", retry_after=5.0)
         if not self.engine.ready or self.template is None:
+            # an engine that lost its compute (the child-process engine of --rpc) says why and reloads
+            fault: str | None = getattr(self.engine, "fault", None)
+            if fault:
+                raise ServiceUnavailableError(fault, retry_after=2.0)
             why = (
                 f"model failed to load: {self.load_error}"
                 if self.load_error
