@@ -31,10 +31,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from netlink import latency_link, netem_problem
 from serve_bench import ROOT, WORK, drive, eog_bias, spawned, wait_ready, write_section
 
@@ -50,7 +51,6 @@ HALO = [sys.executable, "-m", "haloserve"]
 SETUPS = {"a": "halo serve", "b": "halo serve --rpc", "c": "llama-server --rpc"}
 # A synthetic model whose FFN matrices (2048 x 5632 f16, 22 MiB) are over ggml's 10 MiB cache threshold.
 SYNTH_SHAPE = {"n_layer": 8, "n_embd": 2048, "n_head": 16, "n_head_kv": 4, "n_ff": 5632}
-SMOKE_SHAPE = {"n_layer": 1, "n_embd": 64, "n_head": 4, "n_head_kv": 2, "n_ff": 128}
 DELAYS_MS = [0.01, 0.1]
 
 
@@ -153,25 +153,63 @@ def wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: floa
     raise TimeoutError(f"worker {host}:{port} not listening")
 
 
-@contextlib.contextmanager
-def workers(
-    peer: bool, cache: Path | None, *, host: str = "127.0.0.1", netns: str | None = None
-) -> Iterator[list[str]]:
-    """Two workers of one thread each (cache in ``cache``/w0, w1 when given); yields their endpoints."""
-    with contextlib.ExitStack() as stack:
-        endpoints, procs = [], []
-        for i in range(2):  # both start at once, then both are waited for
-            port = free_port()
-            cmd, env = worker_cmd(peer, host, port, 1, cache / f"w{i}" if cache else None)
-            if netns:
-                cmd = ["ip", "netns", "exec", netns, *cmd]
-            procs.append(
-                stack.enter_context(spawned(f"rpc-{'peer' if peer else 'halo'}-worker{i}", cmd, env))
-            )
-            endpoints.append(f"{host}:{port}")
-        for ep, proc in zip(endpoints, procs, strict=True):
-            wait_port(host, int(ep.rsplit(":", 1)[1]), proc)
-        yield endpoints
+class Workers:
+    """Two workers of one thread each (cache in ``cache``/w0, w1 when given), stopped on exit; one can be
+    killed and started again on its port with its cache (the self-healing reload)."""
+
+    def __init__(self, peer: bool, cache: Path | None, *, host: str = "127.0.0.1", netns: str | None = None):
+        self.peer, self.cache, self.host, self.netns = peer, cache, host, netns
+        self.ports = [free_port(), free_port()]
+        self.endpoints = [f"{host}:{p}" for p in self.ports]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Workers:
+        self.procs = [self._spawn(i) for i in range(2)]  # both start at once, then both are waited for
+        for i, proc in enumerate(self.procs):
+            wait_port(self.host, self.ports[i], proc)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _spawn(self, i: int) -> subprocess.Popen[bytes]:
+        cmd, env = worker_cmd(
+            self.peer, self.host, self.ports[i], 1, self.cache / f"w{i}" if self.cache else None
+        )
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        name = f"rpc-{'peer' if self.peer else 'halo'}-worker{i}"
+        return self._stack.enter_context(spawned(name, cmd, env))
+
+    def kill(self, i: int) -> None:
+        """SIGKILL worker ``i``, as a crash."""
+        self.procs[i].kill()
+        self.procs[i].wait()
+
+    def restart(self, i: int) -> None:
+        """Start worker ``i`` again (same port, same cache) and wait until it listens."""
+        self.procs[i] = self._spawn(i)
+        wait_port(self.host, self.ports[i], self.procs[i])
+
+
+def self_heal(url: str, ws: Workers, timeout: float = 600) -> float:
+    """Kill worker 1, wait for /health to drop, start the worker again: seconds from it listening to /health
+    200 (halo serve notices within its 1 s probe interval and reloads the model by itself)."""
+    ws.kill(1)
+    deadline = time.monotonic() + timeout
+    while httpx.get(url + "/health", timeout=30).status_code == 200:
+        if time.monotonic() > deadline:
+            raise TimeoutError("halo serve did not notice the lost worker")
+        time.sleep(0.1)
+    ws.restart(1)
+    t0 = time.monotonic()
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/health", timeout=30).status_code == 200:
+                return time.monotonic() - t0
+        time.sleep(0.05)
+    raise TimeoutError("halo serve did not reload after the worker came back")
 
 
 def timed_load(
@@ -189,16 +227,17 @@ def timed_load(
 def rpc_loads(
     peer: bool, model: Path, plan: Plan, cache: bool, then: Callable[[str], Any] | None = None
 ) -> dict[str, Any]:
-    """Against fresh workers (with an empty cache or none): first load (running ``then``), then a reload."""
+    """Against fresh workers (with an empty cache or none): first load (running ``then``), then a reload
+    (a new server process) and, for halo serve, a self-healing reload after a worker crash."""
     name = SETUPS["c" if peer else "b"]
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=WORK))) if cache else None
-        eps = stack.enter_context(workers(peer, root))
+        ws = stack.enter_context(Workers(peer, root))
         port = free_port()
-        cmd = server_cmd(peer, model, port, plan, 1, eps)
+        cmd = server_cmd(peer, model, port, plan, 1, ws.endpoints)
         first, result = timed_load(name, cmd, port, then)
-        reload, _ = timed_load(name, cmd, port)
-    return {"first_s": first, "reload_s": reload, "levels": result}
+        reload, heal = timed_load(name, cmd, port, None if peer else lambda url: self_heal(url, ws))
+    return {"first_s": first, "reload_s": reload, "levels": result, **({} if peer else {"heal_s": heal})}
 
 
 def one_round(
@@ -221,19 +260,16 @@ def one_round(
         else:
             peer = key == "c"
             nocache = rpc_loads(peer, model, plan, cache=False, then=levels)
-            cached = rpc_loads(peer, model, plan, cache=True)
-            row[key] = {
-                "load_s": nocache["first_s"],
-                "levels": nocache["levels"],
-                "reload_nocache_s": nocache["reload_s"],
-                "cache_first_s": cached["first_s"],
-                "reload_cache_s": cached["reload_s"],
-            }
+            lv = nocache.pop("levels")
+            loads = {"bundled": {"nocache": nocache, "cache": rpc_loads(peer, model, plan, cache=True)}}
             if synth is not None:
-                row[key]["synth"] = {
-                    "nocache": rpc_loads(peer, synth, plan, cache=False),
-                    "cache": rpc_loads(peer, synth, plan, cache=True),
+                loads["synthetic"] = {
+                    c: rpc_loads(peer, synth, plan, cache=c == "cache") for c in ("nocache", "cache")
                 }
+            for by in loads.values():
+                for d in by.values():
+                    d.pop("levels", None)
+            row[key] = {"load_s": nocache["first_s"], "levels": lv, "loads": loads}
         print(f"round {r + 1} {name}: {summary(row[key])}", flush=True)
     return row
 
@@ -245,8 +281,10 @@ def summary(s: dict[str, Any]) -> str:
         f"c={c}: {v['output_tok_s']:.1f} tok/s, {1000 / v['tpot_p50_ms']:.1f} tok/s a stream"
         for c, v in lv.items()
     )
-    if "reload_cache_s" in s:
-        text += f"  reload {s['reload_nocache_s']:.2f} s, with cache {s['reload_cache_s']:.2f} s"
+    for m, by in s.get("loads", {}).items():
+        text += f"  {m}: " + ", ".join(
+            f"{c} {json.dumps({k: round(v, 2) for k, v in d.items()})}" for c, d in by.items()
+        )
     return text
 
 
@@ -257,11 +295,11 @@ def latency_runs(model: Path, bias: dict[str, int], plan: Plan) -> dict[str, Any
         return {"problem": problem}
     out: dict[str, Any] = {}
     for delay in [0.0, *DELAYS_MS]:
-        with latency_link(delay) as (netns, ip), workers(False, None, host=ip, netns=netns) as eps:
+        with latency_link(delay) as (netns, ip), Workers(False, None, host=ip, netns=netns) as ws:
             port = free_port()
             load, lv = timed_load(
                 SETUPS["b"],
-                server_cmd(False, model, port, plan, 1, eps),
+                server_cmd(False, model, port, plan, 1, ws.endpoints),
                 port,
                 lambda url: plan.drive(url, SETUPS["b"], bias, seed=0),
             )
@@ -309,18 +347,19 @@ def render(
             f"| (b) / (c) decode tokens/s, c={lo} (>= 0.95x) | {r1:.2f}x | {verdict(r1 >= 0.95)} |",
             f"| (b) / (c) output tokens/s, c={hi} (>= 1.0x) | {r8:.2f}x | {verdict(r8 >= 1.0)} |",
         ]
-    models = [("bundled", model)] + ([("synthetic", synth)] if synth else [])
-    for label, path in models:
-        if label == "bundled":
-            ratio = med(rounds, "b", "reload_nocache_s") / med(rounds, "b", "reload_cache_s")
-        else:
-            ratio = med(rounds, "b", "synth", "nocache", "reload_s") / med(
-                rounds, "b", "synth", "cache", "reload_s"
+    files = {"bundled": model, "synthetic": synth}
+    for m in rounds[0]["b"]["loads"]:
+        for what, field in (
+            ("a new server process", "reload_s"),
+            ("self-healing, after a worker crash", "heal_s"),
+        ):
+            ratio = med(rounds, "b", "loads", m, "nocache", field) / med(
+                rounds, "b", "loads", m, "cache", field
             )
-        lines.append(
-            f"| (b) reload without / with the tensor cache, {label} {path.name} (>= 2x) | {ratio:.2f}x "
-            f"| {verdict(ratio >= 2)} |"
-        )
+            lines.append(
+                f"| (b) reload ({what}) without / with the tensor cache, {files[m].name} (>= 2x) "
+                f"| {ratio:.2f}x | {verdict(ratio >= 2)} |"
+            )
     lines += [
         "",
         f"| set-up | load s | c={lo} decode tok/s | c={lo} TTFT p50 ms | c={hi} output tok/s | "
@@ -335,20 +374,22 @@ def render(
         )
     lines += [
         "",
-        "Load times against two fresh workers, seconds (process start to `/health` 200):",
+        "Loads against two fresh workers, seconds: first load and reload (a new server process) from process "
+        "start to `/health` 200; self-healing reload (halo serve only: worker 1 killed, started again on its "
+        "port with its cache) from the worker listening again to `/health` 200.",
         "",
-        "| set-up | model | first load | reload | first load, cache on | reload, cache on |",
+        "| set-up | model | cache | first load | reload | self-healing reload |",
         "|---|---|---|---|---|---|",
     ]
     for k in [k for k in keys if k != "a"]:
-        lines.append(
-            f"| ({k}) {SETUPS[k]} | {model.name} | {med(rounds, k, 'load_s'):.2f} | "
-            f"{med(rounds, k, 'reload_nocache_s'):.2f} | {med(rounds, k, 'cache_first_s'):.2f} | "
-            f"{med(rounds, k, 'reload_cache_s'):.2f} |"
-        )
-        if synth:
-            s = [med(rounds, k, "synth", c, f) for c in ("nocache", "cache") for f in ("first_s", "reload_s")]
-            lines.append(f"| ({k}) {SETUPS[k]} | {synth.name} | " + " | ".join(f"{v:.2f}" for v in s) + " |")
+        for m, by in rounds[0][k]["loads"].items():
+            for c in by:
+                heal = f"{med(rounds, k, 'loads', m, c, 'heal_s'):.2f}" if k == "b" else "-"
+                lines.append(
+                    f"| ({k}) {SETUPS[k]} | {files[m].name} | {'on' if c == 'cache' else 'off'} | "
+                    f"{med(rounds, k, 'loads', m, c, 'first_s'):.2f} | {med(rounds, k, 'loads', m, c, 'reload_s'):.2f} "
+                    f"| {heal} |"
+                )
     lines += ["", latency_text(lat, lo, hi)]
     mib = 2**20
     lines += [
@@ -395,16 +436,15 @@ def latency_text(lat: dict[str, Any], lo: int, hi: int) -> str:
     return "\n".join(rows)
 
 
-def synthetic_model(plan: Plan) -> Path | None:
+def synthetic_model() -> Path | None:
     """The large-tensor synthetic GGUF (written once under .work/), or None without the synth module."""
     try:
         from haloserve.testing.synth_gguf import write_gguf
     except ImportError:
         return None
-    shape = SMOKE_SHAPE if plan.smoke else SYNTH_SHAPE
-    path = WORK / ("synth-rpc-smoke.gguf" if plan.smoke else "synth-rpc.gguf")
+    path = WORK / "synth-rpc.gguf"
     if not path.exists():
-        write_gguf(path, qtype="f16", name=path.stem, **shape)
+        write_gguf(path, qtype="f16", name=path.stem, **SYNTH_SHAPE)
     return path
 
 
@@ -424,7 +464,8 @@ def main() -> int:
         return 2
     WORK.mkdir(exist_ok=True)
     model = bundled_model_path()
-    synth = None if args.no_synth else synthetic_model(plan)
+    # the smoke leaves the synthetic model out: the same loads as the bundled one, twice the time
+    synth = None if args.no_synth or args.smoke else synthetic_model()
     bias = eog_bias(model)
     before = os.getloadavg()[0]
     rounds = [one_round(r, model, synth, bias, plan, peer_ok) for r in range(plan.rounds)]
