@@ -57,28 +57,31 @@ DELAYS_MS = [0.01, 0.1]
 class Plan:
     """What one run does: levels, request sizes, rounds (full run or smoke)."""
 
-    def __init__(self, smoke: bool, rounds: int, threads: int) -> None:
-        self.smoke = smoke
-        self.rounds = 1 if smoke else rounds
-        self.threads = 1 if smoke else threads  # a spinning 2-thread pool on a busy 2-core box crawls
+    def __init__(self, args: argparse.Namespace) -> None:
+        smoke = args.smoke
+        self.rounds = 1 if smoke else args.rounds
+        self.threads = 1 if smoke else args.threads  # a spinning 2-thread pool on a busy 2-core box crawls
         self.levels = [1, 2] if smoke else [1, 8]
         self.slots = max(self.levels)
         self.ctx = self.slots * 512
-        self.input_len, self.output_len = (16, 8) if smoke else (200, 128)
-        self.num_prompts = 2 if smoke else None  # halo bench's default: 4 x concurrency, at least 8
+        self.input_len, self.output_len = (16, 8) if smoke else (args.input_len, args.output_len)
+        self.requests = 1 if smoke else args.requests  # per level: this many x concurrency (after warm-up)
 
     def drive(self, url: str, name: str, bias: dict[str, int], seed: int) -> dict[int, dict[str, Any]]:
         """The decode levels against one server."""
-        return drive(
-            url,
-            name,
-            bias,
-            seed,
-            self.levels,
-            input_len=self.input_len,
-            output_len=self.output_len,
-            num_prompts=self.num_prompts,
-        )
+        out: dict[int, dict[str, Any]] = {}
+        for c in self.levels:
+            out |= drive(
+                url,
+                name,
+                bias,
+                seed,
+                [c],
+                input_len=self.input_len,
+                output_len=self.output_len,
+                num_prompts=max(2, self.requests * c),
+            )
+        return out
 
 
 def worker_cmd(
@@ -407,9 +410,10 @@ def render(
         f"Threads: (a) {plan.threads}; (b), (c) 1 per worker and 1 in the serving process. {plan.slots} slots x "
         f"512 tokens; prompts ~{plan.input_len} tokens, {plan.output_len} output tokens a request (EOG banned "
         f"with logit_bias, counts checked), temperature 0.8, /v1/completions streamed, load from `halo bench`. "
-        f"Decode tok/s at c={lo} = 1000 / TPOT p50. Medians of {len(rounds)} rounds, set-up order rotated.",
+        f"{plan.requests} x c requests a level after 2 warm-up ones. Decode tok/s at c={lo} = 1000 / TPOT p50. Medians of {len(rounds)} rounds, set-up order rotated.",
         f"Reproduce: `benchmarks/setup_peers.sh && .venv/bin/python benchmarks/rpc_bench.py --rounds "
-        f"{len(rounds)} --write`.",
+        f"{len(rounds)} --input-len {plan.input_len} --output-len {plan.output_len} --requests {plan.requests} "
+        f"--write`.",
     ]
     return "\n".join(lines)
 
@@ -453,11 +457,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="threads of (a); (b) and (c) use 1 per process")
+    ap.add_argument(
+        "--input-len", type=int, default=200, help="prompt words a request (about one token each)"
+    )
+    ap.add_argument("--output-len", type=int, default=128, help="tokens generated a request")
+    ap.add_argument("--requests", type=int, default=4, help="requests per level: this many x concurrency")
     ap.add_argument("--smoke", action="store_true", help="one tiny round (seconds), for the test suite")
     ap.add_argument("--no-synth", action="store_true", help="skip the synthetic large-tensor model")
     ap.add_argument("--write", action="store_true", help="write the section into BENCHMARKS.md")
     args = ap.parse_args()
-    plan = Plan(args.smoke, args.rounds, args.threads)
+    plan = Plan(args)
     peer_ok = (WORK / "llama-server").exists() and (WORK / "ggml-rpc-server").exists()
     if not peer_ok and not args.smoke:
         print("run benchmarks/setup_peers.sh first (llama-server and ggml-rpc-server)", file=sys.stderr)
