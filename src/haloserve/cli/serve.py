@@ -72,8 +72,9 @@ def _rpc_engine(settings: ServeSettings, path: Path, gpus: list[str]) -> Any:
     """The child-process engine over the ``--rpc`` workers, once each answers the RPC handshake (a
     worker that does not is one line and exit 2, before anything loads)."""
     from haloserve.config.serve_env import check_build
+    from haloserve.engine.child import LlamaSpec
     from haloserve.engine.devices import supports_mlock
-    from haloserve.engine.process import LlamaSpec, ProcessEngine
+    from haloserve.engine.process import ProcessEngine
     from haloserve.engine.rpc import rpc_api
     from haloserve.engine.workers import device_counts, unreachable
     from haloserve.errors import ConfigError
@@ -118,6 +119,13 @@ def device_lines(backend: dict[str, Any]) -> list[str]:
     ]
 
 
+def load_line(load: dict[str, Any]) -> str:
+    """How long the model load in the engine process took and what it sent to the RPC workers."""
+    from haloserve.units import fmt_bytes
+
+    return f"  loaded in {load['seconds']:.1f} s; {fmt_bytes(load['bytes_sent'])} sent to the RPC workers"
+
+
 def _startup_banner(state: Any, host: str, port: int) -> None:
     from haloserve.printable import printable
     from haloserve.units import fmt_bytes
@@ -133,6 +141,7 @@ def _startup_banner(state: Any, host: str, port: int) -> None:
         f" ({s.cache_type_k}/{s.cache_type_v})",
         *([backend_line(info.extra["backend"])] if "backend" in info.extra else []),
         *(device_lines(info.extra["backend"]) if "backend" in info.extra else []),
+        *([load_line(info.extra["load"])] if "load" in info.extra else []),
         f"  listening on http://{host}:{port}/v1"
         f"  ({keys} API key{'s' if keys != 1 else ''}; queue {s.max_queue})",
     ]

@@ -225,6 +225,13 @@ class ServeSettings(HaloSettings):
         env=("LLAMA_ARG_RPC",),
         metavar="HOST:PORT",
     )
+    rpc_stall_timeout: float = option(
+        120.0,
+        "With --rpc: seconds the engine may go without finishing a step while requests wait before it is"
+        " restarted (a worker that hangs rather than dies; one step of a long prompt chunk must fit).",
+        gt=0,
+        metavar="SECONDS",
+    )
     n_predict: int = option(
         -1,
         "Most tokens one request may generate, with or without max_tokens (-1: until its slot is full).",

@@ -19,10 +19,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 from haloserve.config.serve import ServeSettings
@@ -59,6 +63,39 @@ class ChildSpec(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class LlamaSpec:
+    """The llama.cpp engine of ``settings`` with its ``--rpc`` workers (see :class:`ChildSpec`)."""
+
+    settings: ServeSettings
+    model_path: Path
+    probe_timeout: float = 2.0
+
+    def vocab(self) -> tuple[Any, str | None]:
+        """The model loaded vocabulary-only (no weights, no devices): tokenizer and chat template."""
+        from haloserve.engine.llamacpp import LlamaModel, ModelParams
+
+        model = LlamaModel(self.model_path, ModelParams(vocab_only=True))
+        return model, model.chat_template
+
+    def backend(self) -> Backend:
+        """Register the workers with ggml (before the load, so llama.cpp offloads layers to them)."""
+        from haloserve.engine import rpc
+        from haloserve.engine.devices import list_devices, offload_devices
+        from haloserve.engine.llama_backend import LlamaBackend
+
+        names = [n for ep in rpc.parse_endpoints(self.settings.rpc) for n in rpc.rpc_api().add_server(ep)]
+        # The device list is passed explicitly, in llama.cpp's own default order: this build's default
+        # selection (no devices given) left registered RPC devices out and kept every layer on the CPU.
+        return LlamaBackend(self.settings, self.model_path, offload_devices(names, list_devices()))
+
+    def unreachable(self, *, handshake: bool) -> list[str]:
+        """Workers that do not answer, each as ``RPC worker host:port: why``."""
+        from haloserve.engine.workers import unreachable
+
+        return unreachable(self.settings.rpc, handshake=handshake, timeout=self.probe_timeout)
+
+
 class ChildStream:
     """The child's stand-in for a :class:`RequestStream`: what the scheduler reads and sets."""
 
@@ -82,16 +119,27 @@ class ChildStream:
         self._admitted = value
 
 
-def load_io() -> int:
-    """Bytes this process has written so far (sockets included: what a model load sent its workers)."""
+def tcp_bytes_sent() -> int:
+    """Bytes this process has sent over its TCP connections (its RPC workers'), as the kernel counts
+    them (``tcpi_bytes_acked`` of ``TCP_INFO``); 0 where the platform cannot tell."""
+    total = 0
     try:
-        with open("/proc/self/io", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("wchar:"):
-                    return int(line.split()[1])
+        fds = os.listdir("/proc/self/fd")
     except OSError:
-        pass
-    return 0
+        return 0
+    for name in fds:
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            with socket.socket(fileno=os.dup(int(name))) as sock:
+                if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+                    continue
+                info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 128)
+        except OSError:
+            continue
+        if len(info) >= 128:
+            total += max(0, struct.unpack_from("<Q", info, 120)[0] - 1)  # the SYN counts as one byte
+    return total
 
 
 def child_main(conn: Any, spec: ChildSpec) -> None:
@@ -108,14 +156,15 @@ def child_main(conn: Any, spec: ChildSpec) -> None:
     )
     if level != "debug":
         logging.getLogger("haloserve.llama").setLevel(logging.WARNING)
-    t0, io0 = time.monotonic(), load_io()
+    t0 = time.monotonic()
     try:
         backend = spec.backend()
     except BaseException as exc:  # reported to the parent, which decides what it means
         conn.send(("failed", getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"))
         return
     info = backend.info
-    info.extra["load"] = {"seconds": round(time.monotonic() - t0, 3), "bytes_written": load_io() - io0}
+    # what this load cost: with the workers' tensor cache, a reload sends the big tensors' hashes only
+    info.extra["load"] = {"seconds": round(time.monotonic() - t0, 3), "bytes_sent": tcp_bytes_sent()}
     conn.send(("ready", info))
     try:
         ChildLoop(conn, spec.settings, backend).run()
@@ -254,3 +303,20 @@ def astuple_shallow(o: Output) -> tuple[Any, ...]:
         o.logprobs,
         o.error_param,
     )
+
+
+def main(argv: list[str]) -> None:
+    """``python -m haloserve.engine.child FD``: the parent's sys.path, then the spec, come on ``FD``."""
+    from multiprocessing.connection import Connection
+
+    conn = Connection(int(argv[1]))
+    try:
+        sys.path[:] = conn.recv()
+        spec = conn.recv()
+    except (EOFError, OSError):
+        return
+    child_main(conn, spec)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -62,6 +62,7 @@ def _ggml() -> Any:
     g.ggml_backend_dev_memory.restype = None
     g.ggml_backend_dev_backend_reg.argtypes, g.ggml_backend_dev_backend_reg.restype = [vp], vp
     g.ggml_backend_reg_name.argtypes, g.ggml_backend_reg_name.restype = [vp], ctypes.c_char_p
+    g.ggml_backend_dev_by_name.argtypes, g.ggml_backend_dev_by_name.restype = [ctypes.c_char_p], vp
     return g
 
 
@@ -107,6 +108,26 @@ def list_devices() -> list[Device]:
     except (ImportError, AttributeError, OSError) as exc:  # an unusual build: say so, do not guess
         log.warning("cannot read ggml's device registry: %s", exc)
         return []
+
+
+def device_handles(names: Iterable[str]) -> list[int]:
+    """ggml device handles by name (for llama.cpp's ``devices`` model parameter); ValueError if unknown."""
+    g, out = _ggml(), []
+    for name in names:
+        dev = g.ggml_backend_dev_by_name(name.encode())
+        if not dev:
+            raise ValueError(f"ggml has no device named {name!r}")
+        out.append(dev)
+    return out
+
+
+def offload_devices(rpc_names: Iterable[str], devices: Iterable[Device]) -> tuple[str, ...]:
+    """The devices llama.cpp offloads to by default, in its order: the RPC workers' devices first (in
+    ``--rpc`` order), then the local GPUs, the integrated ones only when there is no discrete one."""
+    local = [d for d in devices if d.backend != "RPC"]
+    gpus = [d.name for d in local if d.type == "gpu"]
+    igpus = [d.name for d in local if d.type == "igpu"]
+    return (*rpc_names, *(gpus or igpus))
 
 
 def gpu_devices(devices: Iterable[Device]) -> list[Device]:

@@ -22,9 +22,9 @@ log = logging.getLogger("haloserve.engine")
 class LlamaBackend:
     """Loads the model and context of ``settings`` (blocking) and runs batches on them."""
 
-    def __init__(self, settings: ServeSettings, model_path: Path) -> None:
+    def __init__(self, settings: ServeSettings, model_path: Path, devices: tuple[str, ...] = ()) -> None:
         s = settings
-        self.model = LlamaModel(model_path, model_params(s))
+        self.model = LlamaModel(model_path, model_params(s, devices))
         ctx: LlamaContext | None = None
         try:
             ctx = LlamaContext(self.model, context_params(s, self.model.n_ctx_train))

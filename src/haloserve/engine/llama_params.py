@@ -23,8 +23,8 @@ def rope_freq_scale(s: ServeSettings) -> float:
     return 1.0 / s.rope_scale if s.rope_scale else 0.0
 
 
-def model_params(s: ServeSettings) -> ModelParams:
-    """How the model is loaded and where its layers go."""
+def model_params(s: ServeSettings, devices: tuple[str, ...] = ()) -> ModelParams:
+    """How the model is loaded and where its layers go (``devices``: offload to these, in order)."""
     from haloserve.engine.llamacpp import ModelParams
 
     return ModelParams(
@@ -36,6 +36,7 @@ def model_params(s: ServeSettings) -> ModelParams:
         main_gpu=s.main_gpu,
         tensor_split=tuple(s.tensor_split),
         numa=s.numa,
+        devices=devices,
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
-from haloserve.engine.devices import Placement, kv_buffers, model_placement
+from haloserve.engine.devices import Placement, device_handles, kv_buffers, model_placement
 from haloserve.engine.llamalog import init_backend
 from haloserve.engine.threadpool import CpuThreadpools
 from haloserve.errors import CommandError, ConfigError
@@ -119,6 +119,7 @@ class ModelParams:
     tensor_split: tuple[float, ...] = ()
     numa: str | None = None
     vocab_only: bool = False  # the vocabulary and metadata only (a tokenizer beside a child-process engine)
+    devices: tuple[str, ...] = ()  # ggml device names to offload to, in order (empty: llama.cpp's choice)
 
 
 _numa_done = False
@@ -150,6 +151,10 @@ class LlamaModel:
         params.split_mode = SPLIT_MODES[p.split_mode]
         params.main_gpu = p.main_gpu
         params.vocab_only = p.vocab_only
+        if p.devices:
+            # a NULL-terminated array of ggml device handles, alive until the load returns
+            self._devices = (ctypes.c_void_p * (len(p.devices) + 1))(*device_handles(p.devices), None)
+            params.devices = ctypes.cast(self._devices, ctypes.c_void_p)
         # llama.cpp reads llama_max_devices() floats; the array must outlive the load
         self._split = (ctypes.c_float * max(1, int(lc.llama_max_devices())))(*p.tensor_split)
         if p.tensor_split:

@@ -19,19 +19,20 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import multiprocessing
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, fields, replace
-from pathlib import Path
+from dataclasses import fields, replace
+from multiprocessing.connection import Connection
 from typing import Any
 
 from haloserve.config.serve import ServeSettings
-from haloserve.engine.backend import Backend
 from haloserve.engine.base import EngineInfo, EngineStats, GenerationRequest, Output
 from haloserve.engine.bridge import RequestStream, deliver
-from haloserve.engine.child import ChildSpec, child_main
+from haloserve.engine.child import ChildSpec
 from haloserve.errors import CommandError, QueueFullError, ServiceUnavailableError
 
 log = logging.getLogger("haloserve.engine")
@@ -40,48 +41,34 @@ RETRY_AFTER = 2.0  # seconds a client is told to wait while the engine reloads
 _COUNTERS = [f.name for f in fields(EngineStats) if f.name not in ("busy_slots", "queue_depth")]
 
 
-@dataclass(frozen=True)
-class LlamaSpec:
-    """The llama.cpp engine of ``settings`` with its ``--rpc`` workers (see :class:`ChildSpec`)."""
-
-    settings: ServeSettings
-    model_path: Path
-    probe_timeout: float = 2.0
-
-    def vocab(self) -> tuple[Any, str | None]:
-        """The model loaded vocabulary-only (no weights, no devices): tokenizer and chat template."""
-        from haloserve.engine.llamacpp import LlamaModel, ModelParams
-
-        model = LlamaModel(self.model_path, ModelParams(vocab_only=True))
-        return model, model.chat_template
-
-    def backend(self) -> Backend:
-        """Register the workers with ggml (before the load, so llama.cpp offloads layers to them)."""
-        from haloserve.engine import rpc
-        from haloserve.engine.llama_backend import LlamaBackend
-
-        api = rpc.rpc_api()
-        for endpoint in rpc.parse_endpoints(self.settings.rpc):
-            api.add_server(endpoint)
-        return LlamaBackend(self.settings, self.model_path)
-
-    def unreachable(self, *, handshake: bool) -> list[str]:
-        """Workers that do not answer, each as ``RPC worker host:port: why``."""
-        from haloserve.engine.workers import unreachable
-
-        return unreachable(self.settings.rpc, handshake=handshake, timeout=self.probe_timeout)
-
-
 class _Child:
-    """One spawned child and its pipe."""
+    """One child process (``python -m haloserve.engine.child FD``) and its end of a socket pair.
+
+    Not ``multiprocessing``'s spawn: that re-imports the parent's ``__main__`` in the child, which a
+    script without a main guard (a benchmark, an embedding application) does not survive. A child that
+    outlives us reads the end of file and exits.
+    """
 
     def __init__(self, spec: ChildSpec) -> None:
-        ctx = multiprocessing.get_context("spawn")  # never fork a process with llama.cpp threads in it
-        self.conn, child_end = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=child_main, args=(child_end, spec), name="halo-engine", daemon=True)
-        self.process.start()
-        child_end.close()
+        ours, theirs = socket.socketpair()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "haloserve.engine.child", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.conn = Connection(ours.detach())
         self.stats = EngineStats()
+        try:
+            self.conn.send(list(sys.path))  # the child imports what we import (pytest's rootdir included)
+            self.conn.send(spec)
+        except OSError:
+            pass  # the child died at once: wait_ready reports it
 
     def wait_ready(self, stop: threading.Event) -> EngineInfo:
         """The child's :class:`EngineInfo` once loaded; :class:`CommandError` if it failed or died."""
@@ -95,32 +82,47 @@ class _Child:
                     info: EngineInfo = payload
                     return info
                 raise CommandError(str(payload))
-            if not self.process.is_alive() and not self.conn.poll(0):
+            if self.process.poll() is not None and not self.conn.poll(0):
                 break
         if stop.is_set():
             raise CommandError("stopped while loading")
-        self.process.join(5)
-        raise CommandError(f"the engine process exited with code {self.process.exitcode} while loading")
+        raise CommandError(f"the engine process exited with code {self.wait(5)} while loading")
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code, waiting at most ``timeout`` seconds (None: still running)."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def close(self, timeout: float = 5.0) -> int | None:
         """Reap the process (killed after ``timeout``) and close the pipe; returns its exit code."""
-        self.process.join(timeout)
-        if self.process.is_alive():
+        code = self.wait(timeout)
+        if code is None:
             self.process.kill()
-            self.process.join(5)
-        code = self.process.exitcode
+            code = self.wait(5)
         self.conn.close()
-        self.process.close()
         return code
 
 
 class ProcessEngine:
     """An :class:`~haloserve.engine.base.Engine` whose scheduler and model run in a supervised child."""
 
-    def __init__(self, settings: ServeSettings, spec: ChildSpec, *, probe_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        spec: ChildSpec,
+        *,
+        probe_interval: float = 1.0,
+        stall_timeout: float | None = None,
+    ) -> None:
         self.settings = settings
         self.spec = spec
         self.probe_interval = probe_interval
+        # a worker that hangs (stopped, partitioned) instead of dying blocks the child's compute for good
+        self.stall_timeout = settings.rpc_stall_timeout if stall_timeout is None else stall_timeout
+        self._heard = time.monotonic()  # when the child last made progress (or work arrived when idle)
+        self._kill_reason = ""  # why the supervisor killed the child, if it did
         self._tokenizer: Any = None
         self._template: str | None = None
         self._info: EngineInfo | None = None
@@ -198,7 +200,7 @@ class ProcessEngine:
         if child is not None:
             with contextlib.suppress(OSError):  # already gone
                 child.conn.send(("stop",))
-            child.process.join(timeout)
+            child.wait(timeout)
             for t in self._threads:
                 if t.name.startswith("halo-engine-read"):
                     t.join(timeout)
@@ -236,6 +238,8 @@ class ProcessEngine:
                 )
             rid = next(self._ids)
             stream.job = rid
+            if not self._live:
+                self._heard = time.monotonic()  # an idle child owed us nothing until now
             self._live[rid] = stream
         self._post(("gen", rid, request, grammar))
         return stream
@@ -288,6 +292,7 @@ class ProcessEngine:
         try:
             while True:
                 kind, outs, admitted, stats = conn.recv()
+                self._heard = time.monotonic()
                 if kind != "step":  # pragma: no cover - the protocol has no other message after ready
                     continue
                 for rid in admitted:
@@ -322,7 +327,8 @@ class ProcessEngine:
         base.max_seqs_in_step = max(base.max_seqs_in_step, cur.max_seqs_in_step)
         child.stats = EngineStats()
         down = self.spec.unreachable(handshake=True)
-        why = "; ".join(down) if down else f"the engine process exited (code {code})"
+        why = "; ".join(down) or self._kill_reason or f"the engine process exited (code {code})"
+        self._kill_reason = ""
         self._fault = f"{why}; reloading the model when every worker answers"
         log.error("engine lost: %s", why)
         n = self._fail_live(f"{why}: the request was lost")
@@ -343,8 +349,12 @@ class ProcessEngine:
             if self._ready:
                 child = self._child
                 down = self.spec.unreachable(handshake=False)
+                quiet = time.monotonic() - self._heard
+                if not down and self._live and quiet > self.stall_timeout:
+                    down = [f"no engine step for {quiet:.0f} s (a worker that hangs?)"]
                 if down and child is not None and self._ready:
-                    log.error("%s: restarting the engine", "; ".join(down))
+                    self._kill_reason = "; ".join(down)
+                    log.error("%s: restarting the engine", self._kill_reason)
                     child.process.kill()  # the reader sees the pipe close and reports the loss
                 continue
             if not self._gone.is_set():
@@ -370,4 +380,10 @@ class ProcessEngine:
         self._info = info
         self.restarts += 1
         self._adopt(child)
-        log.warning("engine reloaded in %.1fs: serving again", time.monotonic() - t0)
+        load = info.extra["load"]
+        log.warning(
+            "engine reloaded in %.1fs (model load %.1fs, %d bytes sent to the RPC workers): serving again",
+            time.monotonic() - t0,
+            load.get("seconds", 0.0),
+            load.get("bytes_sent", 0),
+        )

@@ -112,8 +112,9 @@ async def props(request: Request) -> JSONResponse:
             "chat_template": state.template.source if state.template else None,
             "build_info": "haloserve",
             # haloserve's own: ggml devices, layers offloaded, where weights and KV cache live, and the
-            # context's RoPE/YaRN, KV and attention parameters (what `halo serve` prints at start-up)
-            **{k: info.extra[k] for k in ("backend", "context") if k in info.extra},
+            # context's RoPE/YaRN, KV and attention parameters (what `halo serve` prints at start-up); with
+            # --rpc, the last load: seconds, bytes sent to the workers, reloads so far
+            **{k: info.extra[k] for k in ("backend", "context", "load") if k in info.extra},
         }
     )
 
