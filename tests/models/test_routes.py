@@ -57,6 +57,16 @@ def test_router_mode_list_load_and_unload(server: InProcessServer) -> None:
     assert a["status"] == {"value": "loaded"} and a["meta"]["n_parallel"] == 2  # type: ignore[index]
     assert isinstance(a["halo"]["last_used"], float)  # type: ignore[index]
 
+    props = httpx.get(server.url + "/props", params={"model": "alpha"}, headers=AUTH, timeout=30)
+    assert (
+        props.status_code == 200 and props.json()["total_slots"] == 2 and props.json()["model_alias"] == "a"
+    )
+    assert (
+        httpx.get(server.url + "/props", params={"model": "b"}, headers=AUTH, timeout=30).status_code == 503
+    )
+    tokens = post(server, "/tokenize", {"model": "a", "content": "hi"}).json()["tokens"]
+    assert post(server, "/detokenize", {"model": "a", "tokens": tokens}).json() == {"content": "hi"}
+
     again = post(server, "/models/load", {"model": "a"})
     assert again.status_code == 400 and "already loaded" in again.json()["error"]["message"]
     missing = post(server, "/models/load", {"model": "gpt-4"})

@@ -14,7 +14,8 @@ from fastapi.responses import JSONResponse
 from haloserve.config.serve import ServeSettings
 from haloserve.errors import InvalidRequestError
 from haloserve.protocol.models import model_card, model_list
-from haloserve.server.models import ManagedModel, ModelManager
+from haloserve.server.model_state import ManagedModel
+from haloserve.server.models import ModelManager
 from haloserve.server.state import ServerState, check_api_key, state_of
 
 router = APIRouter()

@@ -1,8 +1,11 @@
-"""What one model of many needs beside its engine: its :class:`ServerState`, and the placeholder engine of
-the app-wide state (requests there always name a model)."""
+"""One model of many: its lifecycle record (:class:`ManagedModel`), its :class:`ServerState`, and the
+placeholder engine of the app-wide state (requests there always name a model)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from haloserve.config.model_registry import ModelEntry
@@ -12,6 +15,49 @@ from haloserve.engine.chat_template import CHATML, ChatTemplate
 from haloserve.errors import ServiceUnavailableError
 from haloserve.server.metrics import ServerMetrics
 from haloserve.server.state import ServerState
+
+
+@dataclass(eq=False)
+class ManagedModel:
+    """One known model: its entry, lifecycle status, engine and serving objects once loaded."""
+
+    entry: ModelEntry
+    status: str = "unloaded"  # loaded | loading | unloaded | failed | unloading (shown as unloaded)
+    need_bytes: int | None = None
+    error: str | None = None
+    engine: Engine | None = None
+    state: ServerState | None = None
+    servings: dict[str, Any] = field(default_factory=dict)
+    reserved: bool = False  # its bytes count against the budget (loading or loaded)
+    leases: int = 0
+    last_used: float | None = None  # wall clock, for display
+    last_used_mono: float = 0.0
+    task: asyncio.Task[None] | None = None
+    failed_at: float = 0.0
+    refusal: ServiceUnavailableError | None = None  # why the last load attempt could not start (busy)
+    loads: int = 0
+    unloads: int = 0
+    load_failures: int = 0
+    load_seconds: float = 0.0
+
+    @property
+    def id(self) -> str:
+        """The model id."""
+        return self.entry.id
+
+    def in_flight(self) -> bool:
+        """True while a request holds the model or its engine runs or queues work."""
+        if self.leases:
+            return True
+        if self.engine is None or not self.engine.ready:
+            return False
+        st = self.engine.stats()
+        return bool(st.busy_slots or st.queue_depth)
+
+    def touch(self) -> None:
+        """Mark the model used now (least-recently-used order)."""
+        self.last_used_mono = time.monotonic()
+        self.last_used = time.time()
 
 
 def model_state(entry: ModelEntry, engine: Engine, metrics: ServerMetrics, keys: list[bytes]) -> ServerState:

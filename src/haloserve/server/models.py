@@ -14,8 +14,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
 
 from haloserve.config.model_registry import ModelEntry
 from haloserve.engine.base import Engine, EngineStats
@@ -30,7 +28,7 @@ from haloserve.server.chat.serving import ChatServing
 from haloserve.server.completion import CompletionServing
 from haloserve.server.metrics import ServerMetrics
 from haloserve.server.model_policy import Resident, plan_eviction
-from haloserve.server.model_state import model_state
+from haloserve.server.model_state import ManagedModel, model_state
 from haloserve.server.state import ServerState
 from haloserve.server.tokens import TokenServing
 from haloserve.units import fmt_bytes
@@ -39,49 +37,6 @@ log = logging.getLogger("haloserve.models")
 
 RETRY_FAILED_AFTER = 30.0  # seconds before a request retries the load of a model that failed
 POLL = 0.05  # seconds between looks at busy models (eviction waits, explicit unloads)
-
-
-@dataclass(eq=False)
-class ManagedModel:
-    """One known model: its entry, lifecycle status, engine and serving objects once loaded."""
-
-    entry: ModelEntry
-    status: str = "unloaded"  # loaded | loading | unloaded | failed | unloading (shown as unloaded)
-    need_bytes: int | None = None
-    error: str | None = None
-    engine: Engine | None = None
-    state: ServerState | None = None
-    servings: dict[str, Any] = field(default_factory=dict)
-    reserved: bool = False  # its bytes count against the budget (loading or loaded)
-    leases: int = 0
-    last_used: float | None = None  # wall clock, for display
-    last_used_mono: float = 0.0
-    task: asyncio.Task[None] | None = None
-    failed_at: float = 0.0
-    refusal: ServiceUnavailableError | None = None  # why the last load attempt could not start (busy)
-    loads: int = 0
-    unloads: int = 0
-    load_failures: int = 0
-    load_seconds: float = 0.0
-
-    @property
-    def id(self) -> str:
-        """The model id."""
-        return self.entry.id
-
-    def in_flight(self) -> bool:
-        """True while a request holds the model or its engine runs or queues work."""
-        if self.leases:
-            return True
-        if self.engine is None or not self.engine.ready:
-            return False
-        st = self.engine.stats()
-        return bool(st.busy_slots or st.queue_depth)
-
-    def touch(self) -> None:
-        """Mark the model used now (least-recently-used order)."""
-        self.last_used_mono = time.monotonic()
-        self.last_used = time.time()
 
 
 class ModelManager:
