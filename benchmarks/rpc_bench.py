@@ -7,9 +7,10 @@ with 1 thread each; (c) ``llama-server --rpc`` over two ``ggml-rpc-server`` proc
 sdist). In (b) and (c) every layer lives on the workers; the serving process keeps 1 thread for what
 stays local (token embeddings, sampling). Each round measures, for each set-up in a rotating order:
 model load time (process start to ``/health`` 200, workers already up), decode tokens/s at c=1 and c=8
-(``halo bench``, 128 tokens a request with end-of-generation banned, as ``serve_bench.py``), and for (b)
-and (c) a reload against the same workers without and with the workers' tensor cache (``--cache``;
-ggml caches tensors over 10 MiB, so a synthetic model with large tensors shows the effect). Then (b)
+(``halo bench``, 128 tokens a request by default, end-of-generation banned, as ``serve_bench.py``), and
+for (b) and (c) a reload (a new server process) against the same workers without and with the workers'
+tensor cache (``--cache``), and for (b) the self-healing reload after a worker crash. ggml caches only
+tensors over 10 MiB, so (b) also loads a synthetic model with large tensors (load times only). Then (b)
 again with latency between the serving process and its workers (network namespace, veth, ``tc netem``)
 where this machine allows it; otherwise the section says why not.
 
@@ -269,7 +270,7 @@ def one_round(
             lv = bundled[first].pop("levels")
             bundled |= {c: rpc_loads(peer, model, plan, cache=c == "cache") for c in rest}
             loads = {"bundled": bundled}
-            if synth is not None:
+            if synth is not None and not peer:  # the cache target is (b)'s; (c) would double the run
                 loads["synthetic"] = {
                     c: rpc_loads(peer, synth, plan, cache=c == "cache") for c in plan.caches
                 }
