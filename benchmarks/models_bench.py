@@ -7,7 +7,7 @@ budget that holds the two largest models and not three) and by ``llama-server --
 --models-max 2`` (router mode, from the llama.cpp that ``benchmarks/setup_peers.sh`` builds). Same
 threads, slots and context per model. Each round starts each server fresh (nothing loaded; the order
 rotates) and sends streamed ``/v1/completions`` requests: A (must be loaded), A again (loaded), B (must
-be loaded), C (must evict A first: least recently used). Time to first token is measured from sending
+be loaded), C (must evict A first: least recently used); which file is A, B and C rotates by round. Time to first token is measured from sending
 the request to the first streamed token. The server's process tree is sampled for resident memory every
 20 ms; its peak is compared with halo serve's budget. Medians of the rounds go between the ``models``
 markers of ``BENCHMARKS.md``; raw rounds to ``benchmarks/results/models.json``.
@@ -195,9 +195,10 @@ def one_server(name: str, d: Path, ids: list[str], budget: int | None, threads: 
     url = f"http://127.0.0.1:{port}"
     a, b, c = ids
     t0 = time.monotonic()
+    out: dict[str, Any] = {"order": ids}
     with spawned(f"models-{name.replace(' ', '_')}", server_cmd(name, d, port, budget, threads)) as proc:
         wait_ready(url, proc)
-        out: dict[str, Any] = {"start_s": time.monotonic() - t0, "idle_rss": tree_rss(proc.pid)}
+        out |= {"start_s": time.monotonic() - t0, "idle_rss": tree_rss(proc.pid)}
         with rss_sampler(proc.pid) as peak:
             out["cold"] = ttft(url, a)
             out["warm"] = ttft(url, a)
@@ -262,12 +263,14 @@ def render(
         "",
         f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python "
         f"{platform.python_version()}; CPU only. Load average {load[0]:.2f} before, {load[1]:.2f} after (shared "
-        f"machine). Models (A, B, C): {files}. Both servers: --models-max 2, {THREADS} threads, {SLOTS} slot, "
+        f"machine). Models: {files}; which is A, B and C rotates by round (the same for both servers). Both servers: --models-max 2, {THREADS} threads, {SLOTS} slot, "
         f"context {CTX} per model; halo serve also --memory-budget {budget / mib:.0f} MiB (the two largest "
         "planned models; three do not fit). Requests: streamed /v1/completions, 4 tokens, temperature 0; TTFT "
         "from sending to the first streamed token, page cache warm (files read before). RSS: the server's "
         f"process tree (llama-server's router runs one child process per model), sampled every 20 ms. "
-        f"Medians of {len(rounds)} rounds, server order rotated.",
+        f"Medians of {len(rounds)} rounds, server order rotated. Per round (A, B, C): "
+        + "; ".join(", ".join(r[names[0]]["order"]) for r in rounds)
+        + ".",
         f"Reproduce: `benchmarks/setup_peers.sh && .venv/bin/python benchmarks/models_bench.py --rounds "
         f"{len(rounds)} --write`.",
     ]
@@ -294,14 +297,17 @@ def main() -> int:
     rounds = []
     for r in range(rounds_n):
         order = names[r % len(names) :] + names[: r % len(names)]
+        # which file is A, B and C rotates too: a first load may cost more than a later one, and one file
+        # may load slower than another; both servers get the same order in a round
+        abc = ids[r % len(ids) :] + ids[: r % len(ids)]
         row = {}
         for n in order:
             row[n] = one_server(
-                n, d, ids, budget if n == "halo serve" else None, 1 if args.smoke else THREADS
+                n, d, abc, budget if n == "halo serve" else None, 1 if args.smoke else THREADS
             )
             s = row[n]
             print(
-                f"round {r + 1} {n}: cold {s['cold']:.2f} s, loaded {s['warm']:.3f} s, cold B {s['cold_b']:.2f} s, "
+                f"round {r + 1} {n} (A, B, C = {', '.join(abc)}): cold {s['cold']:.2f} s, loaded {s['warm']:.3f} s, cold B {s['cold_b']:.2f} s, "
                 f"evicting {s['evict']:.2f} s, peak RSS {s['peak_rss'] / 2**20:.0f} MiB, loaded at the end: "
                 f"{s['loaded']}",
                 flush=True,
