@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from serve_bench import ROOT, WORK, spawned, wait_ready, write_section
+from serve_bench import ROOT, WORK, publish, spawned, wait_ready
 
 from haloserve.bench.preflight import cpu_model
 from haloserve.bundled import bundled_model_path
@@ -314,15 +314,10 @@ def main() -> int:
             )
         rounds.append(row)
     load = (before, os.getloadavg()[0])
-    if not args.smoke:
-        RESULTS.parent.mkdir(exist_ok=True)
-        RESULTS.write_text(
-            json.dumps({"rounds": rounds, "estimates": est, "budget": budget, "load": load}, indent=1)
-        )
+    raw = {"rounds": rounds, "estimates": est, "budget": budget, "load": load}
     text = render(rounds, ids, d, budget, est, load)
-    print(text)
-    if args.write and not args.smoke:
-        write_section(text, MARK_START, MARK_END, HEADING)
+    smoke = args.smoke  # a smoke run saves and writes nothing
+    publish(text, raw, None if smoke else RESULTS, args.write and not smoke, MARK_START, MARK_END, HEADING)
     return 0
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 from netlink import latency_link, netem_problem
-from serve_bench import ROOT, WORK, drive, eog_bias, spawned, wait_ready, write_section
+from serve_bench import ROOT, WORK, drive, eog_bias, publish, spawned, wait_ready
 
 from haloserve.bench.preflight import cpu_model
 from haloserve.bundled import bundled_model_path
@@ -485,13 +485,10 @@ def main() -> int:
     rounds = [one_round(r, model, synth, bias, plan, peer_ok) for r in range(plan.rounds)]
     lat = {"problem": "skipped in --smoke"} if args.smoke else latency_runs(model, bias, plan)
     load = (before, os.getloadavg()[0])
-    if not args.smoke:
-        RESULTS.parent.mkdir(exist_ok=True)
-        RESULTS.write_text(json.dumps({"rounds": rounds, "latency": lat, "load": load}, indent=1))
+    raw = {"rounds": rounds, "latency": lat, "load": load}
     text = render(rounds, lat, plan, model, synth, load)
-    print(text)
-    if args.write and not args.smoke:
-        write_section(text, MARK_START, MARK_END, HEADING)
+    smoke = args.smoke  # a smoke run saves and writes nothing
+    publish(text, raw, None if smoke else RESULTS, args.write and not smoke, MARK_START, MARK_END, HEADING)
     return 0
 
 

@@ -345,6 +345,18 @@ def write_section(
     path.write_text(doc)
 
 
+def publish(
+    text: str, raw: Any, results: Path | None, write: bool, start: str, end: str, heading: str
+) -> None:
+    """Save the raw rounds as JSON (unless ``results`` is None), print the section, write it when asked."""
+    if results is not None:
+        results.parent.mkdir(exist_ok=True)
+        results.write_text(json.dumps(raw, indent=1))
+    print(text)
+    if write:
+        write_section(text, start, end, heading)
+
+
 def main() -> int:
     """Run the rounds, print the table, optionally write BENCHMARKS.md."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
