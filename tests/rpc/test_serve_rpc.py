@@ -128,7 +128,7 @@ def test_startup_props_and_health_show_layers_on_both_workers(
     assert n_layers == 31  # SmolLM2-135M: 30 repeating layers and the output layer, all on the workers
 
 
-def test_structured_output_crosses_to_the_engine_process(rpc_server: RemoteServer) -> None:
+def test_structured_output_and_tools_cross_to_the_engine_process(rpc_server: RemoteServer) -> None:
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
     chat = rpc_server.client(timeout=120).chat.completions.create(
         model="",
@@ -138,6 +138,28 @@ def test_structured_output_crosses_to_the_engine_process(rpc_server: RemoteServe
         response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
     )
     assert isinstance(json.loads(chat.choices[0].message.content or "")["city"], str)
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+    chat = rpc_server.client(timeout=120).chat.completions.create(
+        model="",
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        max_tokens=60,
+        temperature=0,
+        tools=[tool],  # type: ignore[list-item]
+        tool_choice="required",
+    )
+    calls = chat.choices[0].message.tool_calls or []
+    assert calls and calls[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert isinstance(json.loads(calls[0].function.arguments)["city"], str)  # type: ignore[union-attr]
 
 
 def test_eight_concurrent_streams_complete(rpc_server: RemoteServer) -> None:
@@ -250,3 +272,20 @@ def test_an_unreachable_worker_is_one_line_and_exit_2(model_path: Path) -> None:
     code = proc.finish(120)
     assert code == 2 and "Traceback" not in "\n".join(proc.err)
     assert len(proc.err) == 1 and f"127.0.0.1:{port}" in proc.err[0] and "connection refused" in proc.err[0]
+
+
+def test_sigterm_stops_the_server_and_its_engine_process(rpc_server: RemoteServer) -> None:
+    assert rpc_server.proc is not None
+    pid = rpc_server.proc.pid
+    engines = [p for p in Path("/proc").glob("[0-9]*/cmdline") if _child_of(p.parent, pid)]
+    assert any(b"haloserve.engine.child" in p.read_bytes() for p in engines)
+    assert rpc_server.stop() == 0
+    for p in engines:
+        assert not p.parent.exists() or b"haloserve.engine.child" not in p.read_bytes()
+
+
+def _child_of(proc: Path, ppid: int) -> bool:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == ppid
+    except (OSError, IndexError, ValueError):
+        return False

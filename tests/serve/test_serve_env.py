@@ -124,6 +124,7 @@ def test_llama_server_only_values_it_cannot_honour_are_refused(env: dict[str, st
         ({"LLAMA_ARG_RPC": "h:1,h:1"}, "given twice"),
         ({"LLAMA_ARG_RPC": "h:x"}, "not a number"),
         ({"LLAMA_ARG_RPC": "h:1", "LLAMA_ARG_SPLIT_MODE": "row"}, "whole layers"),
+        ({"LLAMA_ARG_RPC": "h:1", "HALO_ENGINE": "fake"}, "fake engine"),
         ({"LLAMA_ARG_SWA_FULL": "false"}, "sliding-window"),
         ({"LLAMA_ARG_ROPE_SCALE": "4", "LLAMA_ARG_ROPE_FREQ_SCALE": "0.5"}, "disagree"),
     ],

@@ -113,6 +113,8 @@ def check_settings(s: ServeSettings) -> None:
         raise ConfigError(
             f"--split-mode {s.split_mode} with --rpc: RPC workers take whole layers; use --split-mode layer"
         )
+    if s.rpc and s.engine == "fake":
+        raise ConfigError("--rpc with --engine fake: the fake engine has no model to split over RPC workers")
     if s.rpc:
         from haloserve.engine.rpc import parse_endpoints
 

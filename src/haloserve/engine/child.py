@@ -85,8 +85,10 @@ class LlamaSpec:
         from haloserve.engine.llama_backend import LlamaBackend
 
         names = [n for ep in rpc.parse_endpoints(self.settings.rpc) for n in rpc.rpc_api().add_server(ep)]
-        # The device list is passed explicitly, in llama.cpp's own default order: this build's default
-        # selection (no devices given) left registered RPC devices out and kept every layer on the CPU.
+        # The device list is passed explicitly, in llama.cpp's own default order. Without it every layer
+        # stayed on the CPU: the wheel ships libggml.so and libggml.so.0 as two files, llama_cpp._ggml
+        # loads the first by path and libllama links the second, so the workers land in a registry
+        # (a second copy of libggml) that llama.cpp's default selection never reads.
         return LlamaBackend(self.settings, self.model_path, offload_devices(names, list_devices()))
 
     def unreachable(self, *, handshake: bool) -> list[str]:
