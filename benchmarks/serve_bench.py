@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -26,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,53 +163,81 @@ def eog_bias(model: Path) -> dict[str, int]:
         m.close()
 
 
-def run_one(name: str, cmd: list[str], port: int, bias: dict[str, int], seed: int) -> dict[str, Any]:
-    """Start one server, drive the levels, stop it; returns per-level figures and peak RSS."""
+@contextlib.contextmanager
+def spawned(
+    name: str, cmd: list[str], env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A process with its output in ``.work/<name>.log``, stopped (SIGTERM, then SIGKILL) on exit."""
+    WORK.mkdir(exist_ok=True)
     log = open(WORK / f"{name.replace(' ', '_')}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, proc)
-        settings = BenchSettings(
-            url=url,
-            endpoint="completions",
-            workload="synthetic",
-            input_len=200,
-            output_len=128,
-            concurrency=LEVELS,
-            warmup=2,
-            ignore_eos=False,
-            extra_body=json.dumps({"logit_bias": bias, "temperature": 0.8}),
-            seed=seed,
-            # One connection per request, as BENCHMARKS.md's figures were measured (model compute
-            # dwarfs the client's connection cost here; llama-server closes streamed connections).
-            keepalive=False,
-            progress=False,
-            plots=False,
-            label=name,
-        )
-        result = asyncio.run(Runner(settings).run())
-        levels = {}
-        for level in result.levels:
-            m = level.metrics
-            assert m.failed == 0, f"{name}: {m.failed} failed requests ({m.first_error})"
-            per_req = m.total_output_tokens / max(1, m.completed)
-            assert abs(per_req - 128) < 0.5, f"{name}: {per_req} tokens per request, not 128"
-            levels[int(level.value or 0)] = {
-                "output_tok_s": m.output_throughput,
-                "ttft_p50_ms": m.ttft_ms.median,
-                "tpot_p50_ms": m.tpot_ms.median,
-                "prompt_tokens": m.total_input_tokens / max(1, m.completed),
-                "tokens_source": m.output_tokens_source,
-            }
-        return {"levels": levels, "peak_rss": peak_rss(proc.pid)}
+        yield proc
     finally:
         proc.terminate()
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
         log.close()
+
+
+def drive(
+    url: str,
+    name: str,
+    bias: dict[str, int],
+    seed: int,
+    levels: list[int],
+    *,
+    input_len: int = 200,
+    output_len: int = 128,
+    num_prompts: int | None = None,
+) -> dict[int, dict[str, Any]]:
+    """``halo bench`` at each concurrency level; per-level figures (token counts checked)."""
+    settings = BenchSettings(
+        url=url,
+        endpoint="completions",
+        workload="synthetic",
+        input_len=input_len,
+        output_len=output_len,
+        concurrency=levels,
+        num_prompts=num_prompts,
+        warmup=2,
+        ignore_eos=False,
+        extra_body=json.dumps({"logit_bias": bias, "temperature": 0.8}),
+        seed=seed,
+        # One connection per request, as BENCHMARKS.md's figures were measured (model compute
+        # dwarfs the client's connection cost here; llama-server closes streamed connections).
+        keepalive=False,
+        progress=False,
+        plots=False,
+        label=name,
+    )
+    result = asyncio.run(Runner(settings).run())
+    out = {}
+    for level in result.levels:
+        m = level.metrics
+        assert m.failed == 0, f"{name}: {m.failed} failed requests ({m.first_error})"
+        per_req = m.total_output_tokens / max(1, m.completed)
+        assert abs(per_req - output_len) < 0.5, f"{name}: {per_req} tokens per request, not {output_len}"
+        out[int(level.value or 0)] = {
+            "output_tok_s": m.output_throughput,
+            "ttft_p50_ms": m.ttft_ms.median,
+            "tpot_p50_ms": m.tpot_ms.median,
+            "prompt_tokens": m.total_input_tokens / max(1, m.completed),
+            "tokens_source": m.output_tokens_source,
+        }
+    return out
+
+
+def run_one(name: str, cmd: list[str], port: int, bias: dict[str, int], seed: int) -> dict[str, Any]:
+    """Start one server, drive the levels, stop it; returns per-level figures and peak RSS."""
+    with spawned(name, cmd) as proc:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, proc)
+        levels = drive(url, name, bias, seed, LEVELS)
+        return {"levels": levels, "peak_rss": peak_rss(proc.pid)}
 
 
 def halo_kv_bytes(model: Path) -> int:
@@ -297,17 +327,34 @@ def render(med: dict[str, dict[str, Any]], n_rounds: int, threads: int, model: P
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Replace the serve section of BENCHMARKS.md (or add it)."""
+def write_section(
+    text: str,
+    start: str = MARK_START,
+    end: str = MARK_END,
+    heading: str = "## halo serve vs llama-server and llama-cpp-python",
+) -> None:
+    """Replace the section between ``start`` and ``end`` in BENCHMARKS.md (or add it under ``heading``)."""
     path = ROOT / "BENCHMARKS.md"
     doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{MARK_START}\n{text}\n{MARK_END}"
-    if MARK_START in doc:
-        head, rest = doc.split(MARK_START, 1)
-        doc = head + block + rest.split(MARK_END, 1)[1]
+    block = f"{start}\n{text}\n{end}"
+    if start in doc:
+        head, rest = doc.split(start, 1)
+        doc = head + block + rest.split(end, 1)[1]
     else:
-        doc = doc.rstrip() + "\n\n## halo serve vs llama-server and llama-cpp-python\n\n" + block + "\n"
+        doc = doc.rstrip() + f"\n\n{heading}\n\n" + block + "\n"
     path.write_text(doc)
+
+
+def publish(
+    text: str, raw: Any, results: Path | None, write: bool, start: str, end: str, heading: str
+) -> None:
+    """Save the raw rounds as JSON (unless ``results`` is None), print the section, write it when asked."""
+    if results is not None:
+        results.parent.mkdir(exist_ok=True)
+        results.write_text(json.dumps(raw, indent=1))
+    print(text)
+    if write:
+        write_section(text, start, end, heading)
 
 
 def main() -> int:
