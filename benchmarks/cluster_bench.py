@@ -47,6 +47,7 @@ from gateway_bench import BODY, median_of, process, wait_http, write_section
 from haloserve.bench.metrics import percentile
 from haloserve.bench.preflight import cpu_model
 from haloserve.bundled import bundled_model_path
+from haloserve.cluster import procs
 from haloserve.testing.remote import free_port
 from haloserve.testing.upstream_cli import spawn
 from haloserve.testing.upstream_config import UpstreamConfig
@@ -140,14 +141,19 @@ def first_answer(gateway: str, began: float, replicas: Callable[[], list[str]]) 
     return out
 
 
-def recovery(gateway: str, victim: str, kill: Callable[[], None]) -> dict[str, float]:
-    """Kill the process behind ``victim`` under a sequential load through ``gateway``; part 2's times."""
+def recovery(
+    gateway: str, victim: str, kill: Callable[[], None], alive: Callable[[], bool] = lambda: True
+) -> dict[str, float]:
+    """Kill the process behind ``victim`` under a sequential load through ``gateway``; part 2's times
+    (``alive`` says whether what should restart it still runs)."""
     out: dict[str, float] = {"failed": 0.0, "answered": 0.0}
     kill()
     began = time.monotonic()
     until(lambda: served(victim) is None, "death of the victim", timeout=30, step=0.02)
     i = 0
     while time.monotonic() - began < DEADLINE:
+        if not alive():
+            raise RuntimeError("the cluster's Ray head is gone (killed from outside the benchmark?)")
         i += 1
         out["answered" if chat(gateway, i) else "failed"] += 1
         now = time.monotonic() - began
@@ -211,6 +217,11 @@ class Cluster:
                     found.append((f"http://127.0.0.1:{rec['port']}", float(rec["started"])))
         return found
 
+    def ray_alive(self) -> bool:
+        """The head's GCS, as ``halo cluster start`` recorded it, still runs."""
+        pids = json.loads((self.root / "head" / "node.json").read_text()).get("ray_pids", [])
+        return any("gcs_server" in " ".join(procs.cmdline(p) or []) for p in pids)
+
     def replicas(self) -> list[dict[str, Any]]:
         """The deployment's replicas as ``status --json`` lists them."""
         deps = json.loads(self.halo("status", "--json").stdout)["deployments"]
@@ -260,7 +271,9 @@ def cluster_round(c: Cluster, model: Path) -> dict[str, float]:
     urls = [r["url"] for r in c.replicas()]
     until(lambda: all(u and served(u) is not None for u in urls), "two replicas")
     victim = c.replicas()[1]
-    out.update(recovery(c.gateway, victim["url"], lambda: os.kill(victim["pid"], signal.SIGKILL)))
+    out.update(
+        recovery(c.gateway, victim["url"], lambda: os.kill(victim["pid"], signal.SIGKILL), c.ray_alive)
+    )
     out["load_recovery"] = os.getloadavg()[0]
     c.halo("remove", NAME)
     return out
