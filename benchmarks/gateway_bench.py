@@ -389,14 +389,15 @@ def render(
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Replace the gateway section of BENCHMARKS.md (appended when missing)."""
+def write_section(text: str, marks: tuple[str, str] = (MARK_START, MARK_END)) -> None:
+    """Replace the section between ``marks`` (the gateway's by default) of BENCHMARKS.md (appended when missing)."""
     path = ROOT / "BENCHMARKS.md"
     doc = path.read_text()
-    block = f"{MARK_START}\n{text}\n{MARK_END}"
-    if MARK_START in doc:
-        head, rest = doc.split(MARK_START, 1)
-        doc = head + block + rest.split(MARK_END, 1)[1]
+    start, end = marks
+    block = f"{start}\n{text}\n{end}"
+    if start in doc:
+        head, rest = doc.split(start, 1)
+        doc = head + block + rest.split(end, 1)[1]
     else:
         doc = doc.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(doc)
