@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,13 @@ from typing import Any
 
 import pytest
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
+# The docs' screenshots are rewritten only on request (HALO_UPDATE_SCREENSHOTS=1), so a test run never
+# dirties the checkout; otherwise they are still taken, into a temporary folder.
+SCREENSHOTS = (
+    Path(__file__).resolve().parents[2] / "docs" / "img"
+    if os.environ.get("HALO_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "haloserve-ui-screenshots"
+)
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
 
 
@@ -69,7 +76,7 @@ class Page:
             self.errors.append(f"console {msg.type}: {msg.text}")
 
     def screenshot(self, name: str) -> Path:
-        """Save ``docs/img/ui-NAME.png`` (the docs show these)."""
+        """Save ``ui-NAME.png`` (into docs/img with HALO_UPDATE_SCREENSHOTS=1: the docs show these)."""
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         path = SCREENSHOTS / f"ui-{name}.png"
         self.page.screenshot(path=str(path))
