@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -177,3 +178,28 @@ def test_deploy_refuses_bad_flags_before_touching_the_cluster(
 ) -> None:
     assert main(["cluster", "deploy", "m.gguf", *flags, "--state-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"halo cluster: error: {message}\n"
+
+
+@pytest.mark.process
+def test_ray_processes_of_another_cluster_are_never_taken_for_ours(tmp_path: Path) -> None:
+    """The Ray processes one ``ray start`` began are told apart by the environment they inherit, so
+    a cluster starting on the same machine at the same moment is not recorded (and later killed) as ours."""
+    import subprocess
+
+    from haloserve.cluster import procs
+
+    fake_ray = tmp_path / "site-packages" / "ray" / "fake.py"
+    fake_ray.parent.mkdir(parents=True)
+    fake_ray.write_text("import time\ntime.sleep(60)\n")
+    started = []
+    try:
+        for state in ("ours", "theirs"):
+            env = {**os.environ, "HALO_CLUSTER_DIR": str(tmp_path / state)}
+            started.append(subprocess.Popen([sys.executable, str(fake_ray)], env=env))
+        mine = procs.ray_pids(f"HALO_CLUSTER_DIR={tmp_path / 'ours'}")
+        assert started[0].pid in mine and started[1].pid not in mine
+        assert {p.pid for p in started} <= procs.ray_pids()
+    finally:
+        for p in started:
+            p.kill()
+            p.wait()

@@ -95,17 +95,18 @@ def start_ray(opts: NodeOptions) -> list[int]:
         NODE_ENV: opts.name,
         "RAY_USAGE_STATS_ENABLED": "0",
     }
+    ours = f"{STATE_DIR_ENV}={opts.state_dir}"  # what the processes this ray start begins inherit
     before = procs.ray_pids()
     try:
         out = subprocess.run(
             ray_command(opts), capture_output=True, text=True, env=env, timeout=RAY_START_TIMEOUT
         )
     except subprocess.TimeoutExpired:
-        procs.kill_all(procs.ray_pids() - before)
+        procs.kill_all(procs.ray_pids(ours) - before)
         raise HaloError(
             f"ray start did not finish within {RAY_START_TIMEOUT:g} s (stopped what it began)"
         ) from None
-    pids = sorted(procs.ray_pids() - before)
+    pids = sorted(procs.ray_pids(ours) - before)
     if out.returncode != 0:
         procs.kill_all(pids)
         lines = [ln for ln in (out.stderr + out.stdout).splitlines() if ln.strip()]

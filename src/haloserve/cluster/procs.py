@@ -121,15 +121,29 @@ def cmdline(pid: int) -> list[str]:
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
-def ray_pids() -> set[int]:
-    """Pids of Ray's own processes on this machine (GCS, raylet, dashboard, monitors, agents)."""
+def environ_has(pid: int, entry: str) -> bool | None:
+    """Whether ``pid``'s environment holds ``NAME=value`` exactly (None when unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    return entry.encode() in raw.split(b"\0")
+
+
+def ray_pids(env: str | None = None) -> set[int]:
+    """Pids of Ray's own processes on this machine (GCS, raylet, dashboard, monitors, agents); with
+    ``env`` (``NAME=value``), only those whose environment carries it: the processes one ``ray start``
+    began inherit its environment, so a second cluster starting on the machine at the same moment is
+    never taken for ours."""
     out: set[int] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        args = cmdline(int(entry.name))
-        if args and any("site-packages/ray/" in a for a in args[:3]):
-            out.add(int(entry.name))
+        pid = int(entry.name)
+        args = cmdline(pid)
+        ray = bool(args) and any("site-packages/ray/" in a for a in args[:3])
+        if ray and (env is None or environ_has(pid, env) is not False):
+            out.add(pid)
     return out
 
 
