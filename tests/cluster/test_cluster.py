@@ -27,11 +27,11 @@ DOCS = Path(__file__).parents[2] / "docs" / "cluster.md"
 DEPLOY = ("--ctx-size", "2048", "--parallel", "2", "--serve-args", "--threads 1")
 
 
-def ask(url: str, prompt: str = "Say hi") -> str:
+def ask(url: str, prompt: str = "Say hi", model: str = "smol") -> str:
     """One short chat completion from ``url`` (a halo serve replica or the gateway)."""
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", timeout=60, max_retries=0)
     reply = client.chat.completions.create(
-        model="smol", messages=[{"role": "user", "content": prompt}], max_tokens=4, temperature=0
+        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=4, temperature=0
     )
     return reply.choices[0].message.content or ""
 
@@ -62,7 +62,7 @@ def test_a_split_deployment_places_a_server_and_its_rpc_worker_on_two_nodes(clus
     assert worker["role"] == "rpc-worker" and worker["node"] == worker_node and worker["state"] == "ready"
     assert worker["url"].startswith("127.0.0.1:")  # halo rpc-worker listening, started before the server
     if rep["state"] == "ready":  # halo serve --rpc (branch rpcserve) serves the split model
-        assert out.returncode == 0 and ask(rep["url"])
+        assert out.returncode == 0 and ask(rep["url"], model="split")
     else:  # without it halo serve refuses --rpc (exit 2): failed at once with the cause, no restarts
         assert out.returncode == 1 and rep["state"] == "failed" and rep["restarts"] == 0
         assert "serve exited with status 2" in rep["error"] and "--rpc" in rep["error"]
