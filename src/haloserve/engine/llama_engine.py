@@ -21,6 +21,7 @@ from haloserve.engine.backend import Backend
 from haloserve.engine.base import EngineInfo, EngineStats, GenerationRequest
 from haloserve.engine.bridge import RequestStream, deliver
 from haloserve.engine.scheduler import Job, Scheduler
+from haloserve.engine.stepcost import clock
 from haloserve.errors import QueueFullError, ServiceUnavailableError
 
 log = logging.getLogger("haloserve.engine")
@@ -144,7 +145,10 @@ class LlamaEngine:
                 self._wake.clear()
                 while self._inbox:
                     sched.submit(self._inbox.popleft())
-                deliver(sched.step())
+                outputs = sched.step()
+                t0 = clock()
+                deliver(outputs)
+                sched.cost.handoff_ns += clock() - t0
         except Exception:  # a bug: fail everything rather than hang clients, and stop taking work
             log.exception("engine thread crashed")
             self._ready = False
