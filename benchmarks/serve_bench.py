@@ -161,23 +161,44 @@ def eog_bias(model: Path) -> dict[str, int]:
         m.close()
 
 
-def run_one(name: str, cmd: list[str], port: int, bias: dict[str, int], seed: int) -> dict[str, Any]:
-    """Start one server, drive the levels, stop it; returns per-level figures and peak RSS."""
-    log = open(WORK / f"{name.replace(' ', '_')}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+def run_one(
+    name: str,
+    cmd: list[str],
+    port: int,
+    bias: dict[str, int],
+    seed: int,
+    *,
+    levels: list[int] = LEVELS,
+    output_len: int = 128,
+    body: dict[str, Any] | None = None,
+    ignore_eos: bool = False,
+    env: dict[str, str] | None = None,
+    work: Path = WORK,
+    probe: Any = None,
+) -> dict[str, Any]:
+    """Start one server, drive the levels, stop it; returns per-level figures and peak RSS.
+
+    ``body`` replaces the sampling fields sent (default: the EOG ban and temperature 0.8); ``probe``,
+    if given, is called as ``probe(proc, level, phase)`` with phase "start"/"end" around each level and
+    its return value at "end" is kept in that level's figures (gpu_bench.py reads thread CPU times).
+    """
+    log = open(work / f"{name.replace(' ', '_')}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, proc)
+        if probe is not None:
+            return _run_probed(name, proc, url, bias, seed, levels, output_len, body, ignore_eos, probe)
         settings = BenchSettings(
             url=url,
             endpoint="completions",
             workload="synthetic",
             input_len=200,
-            output_len=128,
-            concurrency=LEVELS,
+            output_len=output_len,
+            concurrency=levels,
             warmup=2,
-            ignore_eos=False,
-            extra_body=json.dumps({"logit_bias": bias, "temperature": 0.8}),
+            ignore_eos=ignore_eos,
+            extra_body=json.dumps(body if body is not None else {"logit_bias": bias, "temperature": 0.8}),
             seed=seed,
             # One connection per request, as BENCHMARKS.md's figures were measured (model compute
             # dwarfs the client's connection cost here; llama-server closes streamed connections).
@@ -187,20 +208,7 @@ def run_one(name: str, cmd: list[str], port: int, bias: dict[str, int], seed: in
             label=name,
         )
         result = asyncio.run(Runner(settings).run())
-        levels = {}
-        for level in result.levels:
-            m = level.metrics
-            assert m.failed == 0, f"{name}: {m.failed} failed requests ({m.first_error})"
-            per_req = m.total_output_tokens / max(1, m.completed)
-            assert abs(per_req - 128) < 0.5, f"{name}: {per_req} tokens per request, not 128"
-            levels[int(level.value or 0)] = {
-                "output_tok_s": m.output_throughput,
-                "ttft_p50_ms": m.ttft_ms.median,
-                "tpot_p50_ms": m.tpot_ms.median,
-                "prompt_tokens": m.total_input_tokens / max(1, m.completed),
-                "tokens_source": m.output_tokens_source,
-            }
-        return {"levels": levels, "peak_rss": peak_rss(proc.pid)}
+        return {"levels": level_figures(name, result, output_len), "peak_rss": peak_rss(proc.pid)}
     finally:
         proc.terminate()
         try:
@@ -208,6 +216,64 @@ def run_one(name: str, cmd: list[str], port: int, bias: dict[str, int], seed: in
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def level_figures(name: str, result: Any, output_len: int) -> dict[int, dict[str, Any]]:
+    """Per-level throughput and latencies of one ``halo bench`` result, every request checked."""
+    levels = {}
+    for level in result.levels:
+        m = level.metrics
+        assert m.failed == 0, f"{name}: {m.failed} failed requests ({m.first_error})"
+        per_req = m.total_output_tokens / max(1, m.completed)
+        assert abs(per_req - output_len) < 0.5, f"{name}: {per_req} tokens per request, not {output_len}"
+        levels[int(level.value or 0)] = {
+            "output_tok_s": m.output_throughput,
+            "ttft_p50_ms": m.ttft_ms.median,
+            "tpot_p50_ms": m.tpot_ms.median,
+            "prompt_tokens": m.total_input_tokens / max(1, m.completed),
+            "output_tokens": m.total_output_tokens,
+            "tokens_source": m.output_tokens_source,
+        }
+    return levels
+
+
+def _run_probed(
+    name: str,
+    proc: subprocess.Popen[bytes],
+    url: str,
+    bias: dict[str, int],
+    seed: int,
+    levels: list[int],
+    output_len: int,
+    body: dict[str, Any] | None,
+    ignore_eos: bool,
+    probe: Any,
+) -> dict[str, Any]:
+    """run_one's levels one at a time, with ``probe`` called around each."""
+    figures: dict[int, dict[str, Any]] = {}
+    for c in levels:
+        settings = BenchSettings(
+            url=url,
+            endpoint="completions",
+            workload="synthetic",
+            input_len=200,
+            output_len=output_len,
+            concurrency=[c],
+            warmup=2,
+            ignore_eos=ignore_eos,
+            extra_body=json.dumps(body if body is not None else {"logit_bias": bias, "temperature": 0.8}),
+            seed=seed,
+            keepalive=False,
+            progress=False,
+            plots=False,
+            label=name,
+        )
+        probe(proc, c, "start")
+        result = asyncio.run(Runner(settings).run())
+        got = level_figures(name, result, output_len)
+        got[c]["probe"] = probe(proc, c, "end")
+        figures.update(got)
+    return {"levels": figures, "peak_rss": peak_rss(proc.pid)}
 
 
 def halo_kv_bytes(model: Path) -> int:
@@ -297,16 +363,21 @@ def render(med: dict[str, dict[str, Any]], n_rounds: int, threads: int, model: P
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Replace the serve section of BENCHMARKS.md (or add it)."""
-    path = ROOT / "BENCHMARKS.md"
+def write_section(
+    text: str,
+    marks: tuple[str, str] = (MARK_START, MARK_END),
+    title: str = "halo serve vs llama-server and llama-cpp-python",
+    path: Path = ROOT / "BENCHMARKS.md",
+) -> None:
+    """Replace a marked section of BENCHMARKS.md (or add it under ``title``)."""
+    start, end = marks
     doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{MARK_START}\n{text}\n{MARK_END}"
-    if MARK_START in doc:
-        head, rest = doc.split(MARK_START, 1)
-        doc = head + block + rest.split(MARK_END, 1)[1]
+    block = f"{start}\n{text}\n{end}"
+    if start in doc:
+        head, rest = doc.split(start, 1)
+        doc = head + block + rest.split(end, 1)[1]
     else:
-        doc = doc.rstrip() + "\n\n## halo serve vs llama-server and llama-cpp-python\n\n" + block + "\n"
+        doc = doc.rstrip() + f"\n\n## {title}\n\n" + block + "\n"
     path.write_text(doc)
 
 
