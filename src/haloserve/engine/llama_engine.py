@@ -132,6 +132,15 @@ class LlamaEngine:
         st, sched = self._stats, self._sched
         st.busy_slots = 0 if sched is None else sum(1 for sl in sched.slots if not sl.free)
         st.queue_depth = max(0, self._n_submitted - (0 if sched is None else sched.n_taken))
+        if sched is not None:
+            c = sched.cost
+            ns = {
+                "schedule": c.schedule_ns,
+                "decode": c.decode_ns,
+                "tokens": c.tokens_ns,
+                "handoff": c.handoff_ns,
+            }
+            st.engine_cpu_seconds = {k: v / 1e9 for k, v in ns.items()}
         return st
 
     # -- compute thread --------------------------------------------------------------------------
