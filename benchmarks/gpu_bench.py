@@ -303,6 +303,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--write", action="store_true", help="write the GPU section of BENCHMARKS.md")
     ap.add_argument("--json", type=Path, help="also write the raw rounds here")
+    ap.add_argument(
+        "--cpu",
+        action="store_true",
+        help="the CPU backend with --models (nothing built; llama-server from setup_peers.sh): per-step CPU cost",
+    )
+    ap.add_argument(
+        "--layers", type=int, help="repeating layers of the synthetic models (default: the shape's)"
+    )
+    ap.add_argument("--levels", type=int, nargs="+", help="concurrency levels (default: 1 4 16 32)")
+    ap.add_argument("--tokens", type=int, default=128, help="output tokens a request")
+    ap.add_argument("--baseline-src", type=Path, help="also run halo serve from this tree's src/ (e.g. main)")
     a = ap.parse_args(argv)
     env = dict(os.environ)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -317,6 +328,20 @@ def main(argv: list[str] | None = None) -> int:
             + ("llama-server from setup_peers.sh." if server_or_none else "llama-server skipped (not built).")
         )
         gpu = False
+    elif a.cpu:
+        server = sb.WORK / "llama-server"
+        server_or_none = server if server.exists() else None
+        device, levels, rounds, out_len, gpu = "CPU", a.levels or LEVELS, a.rounds, a.tokens, False
+        extra = {"n_layer": a.layers} if a.layers else {}
+        models = synth_models(a.models, WORK / "models", **extra)
+        note = (
+            f"CPU backend ({sb.cpu_model()}, {a.threads} threads), installed llama-cpp-python; -np {SLOTS} "
+            f"-c {CTX}; ~200-token prompts, {out_len} output tokens with ignore_eos, greedy; medians of {rounds}"
+            f" rounds; 1-minute load average at the end {os.getloadavg()[0]:.1f}. Engine-thread CPU per token:"
+            " /proc/<pid>/task/<tid>/stat utime+stime of halo-engine / llama-server's main thread over the"
+            " level, divided by the tokens generated; on a CPU backend it includes the thread's share of"
+            " the compute."
+        )
     else:
         tc = find_toolchain()
         if tc is None:
@@ -344,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(rounds):
             port = free_port()
             cmds = commands(model, port, server_or_none, gpu, a.threads)
+            envs = {name: env for name in cmds}
+            if a.baseline_src:
+                cmds["halo serve (baseline)"] = cmds["halo serve"]
+                envs["halo serve (baseline)"] = {**env, "PYTHONPATH": str(a.baseline_src)}
             names = list(cmds)
             names = names[r % len(names) :] + names[: r % len(names)]
             row = {}
@@ -358,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                     output_len=out_len,
                     body=body,
                     ignore_eos=True,
-                    env=env,
+                    env=envs[name],
                     work=WORK,
                     probe=cpu_probe(),
                 )

@@ -161,6 +161,37 @@ def eog_bias(model: Path) -> dict[str, int]:
         m.close()
 
 
+def bench_settings(
+    name: str,
+    url: str,
+    levels: list[int],
+    output_len: int,
+    body: dict[str, Any] | None,
+    bias: dict[str, int],
+    ignore_eos: bool,
+    seed: int,
+) -> BenchSettings:
+    """The load of one server: synthetic ~200-token prompts, streamed completions, ``levels``."""
+    return BenchSettings(
+        url=url,
+        endpoint="completions",
+        workload="synthetic",
+        input_len=200,
+        output_len=output_len,
+        concurrency=levels,
+        warmup=2,
+        ignore_eos=ignore_eos,
+        extra_body=json.dumps(body if body is not None else {"logit_bias": bias, "temperature": 0.8}),
+        seed=seed,
+        # One connection per request, as BENCHMARKS.md's figures were measured (model compute
+        # dwarfs the client's connection cost here; llama-server closes streamed connections).
+        keepalive=False,
+        progress=False,
+        plots=False,
+        label=name,
+    )
+
+
 def run_one(
     name: str,
     cmd: list[str],
@@ -189,24 +220,7 @@ def run_one(
         wait_ready(url, proc)
         if probe is not None:
             return _run_probed(name, proc, url, bias, seed, levels, output_len, body, ignore_eos, probe)
-        settings = BenchSettings(
-            url=url,
-            endpoint="completions",
-            workload="synthetic",
-            input_len=200,
-            output_len=output_len,
-            concurrency=levels,
-            warmup=2,
-            ignore_eos=ignore_eos,
-            extra_body=json.dumps(body if body is not None else {"logit_bias": bias, "temperature": 0.8}),
-            seed=seed,
-            # One connection per request, as BENCHMARKS.md's figures were measured (model compute
-            # dwarfs the client's connection cost here; llama-server closes streamed connections).
-            keepalive=False,
-            progress=False,
-            plots=False,
-            label=name,
-        )
+        settings = bench_settings(name, url, levels, output_len, body, bias, ignore_eos, seed)
         result = asyncio.run(Runner(settings).run())
         return {"levels": level_figures(name, result, output_len), "peak_rss": peak_rss(proc.pid)}
     finally:
@@ -252,22 +266,7 @@ def _run_probed(
     """run_one's levels one at a time, with ``probe`` called around each."""
     figures: dict[int, dict[str, Any]] = {}
     for c in levels:
-        settings = BenchSettings(
-            url=url,
-            endpoint="completions",
-            workload="synthetic",
-            input_len=200,
-            output_len=output_len,
-            concurrency=[c],
-            warmup=2,
-            ignore_eos=ignore_eos,
-            extra_body=json.dumps(body if body is not None else {"logit_bias": bias, "temperature": 0.8}),
-            seed=seed,
-            keepalive=False,
-            progress=False,
-            plots=False,
-            label=name,
-        )
+        settings = bench_settings(name, url, [c], output_len, body, bias, ignore_eos, seed)
         probe(proc, c, "start")
         result = asyncio.run(Runner(settings).run())
         got = level_figures(name, result, output_len)
@@ -389,7 +388,8 @@ def main() -> int:
     ap.add_argument("--only", action="append", help="run only these servers (repeatable)")
     ap.add_argument("--write", action="store_true", help="write the section into BENCHMARKS.md")
     args = ap.parse_args()
-    if not (WORK / "llama-server").exists() or not (WORK / "lcp-venv/bin/python").exists():
+    lcp_needed = not args.only or "llama-cpp-python" in args.only
+    if not (WORK / "llama-server").exists() or (lcp_needed and not (WORK / "lcp-venv/bin/python").exists()):
         print("run benchmarks/setup_peers.sh first", file=sys.stderr)
         return 2
     model = bundled_model_path()
