@@ -9,8 +9,8 @@
 5. Runs halo serve, llama-server and llama-server ``--backend-sampling`` at c=1, 4, 16, 32 with
    ``-ngl 999 -fa on -np 16 -c 16384``, ~200-token prompts, 128 output tokens with ``ignore_eos``,
    greedy, medians of ``--rounds``; at c=16 it also reads each server's engine-thread CPU time from
-   /proc/<pid>/task/<tid>/stat (halo serve: the ``halo-engine`` thread; llama-server: its main thread,
-   which runs the slot loop) and divides it by the tokens generated (one token per sequence per step).
+   /proc/<pid>/task/<tid>/stat (halo serve: the ``halo-engine`` thread; llama-server: the busiest
+   thread, its slot loop) and divides it by the tokens generated (one token per sequence per step).
 6. Prints the table and, with ``--write``, puts it in BENCHMARKS.md's GPU section, naming the GPU.
 
 ``--smoke`` runs the same path end to end on the CPU backend with the tiny shape and builds nothing: it
@@ -196,22 +196,34 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     return out
 
 
-def engine_thread(pid: int, threads: dict[int, tuple[str, float]]) -> int:
-    """halo serve's ``halo-engine`` thread, else the main thread (llama-server's slot loop)."""
-    return next((tid for tid, (name, _) in threads.items() if name == "halo-engine"), pid)
+def process_cpu(pid: int) -> float:
+    """CPU seconds of the whole process (every thread, including exited ones)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def engine_thread(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> int:
+    """halo serve's ``halo-engine`` thread; else (llama-server, older halo serve) the thread that used
+    the most CPU between ``before`` and ``after``: the one that decodes and samples (ggml's workers
+    only share the compute)."""
+    named = [tid for tid, (name, _) in after.items() if name == "halo-engine"]
+    if named:
+        return named[0]
+    return max(after, key=lambda tid: after[tid][1] - before.get(tid, ("", 0.0))[1])
 
 
 def cpu_probe() -> Any:
-    """A run_one probe: the engine thread's CPU seconds over one level."""
-    before: dict[int, float] = {}
+    """A run_one probe: the engine thread's and the whole process's CPU seconds over one level."""
+    before: dict[int, Any] = {}
 
-    def probe(proc: subprocess.Popen[bytes], level: int, phase: str) -> float | None:
-        threads = thread_cpu(proc.pid)
-        tid = engine_thread(proc.pid, threads)
+    def probe(proc: subprocess.Popen[bytes], level: int, phase: str) -> tuple[float, float] | None:
+        threads, total = thread_cpu(proc.pid), process_cpu(proc.pid)
         if phase == "start":
-            before[level] = threads[tid][1]
+            before[level] = (threads, total)
             return None
-        return threads[tid][1] - before[level]
+        threads0, total0 = before[level]
+        tid = engine_thread(threads0, threads)
+        return threads[tid][1] - threads0.get(tid, ("", 0.0))[1], total - total0
 
     return probe
 
@@ -276,7 +288,7 @@ def render(results: dict[str, dict[str, dict[str, Any]]], levels: list[int], dev
             "",
             "| server | "
             + " | ".join(f"c={c} tok/s (TPOT ms, TTFT p50 ms)" for c in levels)
-            + f" | engine-thread CPU per token at c={16 if 16 in levels else max(levels)} |",
+            + f" | engine-thread CPU per token at c={16 if 16 in levels else max(levels)} (whole process) |",
             "|---|" + "---|" * (len(levels) + 1),
         ]
         for name, s in med.items():
@@ -285,10 +297,8 @@ def render(results: dict[str, dict[str, dict[str, Any]]], levels: list[int], dev
                 for lv in (s[c] for c in levels)
             ]
             top = max(levels) if 16 not in levels else 16
-            cpu = s[top].get("cpu_us_per_token")
-            lines.append(
-                f"| {name} | " + " | ".join(cells) + f" | {'-' if cpu is None else f'{cpu:.0f} us'} |"
-            )
+            cpu, proc = s[top]["cpu_us_per_token"], s[top]["proc_us_per_token"]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {cpu:.0f} us ({proc:.0f} us) |")
         lines.append("")
     return "\n".join(lines).rstrip()
 
@@ -338,9 +348,9 @@ def main(argv: list[str] | None = None) -> int:
             f"CPU backend ({sb.cpu_model()}, {a.threads} threads), installed llama-cpp-python; -np {SLOTS} "
             f"-c {CTX}; ~200-token prompts, {out_len} output tokens with ignore_eos, greedy; medians of {rounds}"
             f" rounds; 1-minute load average at the end {os.getloadavg()[0]:.1f}. Engine-thread CPU per token:"
-            " /proc/<pid>/task/<tid>/stat utime+stime of halo-engine / llama-server's main thread over the"
-            " level, divided by the tokens generated; on a CPU backend it includes the thread's share of"
-            " the compute."
+            " /proc/<pid>/task/<tid>/stat utime+stime of halo-engine (else the busiest thread: llama-server's"
+            " slot loop) over the level, divided by the tokens generated, the whole process's in brackets;"
+            " on a CPU backend it includes the thread's share of the compute."
         )
     else:
         tc = find_toolchain()
@@ -358,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
             f"llama.cpp of the installed llama-cpp-python built for {tc.backend} (shared, RPC on, OpenMP off); "
             f"-ngl 999 -fa on -np {SLOTS} -c {CTX}; ~200-token prompts, {out_len} output tokens with "
             f"ignore_eos, greedy, /v1/completions streamed; medians of {rounds} rounds. Engine-thread CPU: "
-            "/proc/<pid>/task/<tid>/stat utime+stime of halo-engine / llama-server's main thread over the "
-            "c=16 level, divided by the tokens generated."
+            "/proc/<pid>/task/<tid>/stat utime+stime of halo-engine (else the busiest thread: llama-server's "
+            "slot loop) over the c=16 level, divided by the tokens generated; the whole process's in brackets."
         )
     body = {"temperature": 0.0}
     results: dict[str, dict[str, dict[str, Any]]] = {}
@@ -407,7 +417,12 @@ def main(argv: list[str] | None = None) -> int:
                     k: statistics.median(g[k] for g in got)
                     for k in ("output_tok_s", "ttft_p50_ms", "tpot_p50_ms")
                 }
-                m["cpu_us_per_token"] = statistics.median(g["probe"] / g["output_tokens"] * 1e6 for g in got)
+                m["cpu_us_per_token"] = statistics.median(
+                    g["probe"][0] / g["output_tokens"] * 1e6 for g in got
+                )
+                m["proc_us_per_token"] = statistics.median(
+                    g["probe"][1] / g["output_tokens"] * 1e6 for g in got
+                )
                 med[name][c] = m
         results[model.name] = med
         raw[model.name] = per_round

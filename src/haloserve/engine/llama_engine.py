@@ -21,7 +21,7 @@ from haloserve.engine.backend import Backend
 from haloserve.engine.base import EngineInfo, EngineStats, GenerationRequest
 from haloserve.engine.bridge import RequestStream, deliver
 from haloserve.engine.scheduler import Job, Scheduler
-from haloserve.engine.stepcost import clock
+from haloserve.engine.stepcost import clock, name_os_thread
 from haloserve.errors import QueueFullError, ServiceUnavailableError
 
 log = logging.getLogger("haloserve.engine")
@@ -147,6 +147,7 @@ class LlamaEngine:
     def _run(self) -> None:
         sched = self._sched
         assert sched is not None
+        name_os_thread("halo-engine")
         try:
             while not self._stopping:
                 if sched.idle and not self._inbox:
