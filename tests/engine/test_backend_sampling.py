@@ -92,15 +92,13 @@ def test_greedy_is_the_same_in_the_graph_by_argmax_and_by_the_chain(
     assert all(len(t) == 4 for t in in_graph)
 
 
-def test_a_seeded_request_repeats_and_matches_the_cpu_chain(pair: tuple[LlamaBackend, LlamaBackend]) -> None:
+def test_a_seeded_request_matches_the_cpu_chain(pair: tuple[LlamaBackend, LlamaBackend]) -> None:
     on, off = pair
     ps = prompts(on)
     seeded = [SamplingParams(temperature=0.9, top_k=40, top_p=0.95, min_p=0.05, seed=s) for s in (1, 2)]
-    first, _ = generate(on, [request(i, ps[i], seeded[i]) for i in range(2)])
-    again, _ = generate(on, [request(i, ps[i], seeded[i]) for i in range(2)])
+    in_graph, _ = generate(on, [request(i, ps[i], seeded[i]) for i in range(2)])
     cpu, _ = generate(off, [request(i, ps[i], seeded[i]) for i in range(2)])
-    assert first == again
-    assert first == cpu
+    assert in_graph == cpu
 
 
 def test_cpu_only_requests_are_not_attached_to_the_graph(pair: tuple[LlamaBackend, LlamaBackend]) -> None:
