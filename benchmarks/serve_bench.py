@@ -165,11 +165,11 @@ def eog_bias(model: Path) -> dict[str, int]:
 
 @contextlib.contextmanager
 def spawned(
-    name: str, cmd: list[str], env: dict[str, str] | None = None
+    name: str, cmd: list[str], env: dict[str, str] | None = None, work: Path = WORK
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A process with its output in ``.work/<name>.log``, stopped (SIGTERM, then SIGKILL) on exit."""
-    WORK.mkdir(exist_ok=True)
-    log = open(WORK / f"{name.replace(' ', '_')}.log", "wb")  # noqa: SIM115
+    """A process with its output in ``<work>/<name>.log``, stopped (SIGTERM, then SIGKILL) on exit."""
+    work.mkdir(exist_ok=True)
+    log = open(work / f"{name.replace(' ', '_')}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         yield proc
@@ -193,8 +193,12 @@ def drive(
     input_len: int = 200,
     output_len: int = 128,
     num_prompts: int | None = None,
+    body: dict[str, Any] | None = None,
+    ignore_eos: bool = False,
 ) -> dict[int, dict[str, Any]]:
-    """``halo bench`` at each concurrency level; per-level figures (token counts checked)."""
+    """``halo bench`` at each concurrency level; per-level figures (token counts checked).
+
+    ``body`` replaces the sampling fields sent (default: the EOG ban and temperature 0.8)."""
     settings = BenchSettings(
         url=url,
         endpoint="completions",
@@ -204,8 +208,8 @@ def drive(
         concurrency=levels,
         num_prompts=num_prompts,
         warmup=2,
-        ignore_eos=False,
-        extra_body=json.dumps({"logit_bias": bias, "temperature": 0.8}),
+        ignore_eos=ignore_eos,
+        extra_body=json.dumps(body if body is not None else {"logit_bias": bias, "temperature": 0.8}),
         seed=seed,
         # One connection per request, as BENCHMARKS.md's figures were measured (model compute
         # dwarfs the client's connection cost here; llama-server closes streamed connections).
@@ -226,18 +230,46 @@ def drive(
             "ttft_p50_ms": m.ttft_ms.median,
             "tpot_p50_ms": m.tpot_ms.median,
             "prompt_tokens": m.total_input_tokens / max(1, m.completed),
+            "output_tokens": m.total_output_tokens,
             "tokens_source": m.output_tokens_source,
         }
     return out
 
 
-def run_one(name: str, cmd: list[str], port: int, bias: dict[str, int], seed: int) -> dict[str, Any]:
-    """Start one server, drive the levels, stop it; returns per-level figures and peak RSS."""
-    with spawned(name, cmd) as proc:
+def run_one(
+    name: str,
+    cmd: list[str],
+    port: int,
+    bias: dict[str, int],
+    seed: int,
+    *,
+    levels: list[int] = LEVELS,
+    output_len: int = 128,
+    body: dict[str, Any] | None = None,
+    ignore_eos: bool = False,
+    env: dict[str, str] | None = None,
+    work: Path = WORK,
+    probe: Any = None,
+) -> dict[str, Any]:
+    """Start one server, drive the levels, stop it; returns per-level figures and peak RSS.
+
+    ``probe``, if given, is called as ``probe(proc, level, phase)`` with phase "start"/"end" around each
+    level, and its return value at "end" is kept in that level's figures (gpu_bench.py reads thread
+    CPU times)."""
+    with spawned(name, cmd, env, work) as proc:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, proc)
-        levels = drive(url, name, bias, seed, LEVELS)
-        return {"levels": levels, "peak_rss": peak_rss(proc.pid)}
+        load: dict[str, Any] = {"output_len": output_len, "body": body, "ignore_eos": ignore_eos}
+        if probe is None:
+            figures = drive(url, name, bias, seed, levels, **load)
+        else:
+            figures = {}
+            for c in levels:
+                probe(proc, c, "start")
+                got = drive(url, name, bias, seed, [c], **load)
+                got[c]["probe"] = probe(proc, c, "end")
+                figures.update(got)
+        return {"levels": figures, "peak_rss": peak_rss(proc.pid)}
 
 
 def halo_kv_bytes(model: Path) -> int:
@@ -365,7 +397,8 @@ def main() -> int:
     ap.add_argument("--only", action="append", help="run only these servers (repeatable)")
     ap.add_argument("--write", action="store_true", help="write the section into BENCHMARKS.md")
     args = ap.parse_args()
-    if not (WORK / "llama-server").exists() or not (WORK / "lcp-venv/bin/python").exists():
+    lcp_needed = not args.only or "llama-cpp-python" in args.only
+    if not (WORK / "llama-server").exists() or (lcp_needed and not (WORK / "lcp-venv/bin/python").exists()):
         print("run benchmarks/setup_peers.sh first", file=sys.stderr)
         return 2
     model = bundled_model_path()

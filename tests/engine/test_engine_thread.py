@@ -141,3 +141,24 @@ def test_nothing_is_served_before_start() -> None:
     with pytest.raises(ServiceUnavailableError):
         _ = eng.info
     assert eng.chat_template is None and eng.stats().busy_slots == 0
+
+
+def test_the_engine_threads_cpu_time_is_counted_by_phase() -> None:
+    be = FakeBackend(parallel=2)
+    eng = engine(be)
+    try:
+        assert eng.stats().engine_cpu_seconds["tokens"] == 0.0
+
+        async def main() -> list[list[Output]]:
+            return list(await asyncio.gather(*(drain(eng.generate(request(p))) for p in ("a", "b"))))
+
+        asyncio.run(main())
+        cpu = eng.stats().engine_cpu_seconds
+        assert set(cpu) == {"schedule", "decode", "tokens", "handoff"}
+        assert cpu["tokens"] > 0 and cpu["schedule"] > 0 and all(v >= 0 for v in cpu.values())
+        tid = eng._thread.native_id if eng._thread is not None else None
+        comm = Path(f"/proc/self/task/{tid}/comm")
+        if comm.exists():  # Linux: the OS knows the thread by name (top -H, gpu_bench.py)
+            assert comm.read_text().strip() == "halo-engine"
+    finally:
+        eng.stop()

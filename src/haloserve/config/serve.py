@@ -145,6 +145,12 @@ class ServeSettings(HaloSettings):
         ge=0,
         le=100,
     )
+    backend_sampling: Literal["auto", "on", "off"] = option(
+        "auto",
+        "Sample in llama.cpp's compute graph (its backend samplers) when a request's sampling allows it"
+        " (greedy, temperature, top-k/top-p/min-p, seed; grammar, logprobs, penalties, logit bias and"
+        " min_tokens stay on the CPU). auto: on when the output layer is on a GPU, off on the CPU.",
+    )
     # llama.cpp model and context parameters `halo plan` and `halo deploy` emit (llama-server's names);
     # the engine passes each one to llama.cpp, and config/serve_env.py refuses what this build cannot do.
     rope_scaling: Literal["none", "linear", "yarn"] | None = option(

@@ -80,8 +80,14 @@ class Backend(Protocol):
         that :meth:`sample` then reads (so a grammar mask applied to it constrains the sample)."""
         ...
 
-    def sampler(self, params: SamplingParams, prompt_tail: Sequence[int]) -> TokenSampler:
-        """A sampler chain for one request (``prompt_tail`` seeds the repetition penalties)."""
+    def sampler(
+        self, params: SamplingParams, prompt_tail: Sequence[int], *, seq: int = -1, cpu_only: bool = False
+    ) -> TokenSampler:
+        """A sampler chain for one request (``prompt_tail`` seeds the repetition penalties).
+
+        ``seq`` is the sequence it samples for; ``cpu_only`` says the request reads or edits the row of
+        logits (grammar, logprobs), so the chain may not run in the backend's graph.
+        """
         ...
 
     def sample(self, sampler: Any, idx: int, n_generated: int) -> int:

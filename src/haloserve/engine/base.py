@@ -125,6 +125,8 @@ class EngineStats:
     requests_failed: int = 0
     grammar_mask_seconds: float = 0.0  # time spent computing token masks (overlapping llama_decode)
     grammar_wait_seconds: float = 0.0  # time the engine thread waited for masks after llama_decode
+    # engine-thread CPU seconds by phase of a step (engine/stepcost.py): schedule, decode, tokens, handoff
+    engine_cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -153,7 +153,9 @@ class FakeBackend:
             raise FakeBackendError(f"no logits at batch index {idx} (wanted: {sorted(self._rows)})")
         return row
 
-    def sampler(self, params: SamplingParams, prompt_tail: Sequence[int]) -> FakeSampler:
+    def sampler(
+        self, params: SamplingParams, prompt_tail: Sequence[int], *, seq: int = -1, cpu_only: bool = False
+    ) -> FakeSampler:
         """A real llama.cpp sampler chain over the fake vocabulary."""
         inner = Sampler(params, n_vocab=N_VOCAB, eog_tokens=self.eog_tokens, prompt_tail=prompt_tail)
         return FakeSampler(self, inner)

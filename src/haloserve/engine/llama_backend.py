@@ -14,7 +14,7 @@ from haloserve.engine.backend import Span
 from haloserve.engine.base import EngineInfo, SamplingParams
 from haloserve.engine.llama_params import backend_report, context_params, context_report, model_params
 from haloserve.engine.llamacpp import Batch, LlamaContext, LlamaModel, uses_openmp
-from haloserve.engine.sampling import Sampler
+from haloserve.engine.sampling import Sampler, offloadable
 
 log = logging.getLogger("haloserve.engine")
 
@@ -37,6 +37,11 @@ class LlamaBackend:
             raise
         self.ctx = ctx
         model = self.model
+        placed = model.placement
+        # auto: the graph samples when the output layer (the logits) lives on a GPU; on the CPU the
+        # arg-max path is cheaper (BENCHMARKS.md, "Per-step CPU cost")
+        on_gpu = placed.n_layers > 0 and placed.layers_offloaded >= placed.n_layers
+        self.backend_sampling = s.backend_sampling == "on" or (s.backend_sampling == "auto" and on_gpu)
         self.eog_tokens = model.eog_tokens
         self.n_batch = self._batch.capacity
         self.n_ubatch = ctx.n_ubatch
@@ -55,6 +60,7 @@ class LlamaBackend:
                 "threads": ctx.n_threads,
                 "backend": backend_report(model, ctx),
                 "context": context_report(ctx),
+                "backend_sampling": self.backend_sampling,
             },
             features=frozenset({"grammar", "logprobs"}),
         )
@@ -87,14 +93,21 @@ class LlamaBackend:
         """The context's logits row at batch index ``idx`` (a view: writes reach the sampler)."""
         return self.ctx.logits(idx)
 
-    def sampler(self, params: SamplingParams, prompt_tail: Sequence[int]) -> Sampler:
-        """A llama.cpp sampler chain for one request."""
+    def sampler(
+        self, params: SamplingParams, prompt_tail: Sequence[int], *, seq: int = -1, cpu_only: bool = False
+    ) -> Sampler:
+        """A llama.cpp sampler chain for one request, run in the graph of ``seq`` when it may be."""
         m = self.model
-        return Sampler(params, n_vocab=m.n_vocab, eog_tokens=m.eog_tokens, prompt_tail=prompt_tail)
+        smp = Sampler(params, n_vocab=m.n_vocab, eog_tokens=m.eog_tokens, prompt_tail=prompt_tail)
+        if self.backend_sampling and seq >= 0 and not cpu_only and offloadable(params):
+            smp.attach(self.ctx.ptr, seq)  # refused (a sampler llama.cpp cannot offload): the CPU samples
+        return smp
 
     def sample(self, sampler: Any, idx: int, n_generated: int) -> int:
-        """Sample from the context's row at ``idx``."""
-        return int(sampler.sample(self.ctx.ptr, idx, n_generated))
+        """Sample from the context's row at ``idx`` (or take the token the graph sampled)."""
+        if sampler.argmax and sampler.attached is None:
+            return sampler.argmax_row(self.ctx.logits(idx), n_generated)
+        return sampler.sample(self.ctx.ptr, idx, n_generated)
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         """Drop positions of ``seq`` from the KV cache."""

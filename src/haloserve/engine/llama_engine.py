@@ -21,6 +21,7 @@ from haloserve.engine.backend import Backend
 from haloserve.engine.base import EngineInfo, EngineStats, GenerationRequest
 from haloserve.engine.bridge import RequestStream, deliver
 from haloserve.engine.scheduler import Job, Scheduler
+from haloserve.engine.stepcost import clock, name_os_thread
 from haloserve.errors import QueueFullError, ServiceUnavailableError
 
 log = logging.getLogger("haloserve.engine")
@@ -133,12 +134,22 @@ class LlamaEngine:
         st.queue_depth = max(0, self._n_submitted - (0 if sched is None else sched.n_taken))
         # len() of each slot's list is atomic under the GIL; a gauge may be a step old
         st.kv_tokens = 0 if sched is None else sum(len(sl.tokens) for sl in sched.slots)
+        if sched is not None:
+            c = sched.cost
+            ns = {
+                "schedule": c.schedule_ns,
+                "decode": c.decode_ns,
+                "tokens": c.tokens_ns,
+                "handoff": c.handoff_ns,
+            }
+            st.engine_cpu_seconds = {k: v / 1e9 for k, v in ns.items()}
         return st
 
     # -- compute thread --------------------------------------------------------------------------
     def _run(self) -> None:
         sched = self._sched
         assert sched is not None
+        name_os_thread("halo-engine")
         try:
             while not self._stopping:
                 if sched.idle and not self._inbox:
@@ -146,7 +157,10 @@ class LlamaEngine:
                 self._wake.clear()
                 while self._inbox:
                     sched.submit(self._inbox.popleft())
-                deliver(sched.step())
+                outputs = sched.step()
+                t0 = clock()
+                deliver(outputs)
+                sched.cost.handoff_ns += clock() - t0
         except Exception:  # a bug: fail everything rather than hang clients, and stop taking work
             log.exception("engine thread crashed")
             self._ready = False

@@ -57,6 +57,7 @@ NUMA = {
     "isolate": lc.GGML_NUMA_STRATEGY_ISOLATE,
     "numactl": lc.GGML_NUMA_STRATEGY_NUMACTL,
 }
+_LIB: Any = lc.llama_cpp._lib  # the loaded library, for private bindings with other return types
 _FREQ_RE = re.compile(r"llama_context: (freq_base|freq_scale)\s*=\s*([0-9.eE+-]+)")
 
 
@@ -347,6 +348,11 @@ class LlamaContext:
             self.ptr, self.n_threads, int(lc.llama_n_threads_batch(self.ptr)), p.poll
         )
         self.memory = lc.llama_get_memory(self.ptr)
+        # the row getter returning a plain address, and the row type, bound once (not per token)
+        self._row_t = ctypes.c_float * model.n_vocab
+        self._logits_ith = _LIB["llama_get_logits_ith"]
+        self._logits_ith.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+        self._logits_ith.restype = ctypes.c_void_p
         self.kv_buffers = kv_buffers(cap)  # device buffer name -> bytes: where the KV cache lives
         self.kv_cache_bytes = sum(self.kv_buffers.values())
         # the RoPE values llama.cpp settled on (the model's own unless overridden), from its own log
@@ -373,8 +379,11 @@ class LlamaContext:
 
     def logits(self, idx: int) -> np.ndarray:
         """The logits row at batch index ``idx`` of the last decode, as a writable float32 view."""
-        ptr = lc.llama_get_logits_ith(self.ptr, idx)
-        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
+        addr = self._logits_ith(self.ptr, idx)
+        if not addr:
+            raise RuntimeError(f"no logits at batch index {idx}")
+        row: Any = self._row_t.from_address(addr)  # a ctypes array over the row: a buffer, no copy
+        return np.frombuffer(row, dtype=np.float32)
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         """Drop positions [p0, p1) of ``seq`` from the KV cache (-1 means open-ended)."""

@@ -4,6 +4,12 @@ The order follows llama.cpp's defaults (common/sampling.cpp): logit bias, penalt
 min-p, temperature, then the seeded distribution (or greedy). Penalties see the prompt's last tokens,
 as in llama-server. ``ignore_eos`` and ``min_tokens`` ban end-of-generation tokens with a separate
 bias sampler at the head of the chain, removed once ``min_tokens`` have been produced.
+
+Two faster paths give the same tokens as the chain: a greedy request with no bias or penalties is an
+arg-max over the row (numpy, no 128k-entry candidate array built per token, see :attr:`Sampler.argmax`),
+and a chain whose samplers llama.cpp can run in the compute graph (greedy, temperature, top-k/top-p/
+min-p and the seeded distribution) can be attached to the context as a backend sampler
+(:func:`offloadable`), so the token comes back from the decode itself.
 """
 
 from __future__ import annotations
@@ -32,10 +38,24 @@ def _bias_sampler(n_vocab: int, biases: Iterable[tuple[int, float]]) -> ctypes.c
     return lc.llama_sampler_init_logit_bias(n_vocab, len(items), arr)
 
 
+def _penalised(params: SamplingParams) -> bool:
+    pen = params.repeat_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+    return pen and params.repeat_last_n != 0
+
+
+def offloadable(params: SamplingParams) -> bool:
+    """Whether the chain of ``params`` may run as a backend sampler (in llama.cpp's compute graph).
+
+    Logit bias and penalties stay on the CPU (as llama-server keeps them), and so does a ``min_tokens``
+    ban, which is removed from the chain mid-request; ``ignore_eos`` (a fixed ban) may go.
+    """
+    return not params.logit_bias and not _penalised(params) and params.min_tokens == 0
+
+
 class Sampler:
     """A llama.cpp sampler chain for one request, freed with :meth:`close`."""
 
-    __slots__ = ("_eog_banned", "chain", "min_tokens", "seed")
+    __slots__ = ("_eog_banned", "argmax", "attached", "ban", "ban_until", "chain", "min_tokens", "seed")
 
     def __init__(
         self,
@@ -45,6 +65,7 @@ class Sampler:
         eog_tokens: Iterable[int],
         prompt_tail: Sequence[int] = (),
     ) -> None:
+        eog_tokens = tuple(eog_tokens)  # read twice below
         cparams = lc.llama_sampler_chain_default_params()
         cparams.no_perf = True
         chain = lc.llama_sampler_chain_init(cparams)
@@ -52,15 +73,17 @@ class Sampler:
         self.min_tokens = params.min_tokens
         ban_eog = params.ignore_eos or params.min_tokens > 0
         self._eog_banned = ban_eog and not params.ignore_eos  # removable ban (min_tokens only)
+        # greedy with nothing but an EOG ban before it: the chain's pick is the row's first maximum
+        self.argmax = params.greedy and not params.logit_bias and not _penalised(params)
+        self.ban = np.fromiter(eog_tokens, dtype=np.intp) if ban_eog else None
+        self.ban_until = 1 << 62 if params.ignore_eos else params.min_tokens
+        self.attached: tuple[Any, int] | None = None  # (context, seq) running this chain in its graph
         if ban_eog:
             lc.llama_sampler_chain_add(chain, _bias_sampler(n_vocab, ((t, NEG_INF) for t in eog_tokens)))
         if params.logit_bias:
             valid = [(t, b) for t, b in params.logit_bias.items() if 0 <= t < n_vocab]
             lc.llama_sampler_chain_add(chain, _bias_sampler(n_vocab, valid))
-        penalised = (
-            params.repeat_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
-        )
-        if penalised and params.repeat_last_n != 0:
+        if _penalised(params):
             last_n = params.repeat_last_n if params.repeat_last_n > 0 else 1 << 20
             lc.llama_sampler_chain_add(
                 chain,
@@ -90,6 +113,12 @@ class Sampler:
             lc.llama_sampler_free(removed)
             self._eog_banned = False
 
+    def argmax_row(self, row: np.ndarray, n_generated: int) -> int:
+        """What the greedy chain picks from ``row`` (writable: banned tokens are set to -inf in it)."""
+        if self.ban is not None and n_generated < self.ban_until:
+            row[self.ban] = NEG_INF
+        return int(row.argmax())  # the first maximum, as llama.cpp's greedy sampler
+
     def sample(self, ctx: ctypes.c_void_p, idx: int, n_generated: int) -> int:
         """Sample (and accept) the next token from the logits at batch index ``idx``."""
         self._lift_ban(n_generated)
@@ -118,8 +147,18 @@ class Sampler:
         lc.llama_sampler_accept(self.chain, tok)
         return tok
 
+    def attach(self, ctx: Any, seq: int) -> bool:
+        """Run this chain in ``ctx``'s compute graph for sequence ``seq``; False if llama.cpp refused."""
+        if self.chain and lc.llama_set_sampler(ctx, seq, self.chain):
+            self.attached = (ctx, seq)
+        return self.attached is not None
+
     def close(self) -> None:
-        """Free the chain and its samplers."""
+        """Detach the chain from its context (it must not outlive it there), then free it."""
+        if self.attached is not None:
+            ctx, seq = self.attached
+            self.attached = None
+            lc.llama_set_sampler(ctx, seq, None)
         if self.chain:
             lc.llama_sampler_free(self.chain)
             self.chain = None

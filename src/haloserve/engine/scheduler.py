@@ -24,11 +24,13 @@ from haloserve.engine.base import EngineStats, GenerationRequest, Output, TokenL
 from haloserve.engine.bridge import RequestStream
 from haloserve.engine.logits import logprobs_of
 from haloserve.engine.slots import Slot, choose_slot, plan_prefill
+from haloserve.engine.stepcost import StepCost, clock
 from haloserve.engine.textstream import TextStream
 
 log = logging.getLogger("haloserve.engine")
 
 Outputs = list[tuple[RequestStream, Output]]
+Top = tuple[Any, list[tuple[int, float]]]  # a row's log-probabilities and its most likely tokens
 
 
 class Job:
@@ -93,8 +95,10 @@ class Scheduler:
         kv_unified: bool = False,
         stats: EngineStats | None = None,
         masker: Executor | None = None,
+        cost: StepCost | None = None,
     ) -> None:
         self.backend = backend
+        self.cost = cost if cost is not None else StepCost()
         self.slots = [Slot(seq=i) for i in range(parallel)]
         self.waiting: deque[Job] = deque()
         self.active: list[Job] = []
@@ -117,10 +121,13 @@ class Scheduler:
     def step(self) -> Outputs:
         """One scheduling round; returns the outputs it produced."""
         out: Outputs = []
+        t0 = clock()
         self._reap_cancelled()
         self._admit(out)
         if self.active:
-            self._step(out)
+            self._step(out, t0)
+        else:
+            self.cost.schedule_ns += clock() - t0
         return out
 
     def fail_all(self, message: str) -> Outputs:
@@ -168,7 +175,9 @@ class Scheduler:
                 if keep < len(slot.tokens):
                     be.seq_rm(slot.seq, keep, -1)
                     del slot.tokens[keep:]
-                job.sampler = be.sampler(job.req.sampling, job.prompt)
+                req = job.req
+                cpu_only = req.constraint is not None or req.logprobs is not None
+                job.sampler = be.sampler(req.sampling, job.prompt, seq=slot.seq, cpu_only=cpu_only)
             except Exception as exc:
                 log.exception("request %s: admission failed", job.req.request_id)
                 out.append((job.stream, job.output("", None, "error", f"engine error: {exc}")))
@@ -188,8 +197,8 @@ class Scheduler:
         self.backend.seq_rm(slot.seq, -1, -1)
         slot.tokens.clear()
 
-    def _step(self, out: Outputs) -> None:
-        be, st = self.backend, self.stats
+    def _step(self, out: Outputs, t0: int) -> None:
+        be, st, cost = self.backend, self.stats, self.cost
         decoding = sorted((j for j in self.active if j.pending is not None), key=lambda j: j.slot.seq)  # type: ignore[union-attr]
         spans: list[Span] = []
         at: dict[Job, int] = {}  # job -> batch index of the token whose logits it samples from
@@ -209,13 +218,19 @@ class Scheduler:
             if ch.last:
                 at[job] = n - 1
         if n == 0:
+            cost.schedule_ns += clock() - t0
             return
         masks = self._start_masks([j for j in at if j.req.constraint is not None])
+        t1 = clock()
         rc = be.decode(spans)
         if masks is not None:
-            t0 = time.perf_counter()
+            w0 = time.perf_counter()
             st.grammar_mask_seconds += masks.result()
-            st.grammar_wait_seconds += time.perf_counter() - t0
+            st.grammar_wait_seconds += time.perf_counter() - w0
+        t2 = clock()
+        cost.schedule_ns += t1 - t0
+        cost.decode_ns += t2 - t1
+        cost.steps += 1
         st.steps += 1
         if rc != 0:
             self._decode_failed(rc, decoding + [c.job for c in chunks], out)
@@ -231,9 +246,10 @@ class Scheduler:
             job.slot.tokens.extend(job.prompt[ch.start : ch.start + ch.count])
             job.n_past += ch.count
             st.prompt_tokens_processed += ch.count
+        sample = self._sample_detailed if cost.detail else self._sample
         for job, idx in at.items():
             try:
-                self._sample(job, idx, out)
+                sample(job, idx, out)
             except Exception as exc:
                 log.exception("request %s: sampling failed", job.req.request_id)
                 out.append((job.stream, job.output("", None, "error", f"engine error: {exc}")))
@@ -242,6 +258,8 @@ class Scheduler:
                 self._release(job)
                 if slot is not None:
                     self._reset_slot(slot)
+        cost.seq_steps += len(at)
+        cost.tokens_ns += clock() - t2
 
     def _start_masks(self, jobs: list[Job]) -> Future[float] | None:
         """Compute the token masks of ``jobs`` in the worker thread, overlapping the decode."""
@@ -272,17 +290,36 @@ class Scheduler:
                 self._reset_slot(slot)
 
     def _sample(self, job: Job, idx: int, out: Outputs) -> None:
+        req = job.req
+        top = None if req.constraint is None and req.logprobs is None else self._row_work(job, idx)
+        self._emit(job, self.backend.sample(job.sampler, idx, job.generated), top, out)
+
+    def _sample_detailed(self, job: Job, idx: int, out: Outputs) -> None:
+        """:meth:`_sample` with the CPU time of its three parts counted (StepCost.detail)."""
+        cost, req = self.cost, job.req
+        t0 = clock()
+        top = None if req.constraint is None and req.logprobs is None else self._row_work(job, idx)
+        t1 = clock()
+        tok = self.backend.sample(job.sampler, idx, job.generated)
+        t2 = clock()
+        self._emit(job, tok, top, out)
+        cost.logits_ns += t1 - t0
+        cost.sample_ns += t2 - t1
+        cost.output_ns += clock() - t2
+
+    def _row_work(self, job: Job, idx: int) -> Top | None:
+        """Logprobs of the row, then the grammar mask applied to it (before the sampler reads it)."""
+        req = job.req
+        logits = self.backend.logits(idx)
+        top = logprobs_of(logits, req.logprobs) if req.logprobs is not None else None
+        if req.constraint is not None:
+            req.constraint.apply(logits)
+        return top
+
+    def _emit(self, job: Job, tok: int, top: Top | None, out: Outputs) -> None:
         be, slot, req = self.backend, job.slot, job.req
         assert slot is not None
         eog = be.eog_tokens
-        top = None
-        if req.constraint is not None or req.logprobs is not None:
-            logits = be.logits(idx)
-            if req.logprobs is not None:
-                top = logprobs_of(logits, req.logprobs)
-            if req.constraint is not None:
-                req.constraint.apply(logits)
-        tok = be.sample(job.sampler, idx, job.generated)
         job.generated += 1
         self.stats.generated_tokens += 1
         lps = None

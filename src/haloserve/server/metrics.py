@@ -72,6 +72,16 @@ class _EngineCollector(Collector):
         ]
         for name, doc, value in counters:
             yield CounterMetricFamily(name, doc, value=value)
+        if st.engine_cpu_seconds:
+            cpu = CounterMetricFamily(
+                "halo_engine_cpu_seconds",
+                "Engine-thread CPU time by phase of a step (schedule, decode, tokens: sampling, detokenising"
+                " and stops, handoff: waking the event loops).",
+                labels=["phase"],
+            )
+            for phase, seconds in st.engine_cpu_seconds.items():
+                cpu.add_metric([phase], seconds)
+            yield cpu
         yield GaugeMetricFamily(
             "halo_engine_max_sequences_per_step",
             "Most sequences seen in one decode step.",

@@ -90,12 +90,15 @@ def write_gguf(
     seed: int = 0,
     tokenizer_from: str | Path | None = None,
     name: str | None = None,
+    pad: str = "control",
     **overrides: Any,
 ) -> Path:
     """Write a random-weight llama GGUF of ``shape`` (a :class:`Shape` or a key of :data:`SHAPES`).
 
     ``overrides`` replace fields of the shape (``n_layer=3``). Different seeds give different weights,
-    so two files of one shape are distinct models. Returns ``path``.
+    so two files of one shape are distinct models. ``pad="text"`` pads the vocabulary with plain
+    tokens that render their text instead of control tokens that render nothing (a random model picks
+    padding most of the time; a benchmark's streams need text). Returns ``path``.
     """
     sh = SHAPES[shape] if isinstance(shape, str) else shape
     if overrides:
@@ -127,7 +130,7 @@ def write_gguf(
     w.add_float32(f"{arch}.rope.freq_base", 500000.0)
     w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)
     w.add_uint32(f"{arch}.vocab_size", n_vocab)
-    _copy_tokenizer(source, w, n_vocab)
+    _copy_tokenizer(source, w, n_vocab, _NORMAL if pad == "text" else _CONTROL)
 
     head_dim = sh.n_embd // sh.n_head
     kv = sh.n_head_kv * head_dim
@@ -196,11 +199,13 @@ def _random_tensor(rng: np.random.Generator, ne: list[int], t: GGMLQuantizationT
 
 _PER_TOKEN = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
 _CONTROL = 3  # llama_token_type LLAMA_TOKEN_TYPE_CONTROL
+_NORMAL = 1  # a plain token: never produced by the tokenizer (no merges), but it renders its text
 
 
-def _copy_tokenizer(source: GGUFReader, w: GGUFWriter, n_vocab: int) -> None:
+def _copy_tokenizer(source: GGUFReader, w: GGUFWriter, n_vocab: int, pad_type: int = _CONTROL) -> None:
     """Copy every ``tokenizer.*`` key (vocabulary, merges, special ids, chat template), padding the
-    per-token arrays with reserved control tokens up to ``n_vocab`` entries."""
+    per-token arrays with reserved tokens up to ``n_vocab`` entries (control tokens, or with
+    ``pad_type`` normal ones, whose text a server streams: benchmarks need every token to show)."""
     for key, field in source.fields.items():
         if not key.startswith(_COPIED_PREFIXES):
             continue
@@ -212,7 +217,7 @@ def _copy_tokenizer(source: GGUFReader, w: GGUFWriter, n_vocab: int) -> None:
             if key == "tokenizer.ggml.tokens":
                 value = [*value, *(f"<|synth_reserved_{i}|>" for i in extra)]
             elif key == "tokenizer.ggml.token_type":
-                value = [*value, *([_CONTROL] * len(extra))]
+                value = [*value, *([pad_type] * len(extra))]
             else:
                 value = [*value, *([0.0] * len(extra))]
         w.add_key_value(key, value, vtype, sub)
