@@ -128,6 +128,20 @@ class EngineStats:
     # engine-thread CPU seconds by phase of a step (engine/stepcost.py): schedule, decode, tokens, handoff
     engine_cpu_seconds: dict[str, float] = field(default_factory=dict)
 
+    def plus(self, other: EngineStats) -> EngineStats:
+        """The two engines' figures together: sums (per phase for CPU seconds), the larger step width."""
+        out = EngineStats()
+        for name in EngineStats.__dataclass_fields__:
+            a, b = getattr(self, name), getattr(other, name)
+            if name == "max_seqs_in_step":
+                value = max(a, b)
+            elif isinstance(a, dict):
+                value = {k: a.get(k, 0.0) + b.get(k, 0.0) for k in {*a, *b}}
+            else:
+                value = a + b
+            setattr(out, name, value)
+        return out
+
 
 @runtime_checkable
 class Tokenizer(Protocol):

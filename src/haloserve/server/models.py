@@ -333,16 +333,7 @@ class ModelManager:
         total = EngineStats()
         for m in self.models.values():
             if m.engine is not None and m.engine.ready:
-                st = m.engine.stats()
-                for name in EngineStats.__dataclass_fields__:
-                    value = getattr(st, name)
-                    setattr(
-                        total,
-                        name,
-                        max(getattr(total, name), value)
-                        if name == "max_seqs_in_step"
-                        else getattr(total, name) + value,
-                    )
+                total = total.plus(m.engine.stats())
         return total
 
     def used_bytes(self) -> int:
