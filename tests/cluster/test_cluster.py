@@ -66,7 +66,8 @@ def test_a_split_deployment_places_a_server_and_its_rpc_worker_on_two_nodes(clus
     else:  # without it halo serve refuses --rpc (exit 2): failed at once with the cause, no restarts
         assert out.returncode == 1 and rep["state"] == "failed" and rep["restarts"] == 0
         assert "serve exited with status 2" in rep["error"] and "--rpc" in rep["error"]
-    assert cluster.halo("remove", "split").returncode == 0
+    removed = cluster.halo("remove", "split")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
     assert all(n["used_mib"] == 0 for n in cluster.status()["nodes"])
 
 

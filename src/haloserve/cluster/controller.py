@@ -358,9 +358,10 @@ class Controller:
                 for r in reps
                 if r.status.get("state") == "ready" and r.status.get("url")
             ]
-        if backends != self._written:
-            procs.write_json(self.backends_file, {"backends": backends})
-            self._written = backends
+            # under the lock: the reconcile loop and a request (remove, scale) may both get here
+            if backends != self._written:
+                procs.write_json(self.backends_file, {"backends": backends})
+                self._written = backends
 
     def _save(self) -> None:
         data = {
