@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import fields, replace
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -38,14 +38,6 @@ from haloserve.errors import CommandError, QueueFullError, ServiceUnavailableErr
 log = logging.getLogger("haloserve.engine")
 
 RETRY_AFTER = 2.0  # seconds a client is told to wait while the engine reloads
-# Gauges are the live child's; the rest are counters summed over the children (max_seqs_in_step and the
-# per-phase CPU seconds are combined by hand below).
-_GAUGES = ("busy_slots", "queue_depth", "kv_tokens", "max_seqs_in_step", "engine_cpu_seconds")
-_COUNTERS = [f.name for f in fields(EngineStats) if f.name not in _GAUGES]
-
-
-def _add_phases(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
-    return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in {*a, *b}}
 
 
 class _Child:
@@ -255,11 +247,7 @@ class ProcessEngine:
         """The child's latest counters added to those of earlier children; gauges from the latest."""
         child = self._child
         cur = child.stats if child is not None else EngineStats()
-        out = EngineStats()
-        for name in _COUNTERS:
-            setattr(out, name, getattr(self._base, name) + getattr(cur, name))
-        out.max_seqs_in_step = max(self._base.max_seqs_in_step, cur.max_seqs_in_step)
-        out.engine_cpu_seconds = _add_phases(self._base.engine_cpu_seconds, cur.engine_cpu_seconds)
+        out = self._base.plus(cur)  # the counters; the gauges are the live child's alone
         out.kv_tokens = cur.kv_tokens if self._ready else 0
         out.busy_slots = cur.busy_slots if self._ready else 0
         out.queue_depth = max(0, len(self._live) - out.busy_slots)
@@ -330,11 +318,8 @@ class ProcessEngine:
         with self._lock:
             self._ready = False
         code = child.close(2)
-        base, cur = self._base, child.stats
-        for name in _COUNTERS:
-            setattr(base, name, getattr(base, name) + getattr(cur, name))
-        base.max_seqs_in_step = max(base.max_seqs_in_step, cur.max_seqs_in_step)
-        base.engine_cpu_seconds = _add_phases(base.engine_cpu_seconds, cur.engine_cpu_seconds)
+        # the dead child's counters carry over (its gauges too, but stats() reads gauges from the live one)
+        self._base = base = self._base.plus(child.stats)
         child.stats = EngineStats()
         down = self.spec.unreachable(handshake=True)
         why = "; ".join(down) or self._kill_reason or f"the engine process exited (code {code})"
