@@ -11,22 +11,13 @@ from pathlib import Path
 import pytest
 
 from haloserve.config.serve import ServeSettings
-from haloserve.engine.base import GenerationRequest, Output, SamplingParams
+from haloserve.engine.base import Output
 from haloserve.engine.bridge import RequestStream
 from haloserve.engine.chat_template import CHATML
 from haloserve.engine.fake_backend import FakeBackend
+from haloserve.engine.fake_backend import byte_request as request
 from haloserve.engine.llama_engine import LlamaEngine
 from haloserve.errors import QueueFullError, ServiceUnavailableError
-
-
-def request(text: str, max_tokens: int = 16) -> GenerationRequest:
-    """A greedy request for ``text`` (one token per byte)."""
-    return GenerationRequest(
-        request_id=text,
-        prompt_tokens=list(text.encode()),
-        max_tokens=max_tokens,
-        sampling=SamplingParams(temperature=0.0),
-    )
 
 
 def engine(backend: FakeBackend, **settings: int) -> LlamaEngine:

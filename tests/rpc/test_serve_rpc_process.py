@@ -15,26 +15,17 @@ from pathlib import Path
 import pytest
 
 from haloserve.config.serve import ServeSettings
-from haloserve.engine.base import GenerationRequest, Output, SamplingParams
+from haloserve.engine.base import Output
 from haloserve.engine.bridge import RequestStream, StreamCancelled
 from haloserve.engine.child import astuple_shallow
 from haloserve.engine.fake_backend import FakeBackend
+from haloserve.engine.fake_backend import byte_request as request
 from haloserve.engine.llama_engine import LlamaEngine
 from haloserve.engine.process import ProcessEngine
 from haloserve.errors import QueueFullError, ServiceUnavailableError
 from haloserve.testing.fake_child import FakeSpec
 
 pytestmark = pytest.mark.process  # each engine spawns a Python child
-
-
-def request(text: str, max_tokens: int = 16) -> GenerationRequest:
-    """A greedy request for ``text`` (one token per byte)."""
-    return GenerationRequest(
-        request_id=text,
-        prompt_tokens=list(text.encode()),
-        max_tokens=max_tokens,
-        sampling=SamplingParams(temperature=0.0),
-    )
 
 
 async def drain(stream: RequestStream) -> list[Output]:

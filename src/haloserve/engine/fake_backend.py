@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from haloserve.engine.backend import Backend, Span
-from haloserve.engine.base import EngineInfo, SamplingParams
+from haloserve.engine.base import EngineInfo, GenerationRequest, SamplingParams
 from haloserve.engine.chat_template import CHATML
 from haloserve.engine.sampling import Sampler
 
@@ -34,6 +34,16 @@ Model = Callable[[Sequence[int]], int]
 
 class FakeBackendError(AssertionError):
     """The scheduler asked for something llama.cpp would refuse (a bug in the scheduler)."""
+
+
+def byte_request(text: str, max_tokens: int = 16) -> GenerationRequest:
+    """A greedy request for ``text`` in this backend's tokens (one token per byte)."""
+    return GenerationRequest(
+        request_id=text,
+        prompt_tokens=list(text.encode()),
+        max_tokens=max_tokens,
+        sampling=SamplingParams(temperature=0.0),
+    )
 
 
 def alphabet(history: Sequence[int]) -> int:
